@@ -1,0 +1,5 @@
+"""``python -m jkp`` runs jkpmanager."""
+
+from jkp.app import main
+
+main()

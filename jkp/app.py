@@ -1,0 +1,171 @@
+"""JKPManagerApp: the ``jkpmanager`` command. It wires the services together and serves them."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from typing import Any
+
+from jupyter_core.application import JupyterApp, base_aliases, base_flags
+from jupyter_core.utils import ensure_event_loop
+from tornado import web
+from tornado.httpserver import HTTPServer
+from tornado.log import LogFormatter
+from traitlets import Instance, Int, TraitError, Unicode, default
+
+from jkp._version import __version__
+from jkp.handlers import pool as pool_handlers
+from jkp.services.gateway import GatewayClient
+from jkp.services.pool import PoolManager
+from jkp.services.store import RedisStore
+from jkp.traits import EnvValueError, env_int, env_str
+
+aliases = {
+    **base_aliases,
+    "ip": "JKPManagerApp.ip",
+    "port": "JKPManagerApp.port",
+    "eg-endpoint": "GatewayClient.url",
+    "redis-url": "RedisStore.redis_url",
+    "redis-key": "RedisStore.key",
+    "max-pending-kernels": "PoolManager.max_pending_kernels",
+    "kernel-name": "PoolManager.kernel_name",
+    "working-dir": "PoolManager.working_dir",
+}
+
+
+class JKPManagerApp(JupyterApp):
+    """Keeps a pool of warm Enterprise Gateway kernels and hands them out over HTTP."""
+
+    name = "jkpmanager"
+    version = __version__
+    description = """A pool of warm Jupyter kernels on Enterprise Gateway.
+
+    Keeps max_pending_kernels idle kernels started on EG, their models in Redis, and hands one
+    out per POST /api/kernels/pop/ {"userId": ...}, already in <working_dir>/<userId>.
+    Every option also reads a JKP_* environment variable (see --help-all);
+    precedence: command line > config file > environment > default.
+    """
+    examples = """
+    jkpmanager --config jkp_config.py
+    jkpmanager --port=8080 --eg-endpoint=http://enterprise-gateway:8888 --max-pending-kernels=5
+    jkpmanager --PoolManager.activation_interval=600
+    """
+
+    aliases = aliases
+    flags = base_flags
+    classes = [GatewayClient, RedisStore, PoolManager]
+
+    _log_formatter_cls = LogFormatter
+
+    @default("log_level")
+    def _log_level_default(self) -> int:
+        return logging.INFO
+
+    @default("log_format")
+    def _log_format_default(self) -> str:
+        return "%(color)s[%(levelname)1.1s %(asctime)s.%(msecs).03d %(name)s]%(end_color)s %(message)s"
+
+    @default("log_datefmt")
+    def _log_datefmt_default(self) -> str:
+        return "%Y-%m-%d %H:%M:%S"
+
+    ip = Unicode(help="Interface jkp listens on (JKP_SERVER_IP env var)").tag(config=True)
+    ip_env = "JKP_SERVER_IP"
+
+    @default("ip")
+    def _ip_default(self) -> str:
+        return env_str(self.ip_env, "127.0.0.1")
+
+    port = Int(help="Port jkp listens on (JKP_SERVER_PORT env var)", min=0, max=65535).tag(
+        config=True
+    )
+    port_env = "JKP_SERVER_PORT"
+
+    @default("port")
+    def _port_default(self) -> int:
+        return env_int(self.port_env, 8080)
+
+    gateway = Instance(GatewayClient, allow_none=True)
+    store = Instance(RedisStore, allow_none=True)
+    pool_manager = Instance(PoolManager, allow_none=True)
+    web_app = Instance(web.Application, allow_none=True)
+    http_server = Instance(HTTPServer, allow_none=True)
+
+    def initialize(self, argv: Any = None) -> None:
+        """Parse the command line and config, build the services and the web application."""
+        super().initialize(argv)
+        if self._dispatching:
+            return
+        self.init_configurables()
+        self.check_config()
+        self.init_webapp()
+
+    def init_configurables(self) -> None:
+        self.gateway = GatewayClient(parent=self, log=self.log)
+        self.store = RedisStore(parent=self, log=self.log)
+        self.pool_manager = PoolManager(
+            parent=self, log=self.log, gateway=self.gateway, store=self.store.pool()
+        )
+
+    def check_config(self) -> None:
+        """Read every option once, so a bad value stops start-up now, naming its source."""
+        for configurable in (self, self.gateway, self.store, self.pool_manager):
+            for name in configurable.trait_names(config=True):
+                try:
+                    getattr(configurable, name)
+                except (EnvValueError, TraitError) as e:
+                    self.log.critical("Bad configuration: %s", e)
+                    self.exit(1)
+
+    def init_webapp(self) -> None:
+        handlers = [*pool_handlers.default_handlers]
+        self.web_app = web.Application(
+            handlers,
+            pool_manager=self.pool_manager,
+            log_function=self._log_request,
+        )
+
+    def _log_request(self, handler: web.RequestHandler) -> None:
+        status = handler.get_status()
+        log = self.log.debug if status < 400 else self.log.warning if status < 500 else self.log.error
+        request = handler.request
+        log("%d %s %s %.2fms", status, request.method, request.uri, 1000 * request.request_time())
+
+    async def start_services(self) -> None:
+        """Listen, and start the pool's background work."""
+        self.http_server = HTTPServer(self.web_app, max_body_size=64 * 1024)
+        self.http_server.listen(self.port, self.ip)
+        self.pool_manager.start()
+        self.log.info("jkp %s listening on http://%s:%d", __version__, self.ip, self.port)
+
+    async def stop_services(self) -> None:
+        """Stop listening and the background work; the pool stays in Redis for the next start."""
+        if self.http_server is not None:
+            self.http_server.stop()
+            await self.http_server.close_all_connections()
+        await self.pool_manager.stop()
+        await self.store.close()
+
+    async def _serve(self) -> None:
+        stopping = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stopping.set)
+        await self.start_services()
+        await stopping.wait()
+        self.log.info("Stopping")
+        await self.stop_services()
+
+    def start(self) -> None:
+        """Serve until SIGINT or SIGTERM."""
+        super().start()
+        ensure_event_loop().run_until_complete(self._serve())
+
+
+main = launch_new_instance = JKPManagerApp.launch_instance
+
+
+if __name__ == "__main__":
+    sys.exit(main())

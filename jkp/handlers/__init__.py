@@ -1,0 +1,1 @@
+"""HTTP handlers of jkp; each module exports ``default_handlers``."""

@@ -1,0 +1,37 @@
+"""The pool's HTTP API: ``POST /api/kernels/pop/``."""
+
+from __future__ import annotations
+
+from redis.exceptions import RedisError
+from tornado import web
+
+from jkp.handlers.base import APIHandler
+from jkp.services.gateway import GatewayError
+from jkp.services.pool import PoolEmptyError
+from jkp.user import InvalidUserId, validate_user_id
+
+
+class PopKernelHandler(APIHandler):
+    """Hands one warm kernel to a user, already in the user's directory."""
+
+    async def post(self) -> None:
+        body = self.get_json_body()
+        if "userId" not in body:
+            raise web.HTTPError(400, "userId is required", reason="Invalid userId")
+        try:
+            user_id = validate_user_id(body["userId"])
+        except InvalidUserId as e:
+            raise web.HTTPError(400, str(e), reason="Invalid userId") from e
+        try:
+            model = await self.pool.pop(user_id)
+        except PoolEmptyError as e:
+            raise web.HTTPError(503, f"No kernel available: {e}", reason="Pool empty") from e
+        except GatewayError as e:
+            status = 503 if e.status is None else 502
+            raise web.HTTPError(status, f"Enterprise Gateway failed: {e}", reason="Gateway error") from e
+        except RedisError as e:
+            raise web.HTTPError(503, f"Redis unavailable: {e}", reason="Store unavailable") from e
+        self.write_json(model)
+
+
+default_handlers = [(r"/api/kernels/pop/?", PopKernelHandler)]

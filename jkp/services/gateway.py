@@ -1,0 +1,224 @@
+"""The one place jkp talks to Enterprise Gateway: its REST API and its kernel websockets."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+from jupyter_client.jsonutil import json_default
+from jupyter_client.session import Session
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
+from tornado.websocket import WebSocketClientConnection, WebSocketError, websocket_connect
+from traitlets import Dict, Float, Unicode, default, validate
+from traitlets.config import LoggingConfigurable
+
+from jkp.traits import env_float, env_str
+
+
+class GatewayError(Exception):
+    """EG could not be reached or answered with an error.
+
+    ``status`` is the HTTP status EG answered with, or None when it could not be reached
+    (connection refused, timeout).
+    """
+
+    def __init__(self, message: str, status: int | None = None):
+        super().__init__(message)
+        self.status = status
+
+    @property
+    def unreachable(self) -> bool:
+        """True when EG did not answer at all, or answered with a server-side failure."""
+        return self.status is None or self.status >= 500
+
+
+class KernelReplyError(GatewayError):
+    """The kernel answered a request with ``status: error``."""
+
+    def __init__(self, message: str, content: dict[str, Any]):
+        super().__init__(message)
+        self.content = content
+
+
+class GatewayClient(LoggingConfigurable):
+    """Client of one Enterprise Gateway: kernel lifecycle over REST, requests over websocket."""
+
+    url = Unicode(
+        help="Base URL of Enterprise Gateway, http:// or https://; the websocket scheme "
+        "(ws/wss) is derived from it (JKP_EG_ENDPOINT env var)",
+    ).tag(config=True)
+    url_env = "JKP_EG_ENDPOINT"
+
+    @default("url")
+    def _url_default(self) -> str:
+        return env_str(self.url_env, "http://127.0.0.1:8888")
+
+    @validate("url")
+    def _url_validate(self, proposal: Any) -> str:
+        value = proposal["value"].rstrip("/")
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError(f"Enterprise Gateway URL must be http(s)://host[:port], got {value!r}")
+        return value
+
+    connect_timeout = Float(
+        help="Seconds to wait for a connection to EG (JKP_EG_CONNECT_TIMEOUT env var)",
+    ).tag(config=True)
+    connect_timeout_env = "JKP_EG_CONNECT_TIMEOUT"
+
+    @default("connect_timeout")
+    def _connect_timeout_default(self) -> float:
+        return env_float(self.connect_timeout_env, 5.0)
+
+    request_timeout = Float(
+        help="Seconds to wait for EG to answer a REST request (JKP_EG_REQUEST_TIMEOUT env var)",
+    ).tag(config=True)
+    request_timeout_env = "JKP_EG_REQUEST_TIMEOUT"
+
+    @default("request_timeout")
+    def _request_timeout_default(self) -> float:
+        return env_float(self.request_timeout_env, 60.0)
+
+    headers = Dict(
+        help="Extra HTTP headers sent with every REST and websocket request to EG",
+    ).tag(config=True)
+
+    def __init__(self, **kwargs: Any):
+        super().__init__(**kwargs)
+        # Builds message headers and ids; EG re-signs messages with the kernel's own key.
+        self._session = Session(username="jkp")
+
+    @property
+    def ws_url(self) -> str:
+        """The websocket base URL matching ``url``."""
+        scheme, rest = self.url.split("://", 1)
+        return ("wss" if scheme == "https" else "ws") + "://" + rest
+
+    async def _request(self, method: str, path: str, body: Any = None) -> Any:
+        """Send one REST request to EG and return its decoded JSON body (None when empty)."""
+        request = HTTPRequest(
+            self.url + path,
+            method=method,
+            body=None if body is None else json.dumps(body),
+            headers={"Content-Type": "application/json", **self.headers},
+            connect_timeout=self.connect_timeout,
+            request_timeout=self.request_timeout,
+            allow_nonstandard_methods=True,
+        )
+        try:
+            # AsyncHTTPClient() is one shared client per event loop.
+            response = await AsyncHTTPClient().fetch(request)
+        except HTTPClientError as e:
+            if e.code == 599 or e.response is None:
+                raise GatewayError(f"EG {method} {path}: {e}") from e
+            raise GatewayError(
+                f"EG {method} {path}: {e.code} {_eg_reason(e.response.body)}", e.code
+            ) from e
+        except OSError as e:
+            raise GatewayError(f"EG {method} {path}: {e}") from e
+        return json.loads(response.body) if response.body else None
+
+    async def start_kernel(self, kernel_name: str, env: dict[str, str]) -> dict[str, Any]:
+        """Ask EG to start a kernel; returns its model (usually still ``starting``)."""
+        return await self._request("POST", "/api/kernels", {"name": kernel_name, "env": env})
+
+    async def get_kernel(self, kernel_id: str) -> dict[str, Any] | None:
+        """The kernel's current model, or None when EG no longer has it."""
+        try:
+            return await self._request("GET", f"/api/kernels/{quote(kernel_id)}")
+        except GatewayError as e:
+            if e.status == 404:
+                return None
+            raise
+
+    async def shutdown_kernel(self, kernel_id: str) -> None:
+        """Shut the kernel down on EG; a kernel that is already gone is not an error."""
+        try:
+            await self._request("DELETE", f"/api/kernels/{quote(kernel_id)}")
+        except GatewayError as e:
+            if e.status != 404:
+                raise
+
+    async def kernel_info(self, kernel_id: str, timeout: float) -> dict[str, Any]:
+        """Send a kernel_info_request over the websocket; returns the reply content.
+
+        This is also the keep-alive: the kernel's answer on IOPub resets EG's idle-cull timer.
+        """
+        return await self._shell_request(kernel_id, "kernel_info_request", {}, timeout)
+
+    async def execute(self, kernel_id: str, code: str, timeout: float) -> dict[str, Any]:
+        """Run ``code`` silently in the kernel and return the execute_reply content.
+
+        Raises KernelReplyError when the reply's status is not ``ok``.
+        """
+        content = {
+            "code": code,
+            "silent": True,
+            "store_history": False,
+            "user_expressions": {},
+            "allow_stdin": False,
+            "stop_on_error": True,
+        }
+        reply = await self._shell_request(kernel_id, "execute_request", content, timeout)
+        if reply.get("status") != "ok":
+            raise KernelReplyError(
+                f"{reply.get('ename', 'error')}: {reply.get('evalue', reply.get('status'))}", reply
+            )
+        return reply
+
+    async def _shell_request(
+        self, kernel_id: str, msg_type: str, content: dict[str, Any], timeout: float
+    ) -> dict[str, Any]:
+        """Open the kernel's websocket, send one shell request, return its reply's content."""
+        msg = self._session.msg(msg_type, content)
+        msg["channel"] = "shell"
+        msg_id = msg["header"]["msg_id"]
+        request = HTTPRequest(
+            f"{self.ws_url}/api/kernels/{quote(kernel_id)}/channels",
+            headers=dict(self.headers),
+            connect_timeout=self.connect_timeout,
+            request_timeout=timeout,
+        )
+        conn: WebSocketClientConnection | None = None
+        try:
+            async with asyncio.timeout(timeout):
+                conn = await websocket_connect(request)
+                await conn.write_message(json.dumps(msg, default=json_default))
+                while True:
+                    raw = await conn.read_message()
+                    if raw is None:
+                        raise GatewayError(
+                            f"EG closed the websocket of kernel {kernel_id} before the {msg_type} reply",
+                            conn.close_code,
+                        )
+                    if isinstance(raw, bytes):
+                        continue  # binary frames carry buffers, never a shell reply
+                    reply = json.loads(raw)
+                    if (
+                        reply.get("channel") == "shell"
+                        and reply.get("parent_header", {}).get("msg_id") == msg_id
+                    ):
+                        return reply.get("content", {})
+        except TimeoutError as e:
+            raise GatewayError(f"no {msg_type} reply from kernel {kernel_id} in {timeout}s") from e
+        except HTTPClientError as e:
+            status = None if e.code == 599 else e.code
+            raise GatewayError(f"EG websocket of kernel {kernel_id}: {e}", status) from e
+        except (OSError, WebSocketError) as e:
+            raise GatewayError(f"EG websocket of kernel {kernel_id}: {e}") from e
+        finally:
+            if conn is not None:
+                conn.close()
+
+
+def _eg_reason(body: bytes | None) -> str:
+    """EG's own error message from an error response body, when it sent one."""
+    try:
+        data = json.loads(body or b"")
+    except ValueError:
+        return (body or b"").decode("utf-8", "replace")[:200]
+    if isinstance(data, dict):
+        return str(data.get("message") or data.get("reason") or data)
+    return str(data)

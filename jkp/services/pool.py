@@ -1,0 +1,507 @@
+"""PoolManager: keeps warm kernels on EG, hands them out, refills and keeps them alive."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from typing import Any
+
+from redis.exceptions import RedisError
+from traitlets import Float, Instance, Int, Unicode, default, validate
+from traitlets.config import LoggingConfigurable
+
+from jkp.services.gateway import GatewayClient, GatewayError, KernelReplyError
+from jkp.services.store import Claim, PoolStore
+from jkp.traits import env_float, env_int, env_str
+from jkp.user import enter_user_dir_code, validate_user_id
+
+# How often a pop waiting on an empty pool looks again for a kernel another replica pooled.
+_EMPTY_POOL_POLL = 0.1
+_START_BACKOFF_BASE = 1.0
+
+
+class PoolEmptyError(Exception):
+    """No idle kernel became available within the pop timeout."""
+
+
+class PoolManager(LoggingConfigurable):
+    """A pool of idle kernels on EG for one kernel spec, its state kept in Redis.
+
+    It keeps ``max_pending_kernels`` kernels idle (started and answering), hands one out per
+    pop after moving it into the user's directory, refills after every pop and every
+    ``check_task_interval``, and pings idle kernels every ``activation_interval`` so EG's
+    idle culler leaves them alone. It owns its background tasks: ``start()`` and ``stop()``.
+    """
+
+    gateway = Instance(GatewayClient)
+    store = Instance(PoolStore)
+
+    max_pending_kernels = Int(
+        help="Idle kernels kept ready (JKP_MAX_PENDING_KERNELS env var)", min=0
+    ).tag(config=True)
+    max_pending_kernels_env = "JKP_MAX_PENDING_KERNELS"
+
+    @default("max_pending_kernels")
+    def _max_pending_kernels_default(self) -> int:
+        return env_int(self.max_pending_kernels_env, 10)
+
+    kernel_name = Unicode(help="EG kernel spec of pooled kernels (JKP_KERNEL_NAME env var)").tag(
+        config=True
+    )
+    kernel_name_env = "JKP_KERNEL_NAME"
+
+    @default("kernel_name")
+    def _kernel_name_default(self) -> str:
+        return env_str(self.kernel_name_env, "python_kubernetes")
+
+    kernel_image = Unicode(help="Kernel pod image, sent as KERNEL_IMAGE (JKP_KERNEL_IMAGE env var)").tag(
+        config=True
+    )
+    kernel_image_env = "JKP_KERNEL_IMAGE"
+
+    @default("kernel_image")
+    def _kernel_image_default(self) -> str:
+        return env_str(self.kernel_image_env, "elyra/kernel-py:3.2.2")
+
+    kernel_namespace = Unicode(
+        help="Kubernetes namespace of kernel pods, sent as KERNEL_NAMESPACE "
+        "(JKP_KERNEL_NAMESPACE env var)"
+    ).tag(config=True)
+    kernel_namespace_env = "JKP_KERNEL_NAMESPACE"
+
+    @default("kernel_namespace")
+    def _kernel_namespace_default(self) -> str:
+        return env_str(self.kernel_namespace_env, "tablegpt-kernels")
+
+    kernel_user_name = Unicode(
+        help="Sent as KERNEL_USERNAME; EG refuses kernels for root and names pods after it "
+        "(JKP_KERNEL_USER_NAME env var)"
+    ).tag(config=True)
+    kernel_user_name_env = "JKP_KERNEL_USER_NAME"
+
+    @default("kernel_user_name")
+    def _kernel_user_name_default(self) -> str:
+        return env_str(self.kernel_user_name_env, "jovyan")
+
+    nfs_volume_server = Unicode(
+        help="NFS server of the shared volume mounted into kernel pods; empty: no volume "
+        "(JKP_NFS_VOLUME_SERVER env var)"
+    ).tag(config=True)
+    nfs_volume_server_env = "JKP_NFS_VOLUME_SERVER"
+
+    @default("nfs_volume_server")
+    def _nfs_volume_server_default(self) -> str:
+        return env_str(self.nfs_volume_server_env, "10.0.0.29")
+
+    nfs_mount_path = Unicode(
+        help="Path exported by the NFS server (JKP_NFS_MOUNT_PATH env var)"
+    ).tag(config=True)
+    nfs_mount_path_env = "JKP_NFS_MOUNT_PATH"
+
+    @default("nfs_mount_path")
+    def _nfs_mount_path_default(self) -> str:
+        return env_str(self.nfs_mount_path_env, "/data/tablegpt-test/shared/")
+
+    working_dir = Unicode(
+        help="Where the share is mounted in the kernel; users' directories are made under it "
+        "(JKP_WORKING_DIR env var)"
+    ).tag(config=True)
+    working_dir_env = "JKP_WORKING_DIR"
+
+    @default("working_dir")
+    def _working_dir_default(self) -> str:
+        return env_str(self.working_dir_env, "/mnt/shared/")
+
+    @validate("working_dir")
+    def _working_dir_validate(self, proposal: Any) -> str:
+        if not proposal["value"].startswith("/"):
+            raise ValueError(f"working_dir must be an absolute path, got {proposal['value']!r}")
+        return proposal["value"]
+
+    activation_interval = Float(
+        help="Seconds between keep-alive pings of idle kernels; 0 disables them "
+        "(JKP_ACTIVATION_INTERVAL env var)",
+        min=0,
+    ).tag(config=True)
+    activation_interval_env = "JKP_ACTIVATION_INTERVAL"
+
+    @default("activation_interval")
+    def _activation_interval_default(self) -> float:
+        return env_float(self.activation_interval_env, 1200.0)
+
+    check_task_interval = Float(
+        help="Seconds between checks that the pool is full and its kernels alive "
+        "(JKP_CHECK_TASK_INTERVAL env var)",
+        min=0.1,
+    ).tag(config=True)
+    check_task_interval_env = "JKP_CHECK_TASK_INTERVAL"
+
+    @default("check_task_interval")
+    def _check_task_interval_default(self) -> float:
+        return env_float(self.check_task_interval_env, 120.0)
+
+    pop_timeout = Float(
+        help="Seconds a pop waits for a kernel when the pool is empty before answering 503 "
+        "(JKP_POP_TIMEOUT env var)",
+        min=0,
+    ).tag(config=True)
+    pop_timeout_env = "JKP_POP_TIMEOUT"
+
+    @default("pop_timeout")
+    def _pop_timeout_default(self) -> float:
+        return env_float(self.pop_timeout_env, 10.0)
+
+    kernel_ready_timeout = Float(
+        help="Seconds a new kernel has to answer its first kernel_info_request before it is "
+        "shut down and started again (JKP_KERNEL_READY_TIMEOUT env var)",
+        min=1,
+    ).tag(config=True)
+    kernel_ready_timeout_env = "JKP_KERNEL_READY_TIMEOUT"
+
+    @default("kernel_ready_timeout")
+    def _kernel_ready_timeout_default(self) -> float:
+        return env_float(self.kernel_ready_timeout_env, 300.0)
+
+    kernel_request_timeout = Float(
+        help="Seconds a pooled kernel has to answer a request (set-up at pop, activation) "
+        "(JKP_KERNEL_REQUEST_TIMEOUT env var)",
+        min=0.1,
+    ).tag(config=True)
+    kernel_request_timeout_env = "JKP_KERNEL_REQUEST_TIMEOUT"
+
+    @default("kernel_request_timeout")
+    def _kernel_request_timeout_default(self) -> float:
+        return env_float(self.kernel_request_timeout_env, 10.0)
+
+    max_concurrent_starts = Int(
+        help="Kernels this replica starts on EG at the same time (JKP_MAX_CONCURRENT_STARTS env var)",
+        min=1,
+    ).tag(config=True)
+    max_concurrent_starts_env = "JKP_MAX_CONCURRENT_STARTS"
+
+    @default("max_concurrent_starts")
+    def _max_concurrent_starts_default(self) -> int:
+        return env_int(self.max_concurrent_starts_env, 4)
+
+    max_start_backoff = Float(
+        help="Upper bound in seconds of the pause between failed kernel starts "
+        "(JKP_MAX_START_BACKOFF env var)",
+        min=0,
+    ).tag(config=True)
+    max_start_backoff_env = "JKP_MAX_START_BACKOFF"
+
+    @default("max_start_backoff")
+    def _max_start_backoff_default(self) -> float:
+        return env_float(self.max_start_backoff_env, 60.0)
+
+    def __init__(self, **kwargs: Any):
+        super().__init__(**kwargs)
+        self._tasks: dict[str, asyncio.Task] = {}
+        self._starts: set[asyncio.Task] = set()
+        self._retirements: set[asyncio.Task] = set()
+        self._wake_filler = asyncio.Event()
+        # Replaced each time a kernel is pooled, so every waiter on the old one wakes.
+        self._kernel_pooled = asyncio.Event()
+        self._start_failures = 0
+        self._next_start_at = 0.0
+        self._failing: dict[str, str] = {}
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the background tasks: reconcile with EG, fill, check, activate."""
+        self._tasks["fill"] = asyncio.create_task(self._fill_loop(), name="jkp-fill")
+        if self.activation_interval > 0:
+            self._tasks["activate"] = asyncio.create_task(
+                self._activation_loop(), name="jkp-activate"
+            )
+
+    async def stop(self) -> None:
+        """Stop the background tasks; kernels being started are shut down, the pool stays."""
+        tasks = [*self._tasks.values(), *self._starts]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._tasks.clear()
+        # Shutdowns already under way are allowed to finish so no kernel is left behind.
+        await asyncio.gather(*self._retirements, return_exceptions=True)
+
+    def refill(self) -> None:
+        """Ask the fill loop to top the pool up now."""
+        self._wake_filler.set()
+
+    # -- what a start request sends -------------------------------------------------------
+
+    def kernel_start_env(self, kernel_id: str) -> dict[str, str]:
+        """The ``env`` of EG's start request for a pooled kernel with id ``kernel_id``."""
+        env = {
+            "KERNEL_ID": kernel_id,
+            "KERNEL_USERNAME": self.kernel_user_name,
+            "KERNEL_NAMESPACE": self.kernel_namespace,
+            "KERNEL_IMAGE": self.kernel_image,
+            "KERNEL_WORKING_DIR": self.working_dir,
+        }
+        if self.nfs_volume_server:
+            env["KERNEL_VOLUMES"] = json.dumps(
+                [
+                    {
+                        "name": "shared-vol",
+                        "nfs": {"server": self.nfs_volume_server, "path": self.nfs_mount_path},
+                    }
+                ]
+            )
+            env["KERNEL_VOLUME_MOUNTS"] = json.dumps(
+                [{"name": "shared-vol", "mountPath": self.working_dir}]
+            )
+        return env
+
+    # -- pop --------------------------------------------------------------------------------
+
+    async def pop(self, user_id: str) -> dict[str, Any]:
+        """Hand one idle kernel to ``user_id``, in ``<working_dir>/<user_id>``; its EG model.
+
+        Raises PoolEmptyError when no kernel is ready within ``pop_timeout``, GatewayError
+        when EG fails (the kernel taken goes back to the pool), RedisError when Redis does.
+        """
+        validate_user_id(user_id)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.pop_timeout
+        while True:
+            claim = await self.store.claim(user_id)
+            self.refill()
+            if claim is None:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    raise PoolEmptyError(f"no idle kernel within {self.pop_timeout:g}s")
+                await self._wait_for_kernel(min(remaining, _EMPTY_POOL_POLL))
+                continue
+            model = await self._set_up(claim, user_id)
+            if model is None:
+                continue
+            if await self.store.hand_over(claim, user_id):
+                self.log.info("Kernel %s handed to user %s", claim.kernel_id, user_id)
+                return model
+            # Our claim was taken back by a reconcile while we worked: never hand that out.
+            self.log.warning("Claim on kernel %s expired during set-up", claim.kernel_id)
+
+    async def _set_up(self, claim: Claim, user_id: str) -> dict[str, Any] | None:
+        """Check a claimed kernel and move it into the user's dir; its model, or None if unusable."""
+        kernel_id = claim.kernel_id
+        try:
+            model = await self.gateway.get_kernel(kernel_id)
+            if model is None:
+                self.log.info("Kernel %s is gone from EG; taking the next", kernel_id)
+                await self.store.retire_claim(claim)
+                await self.store.forget_retired(kernel_id)
+                return None
+            await self.gateway.execute(
+                kernel_id,
+                enter_user_dir_code(self.working_dir, user_id),
+                self.kernel_request_timeout,
+            )
+            # EG's model after the set-up: last_activity and execution_state as they are now.
+            return await self.gateway.get_kernel(kernel_id) or model
+        except KernelReplyError as e:
+            self.log.error("Kernel %s failed set-up for user %s: %s", kernel_id, user_id, e)
+        except GatewayError as e:
+            if e.status != 404:
+                # EG is down or erroring: the kernel is not at fault, keep it for the next pop.
+                await self.store.release(claim)
+                raise
+            self.log.info("Kernel %s is gone from EG: %s", kernel_id, e)
+        if await self.store.retire_claim(claim):
+            self._retire_soon(kernel_id, "failed set-up")
+        return None
+
+    async def _wait_for_kernel(self, timeout: float) -> None:
+        try:
+            await asyncio.wait_for(self._kernel_pooled.wait(), timeout)
+        except TimeoutError:
+            pass
+
+    # -- filling ----------------------------------------------------------------------------
+
+    async def _fill_loop(self) -> None:
+        """Reconcile, then keep the pool at target; wakes on refill() and every check interval."""
+        loop = asyncio.get_running_loop()
+        next_check = 0.0
+        while True:
+            self._wake_filler.clear()
+            try:
+                if loop.time() >= next_check:
+                    await self.reconcile()
+                    next_check = loop.time() + self.check_task_interval
+                    self._recovered("gateway")
+                await self._start_missing()
+                self._recovered("redis")
+            except RedisError as e:
+                self._failed("redis", e)
+            except GatewayError as e:
+                self._failed("gateway", e)
+            now = loop.time()
+            delay = next_check - now
+            if self._next_start_at > now:
+                delay = min(delay, self._next_start_at - now)
+            if self._failing:
+                delay = min(delay, 1.0)
+            try:
+                await asyncio.wait_for(self._wake_filler.wait(), max(delay, 0.01))
+            except TimeoutError:
+                pass
+
+    def _start_backoff(self) -> float:
+        """Pause before the next start after ``_start_failures`` failures in a row."""
+        return min(self.max_start_backoff, _START_BACKOFF_BASE * 2 ** (self._start_failures - 1))
+
+    async def _start_missing(self) -> None:
+        """Start kernels while the pool (idle + starting, across replicas) is below target."""
+        if asyncio.get_running_loop().time() < self._next_start_at:
+            return
+        while len(self._starts) < self.max_concurrent_starts:
+            kernel_id = str(uuid.uuid4())
+            lease = self.kernel_ready_timeout + 2 * self.gateway.request_timeout
+            if not await self.store.reserve_start(kernel_id, self.max_pending_kernels, lease):
+                return
+            task = asyncio.create_task(self._start_kernel(kernel_id), name=f"jkp-start-{kernel_id}")
+            self._starts.add(task)
+            task.add_done_callback(self._starts.discard)
+            if self._start_failures:
+                return  # after failures, try one at a time until one succeeds
+
+    async def _start_kernel(self, kernel_id: str) -> None:
+        """Start one kernel (its id already leased in Redis) and pool it once it answers."""
+        try:
+            await self.gateway.start_kernel(self.kernel_name, self.kernel_start_env(kernel_id))
+            self.log.info("Kernel %s started on EG", kernel_id)
+            await self.gateway.kernel_info(kernel_id, self.kernel_ready_timeout)
+            model = await self.gateway.get_kernel(kernel_id)
+            if model is None:
+                raise GatewayError(f"kernel {kernel_id} exited right after starting", 404)
+            if not await self.store.finish_start(kernel_id, model):
+                self.log.warning("Lease of kernel %s expired before it was ready", kernel_id)
+                self._retire_soon(kernel_id, "lease expired")
+                return
+        except asyncio.CancelledError:
+            await self._abandon_start(kernel_id, "jkp is stopping")
+            raise
+        except (GatewayError, RedisError) as e:
+            self._start_failures += 1
+            backoff = self._start_backoff()
+            self._next_start_at = asyncio.get_running_loop().time() + backoff
+            self.log.error(
+                "Starting kernel %s failed (%d in a row; next try in %.0fs): %s",
+                kernel_id, self._start_failures, backoff, e,
+            )
+            await self._abandon_start(kernel_id, "start failed")
+            return
+        finally:
+            self.refill()
+        self._start_failures = 0
+        self._next_start_at = 0.0
+        self.log.info("Kernel %s is ready and pooled", kernel_id)
+        self._kernel_pooled.set()
+        self._kernel_pooled = asyncio.Event()
+
+    async def _abandon_start(self, kernel_id: str, reason: str) -> None:
+        try:
+            moved = await self.store.retire_starting(kernel_id)
+        except RedisError:
+            self.log.warning("Cannot retire kernel %s now; its lease will expire", kernel_id)
+            return
+        if moved:
+            await self._retire(kernel_id, reason)
+
+    # -- removal ----------------------------------------------------------------------------
+
+    def _retire_soon(self, kernel_id: str, reason: str) -> None:
+        """Shut a retired kernel down in the background (pops do not wait for EG's DELETE)."""
+        task = asyncio.create_task(self._retire(kernel_id, reason))
+        self._retirements.add(task)
+        task.add_done_callback(self._retirements.discard)
+
+    async def _retire(self, kernel_id: str, reason: str) -> None:
+        """Shut a kernel in the retiring set down on EG, then forget it.
+
+        When EG cannot be reached it stays in the retiring set and the next reconcile retries.
+        """
+        try:
+            await self.gateway.shutdown_kernel(kernel_id)
+            await self.store.forget_retired(kernel_id)
+            self.log.info("Kernel %s removed (%s)", kernel_id, reason)
+        except (GatewayError, RedisError) as e:
+            self.log.warning("Kernel %s not removed yet (%s): %s", kernel_id, reason, e)
+
+    async def reconcile(self) -> None:
+        """Make Redis and EG agree: drop dead idle kernels, finish pending removals, trim."""
+        for model_json in await self.store.idle_models():
+            kernel_id = json.loads(model_json)["id"]
+            if await self.gateway.get_kernel(kernel_id) is None:
+                if await self.store.retire_idle(kernel_id, model_json):
+                    self.log.info("Idle kernel %s is gone from EG; dropped", kernel_id)
+                    await self.store.forget_retired(kernel_id)
+        for kernel_id in await self.store.expired_starting_ids():
+            if await self.store.retire_starting(kernel_id):
+                await self._retire(kernel_id, "start lease expired")
+        for kernel_id in await self.store.trim_surplus(self.max_pending_kernels):
+            await self._retire(kernel_id, "above max_pending_kernels")
+        for kernel_id in await self.store.retiring_ids():
+            await self._retire(kernel_id, "pending removal")
+
+    # -- activation ---------------------------------------------------------------------------
+
+    async def _activation_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.activation_interval)
+            try:
+                await self.activate_idle_kernels()
+            except RedisError as e:
+                self._failed("redis", e)
+
+    async def activate_idle_kernels(self) -> None:
+        """Send every idle kernel a kernel_info_request; replace those that do not answer."""
+        models = await self.store.idle_models()
+        semaphore = asyncio.Semaphore(max(self.max_concurrent_starts, 8))
+
+        async def activate(model_json: str) -> None:
+            async with semaphore:
+                await self._activate(model_json)
+
+        await asyncio.gather(*(activate(m) for m in models))
+
+    async def _activate(self, model_json: str) -> None:
+        kernel_id = json.loads(model_json)["id"]
+        try:
+            await self.gateway.kernel_info(kernel_id, self.kernel_request_timeout)
+            self.log.debug("Kernel %s activated", kernel_id)
+            return
+        except GatewayError as e:
+            failure = e
+        try:
+            alive = await self.gateway.get_kernel(kernel_id) is not None
+        except GatewayError as e:
+            # EG itself is failing: an outage must not drain the pool.
+            self._failed("gateway", e)
+            return
+        if await self.store.retire_idle(kernel_id, model_json):
+            why = "did not answer activation" if alive else "gone from EG"
+            self.log.warning("Idle kernel %s %s: %s", kernel_id, why, failure)
+            await self._retire(kernel_id, why)
+            self.refill()
+
+    # -- state reporting ----------------------------------------------------------------------
+
+    def _failed(self, component: str, error: Exception) -> None:
+        """Log a component's failure once per change of state, not once per attempt."""
+        if self._failing.get(component) is None:
+            self.log.error("%s is failing: %s", component, error)
+        self._failing[component] = str(error)
+
+    def _recovered(self, component: str) -> None:
+        if self._failing.pop(component, None) is not None:
+            self.log.info("%s is back", component)
+
+    async def status(self) -> dict[str, Any]:
+        """Target and counts of this pool as Redis holds them."""
+        counts = await self.store.counts()
+        return {"target": self.max_pending_kernels, **counts, "failing": dict(self._failing)}

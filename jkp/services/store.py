@@ -1,0 +1,328 @@
+"""The Redis side of the pool: its keys and the atomic operations on them.
+
+The idle list keeps the original Go service's format: EG kernel models as JSON strings at
+``JKP_REDIS_KEY``, new ones pushed on the left, pops from the right. The rest of the pool's
+state lives under keys derived from it (see docs/redis.md):
+
+- ``<key>:starting``  sorted set, kernel id -> lease expiry (Redis time): kernels being started
+- ``<key>:claimed``   hash, kernel id -> {model, user_id, claimed_at}: kernels being handed out
+- ``<key>:handed``    hash, kernel id -> {user_id, handed_at}: kernels handed out, never taken back
+- ``<key>:retiring``  hash, kernel id -> time: kernels taken out of the pool, to shut down on EG
+
+Every move between them is one Lua script, so a kernel is always in exactly one place.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import redis.asyncio as redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
+from traitlets import Any as AnyTrait
+from traitlets import Dict, Int, Unicode, default
+from traitlets.config import LoggingConfigurable
+
+from jkp.traits import env_int, env_str
+
+# Redis server time in seconds, so leases do not depend on the replicas' clocks.
+_NOW = "local t = redis.call('TIME'); local now = tonumber(t[1]) + tonumber(t[2]) / 1e6\n"
+
+_RESERVE = _NOW + """
+local live = redis.call('ZCOUNT', KEYS[2], '(' .. now, '+inf')
+if redis.call('LLEN', KEYS[1]) + live >= tonumber(ARGV[1]) then return 0 end
+redis.call('ZADD', KEYS[2], now + tonumber(ARGV[3]), ARGV[2])
+return 1
+"""
+
+_FINISH_START = """
+if redis.call('ZREM', KEYS[2], ARGV[1]) == 0 then return 0 end
+redis.call('LPUSH', KEYS[1], ARGV[2])
+return 1
+"""
+
+_CLAIM = _NOW + """
+local model = redis.call('RPOP', KEYS[1])
+if not model then return false end
+local id = cjson.decode(model)['id']
+redis.call('HSET', KEYS[2], id, cjson.encode({model = model, user_id = ARGV[1], claimed_at = now}))
+return model
+"""
+
+_HAND_OVER = _NOW + """
+if redis.call('HDEL', KEYS[1], ARGV[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[2], ARGV[1], cjson.encode({user_id = ARGV[2], handed_at = now}))
+return 1
+"""
+
+_RELEASE = """
+if redis.call('HDEL', KEYS[1], ARGV[1]) == 0 then return 0 end
+redis.call('RPUSH', KEYS[2], ARGV[2])
+return 1
+"""
+
+_RETIRE_CLAIM = _NOW + """
+if redis.call('HDEL', KEYS[1], ARGV[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[2], ARGV[1], now)
+return 1
+"""
+
+_RETIRE_IDLE = _NOW + """
+if redis.call('LREM', KEYS[1], 1, ARGV[2]) == 0 then return 0 end
+redis.call('HSET', KEYS[2], ARGV[1], now)
+return 1
+"""
+
+_RETIRE_STARTING = _NOW + """
+if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[2], ARGV[1], now)
+return 1
+"""
+
+_TRIM_SURPLUS = _NOW + """
+local live = redis.call('ZCOUNT', KEYS[2], '(' .. now, '+inf')
+local surplus = redis.call('LLEN', KEYS[1]) + live - tonumber(ARGV[1])
+local ids = {}
+while surplus > 0 do
+  local model = redis.call('LPOP', KEYS[1])
+  if not model then break end
+  local id = cjson.decode(model)['id']
+  redis.call('HSET', KEYS[3], id, now)
+  table.insert(ids, id)
+  surplus = surplus - 1
+end
+return ids
+"""
+
+_EXPIRED_STARTING = _NOW + "return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)\n"
+
+
+@dataclass(frozen=True)
+class PoolKeys:
+    """The Redis keys of one pool, all derived from its idle-list key."""
+
+    idle: str
+
+    @property
+    def starting(self) -> str:
+        return f"{self.idle}:starting"
+
+    @property
+    def claimed(self) -> str:
+        return f"{self.idle}:claimed"
+
+    @property
+    def handed(self) -> str:
+        return f"{self.idle}:handed"
+
+    @property
+    def retiring(self) -> str:
+        return f"{self.idle}:retiring"
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A kernel taken out of the idle list for one user, not yet handed over."""
+
+    kernel_id: str
+    model_json: str
+
+    @property
+    def model(self) -> dict[str, Any]:
+        return json.loads(self.model_json)
+
+
+class PoolStore:
+    """Atomic operations on one pool's keys."""
+
+    def __init__(self, client: redis.Redis, keys: PoolKeys):
+        self.client = client
+        self.keys = keys
+        self._reserve = client.register_script(_RESERVE)
+        self._finish_start = client.register_script(_FINISH_START)
+        self._claim = client.register_script(_CLAIM)
+        self._hand_over = client.register_script(_HAND_OVER)
+        self._release = client.register_script(_RELEASE)
+        self._retire_claim = client.register_script(_RETIRE_CLAIM)
+        self._retire_idle = client.register_script(_RETIRE_IDLE)
+        self._retire_starting = client.register_script(_RETIRE_STARTING)
+        self._trim_surplus = client.register_script(_TRIM_SURPLUS)
+        self._expired_starting = client.register_script(_EXPIRED_STARTING)
+
+    async def reserve_start(self, kernel_id: str, target: int, lease_seconds: float) -> bool:
+        """Record a kernel about to be started, if idle plus starting kernels are below target.
+
+        The record is a lease: it expires after ``lease_seconds`` so a replica that dies
+        mid-start does not hold a place in the pool forever.
+        """
+        k = self.keys
+        return bool(
+            await self._reserve(keys=[k.idle, k.starting], args=[target, kernel_id, lease_seconds])
+        )
+
+    async def finish_start(self, kernel_id: str, model: dict[str, Any]) -> bool:
+        """Move a started kernel from its lease into the idle list.
+
+        False when its lease was no longer there (expired and taken over): the caller must then
+        shut the kernel down rather than pool it.
+        """
+        k = self.keys
+        return bool(
+            await self._finish_start(keys=[k.idle, k.starting], args=[kernel_id, json.dumps(model)])
+        )
+
+    async def retire_starting(self, kernel_id: str) -> bool:
+        """Move a kernel whose start failed or whose lease expired to the retiring set."""
+        k = self.keys
+        return bool(await self._retire_starting(keys=[k.starting, k.retiring], args=[kernel_id]))
+
+    async def claim(self, user_id: str) -> Claim | None:
+        """Take the oldest idle kernel for ``user_id``; None when the pool is empty."""
+        k = self.keys
+        model_json = await self._claim(keys=[k.idle, k.claimed], args=[user_id])
+        if model_json is None:
+            return None
+        if isinstance(model_json, bytes):
+            model_json = model_json.decode()
+        return Claim(json.loads(model_json)["id"], model_json)
+
+    async def hand_over(self, claim: Claim, user_id: str) -> bool:
+        """Record the claimed kernel as handed to ``user_id``; it never returns to the pool."""
+        k = self.keys
+        return bool(
+            await self._hand_over(keys=[k.claimed, k.handed], args=[claim.kernel_id, user_id])
+        )
+
+    async def release(self, claim: Claim) -> bool:
+        """Put a claimed kernel back at the pop end of the idle list, untouched."""
+        k = self.keys
+        return bool(
+            await self._release(keys=[k.claimed, k.idle], args=[claim.kernel_id, claim.model_json])
+        )
+
+    async def retire_claim(self, claim: Claim) -> bool:
+        """Move a claimed kernel that must not be handed out to the retiring set."""
+        k = self.keys
+        return bool(await self._retire_claim(keys=[k.claimed, k.retiring], args=[claim.kernel_id]))
+
+    async def retire_idle(self, kernel_id: str, model_json: str) -> bool:
+        """Move one idle kernel to the retiring set; False when it was no longer idle."""
+        k = self.keys
+        return bool(
+            await self._retire_idle(keys=[k.idle, k.retiring], args=[kernel_id, model_json])
+        )
+
+    async def trim_surplus(self, target: int) -> list[str]:
+        """Retire the newest idle kernels above ``target``; returns their ids."""
+        k = self.keys
+        ids = await self._trim_surplus(keys=[k.idle, k.starting, k.retiring], args=[target])
+        return [i.decode() if isinstance(i, bytes) else i for i in ids]
+
+    async def forget_retired(self, kernel_id: str) -> None:
+        """Drop a kernel from the retiring set once EG has shut it down."""
+        await self.client.hdel(self.keys.retiring, kernel_id)
+
+    async def idle_models(self) -> list[str]:
+        """The idle list as stored (JSON strings), oldest last."""
+        return [_text(m) for m in await self.client.lrange(self.keys.idle, 0, -1)]
+
+    async def retiring_ids(self) -> list[str]:
+        """Kernels waiting to be shut down on EG."""
+        return [_text(i) for i in await self.client.hkeys(self.keys.retiring)]
+
+    async def expired_starting_ids(self) -> list[str]:
+        """Kernels whose start lease expired: their starter died or gave up."""
+        return [_text(i) for i in await self._expired_starting(keys=[self.keys.starting])]
+
+    async def handed_out(self) -> dict[str, dict[str, Any]]:
+        """Kernel id -> {user_id, handed_at} for every kernel ever handed out."""
+        raw = await self.client.hgetall(self.keys.handed)
+        return {_text(k): json.loads(v) for k, v in raw.items()}
+
+    async def counts(self) -> dict[str, int]:
+        """How many kernels are idle, starting (live leases), being handed out, handed out."""
+        k = self.keys
+        async with self.client.pipeline(transaction=True) as pipe:
+            pipe.llen(k.idle).zcard(k.starting).hlen(k.claimed).hlen(k.handed)
+            idle, starting, claimed, handed = await pipe.execute()
+        return {"idle": idle, "starting": starting, "claimed": claimed, "handed": handed}
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+class RedisStore(LoggingConfigurable):
+    """The Redis connection of jkp and the pools stored in it."""
+
+    redis_url = Unicode(
+        help="Redis URL, e.g. rediss://:password@host:6380/0; when set it overrides "
+        "redis_host, redis_port and redis_db (JKP_REDIS_URL env var)",
+    ).tag(config=True)
+    redis_url_env = "JKP_REDIS_URL"
+
+    @default("redis_url")
+    def _redis_url_default(self) -> str:
+        return env_str(self.redis_url_env, "")
+
+    redis_host = Unicode(help="Redis host (JKP_REDIS_HOST env var)").tag(config=True)
+    redis_host_env = "JKP_REDIS_HOST"
+
+    @default("redis_host")
+    def _redis_host_default(self) -> str:
+        return env_str(self.redis_host_env, "127.0.0.1")
+
+    redis_port = Int(help="Redis port (JKP_REDIS_PORT env var)", min=1, max=65535).tag(config=True)
+    redis_port_env = "JKP_REDIS_PORT"
+
+    @default("redis_port")
+    def _redis_port_default(self) -> int:
+        return env_int(self.redis_port_env, 6379)
+
+    redis_db = Int(help="Redis database number (JKP_REDIS_DB env var)", min=0).tag(config=True)
+    redis_db_env = "JKP_REDIS_DB"
+
+    @default("redis_db")
+    def _redis_db_default(self) -> int:
+        return env_int(self.redis_db_env, 0)
+
+    key = Unicode(
+        help="Redis key of the idle-kernel list; the pool's other keys are derived from it "
+        "(JKP_REDIS_KEY env var)",
+    ).tag(config=True)
+    key_env = "JKP_REDIS_KEY"
+
+    @default("key")
+    def _key_default(self) -> str:
+        return env_str(self.key_env, "tablegpt-test:kernels:idle")
+
+    client_kwargs = Dict(
+        help="Extra keyword arguments for redis.asyncio.Redis (e.g. ssl_ca_certs)",
+    ).tag(config=True)
+
+    client = AnyTrait(help="The redis.asyncio.Redis client; built from the traits above")
+
+    @default("client")
+    def _client_default(self) -> redis.Redis:
+        # Fail fast instead of redis-py's default retries (up to ~14 s against a dead server):
+        # callers answer 503 or back off themselves.
+        kwargs: dict[str, Any] = {
+            "socket_timeout": 5,
+            "socket_connect_timeout": 2,
+            "retry": Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=1),
+            "health_check_interval": 30,
+        }
+        kwargs.update(self.client_kwargs)
+        if self.redis_url:
+            return redis.Redis.from_url(self.redis_url, **kwargs)
+        return redis.Redis(host=self.redis_host, port=self.redis_port, db=self.redis_db, **kwargs)
+
+    def pool(self, key: str | None = None) -> PoolStore:
+        """The store of the pool whose idle list is at ``key`` (default: the ``key`` trait)."""
+        return PoolStore(self.client, PoolKeys(key or self.key))
+
+    async def close(self) -> None:
+        """Close the connections to Redis."""
+        await self.client.aclose()

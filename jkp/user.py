@@ -1,0 +1,51 @@
+"""The one check of a userId, and the only code built from it."""
+
+from __future__ import annotations
+
+import json
+import re
+
+USER_ID_PATTERN = re.compile(r"[A-Za-z0-9_.@-]{1,128}")
+
+# Runs in the kernel. The user id and working dir arrive only as JSON string literals; the
+# resolved target must be a direct child of the resolved working dir, so neither a crafted id
+# nor a symlink planted in the share can move the kernel elsewhere.
+_ENTER_USER_DIR = """\
+def __jkp_enter_user_dir(base, user):
+    import os
+    base = os.path.realpath(base)
+    target = os.path.realpath(os.path.join(base, user))
+    if os.path.dirname(target) != base:
+        raise PermissionError("user directory %r is not inside %r" % (target, base))
+    os.makedirs(target, exist_ok=True)
+    os.chdir(target)
+try:
+    __jkp_enter_user_dir({working_dir}, {user_id})
+finally:
+    del __jkp_enter_user_dir
+"""
+
+
+class InvalidUserId(ValueError):
+    """The userId is not one safe path segment."""
+
+
+def validate_user_id(value: object) -> str:
+    """Return ``value`` if it is a usable userId, else raise InvalidUserId saying why.
+
+    A userId is one path segment: 1 to 128 letters, digits, ``_ . @ -``, and not ``.`` or ``..``.
+    """
+    if not isinstance(value, str) or not value:
+        raise InvalidUserId("userId must be a non-empty string")
+    if not USER_ID_PATTERN.fullmatch(value) or value in (".", ".."):
+        raise InvalidUserId(
+            "userId must be 1 to 128 letters, digits or '_.@-', and not '.' or '..'"
+        )
+    return value
+
+
+def enter_user_dir_code(working_dir: str, user_id: str) -> str:
+    """Python code that makes ``<working_dir>/<user_id>`` in the kernel and moves into it."""
+    return _ENTER_USER_DIR.format(
+        working_dir=json.dumps(working_dir), user_id=json.dumps(validate_user_id(user_id))
+    )
