@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import sys
 from typing import Any
@@ -98,8 +99,12 @@ class JKPManagerApp(JupyterApp):
         super().initialize(argv)
         if self._dispatching:
             return
-        self.init_configurables()
-        self.check_config()
+        try:
+            self.init_configurables()
+            self.check_config()
+        except (EnvValueError, TraitError) as e:
+            self.log.critical("Bad configuration: %s", e)
+            self.exit(1)
         self.init_webapp()
 
     def init_configurables(self) -> None:
@@ -110,14 +115,21 @@ class JKPManagerApp(JupyterApp):
         )
 
     def check_config(self) -> None:
-        """Read every option once, so a bad value stops start-up now, naming its source."""
+        """Read and validate every option once, so a bad value stops start-up now.
+
+        Assigning each value back runs the trait's own validator, which traitlets skips for
+        values that come from a dynamic (environment) default.
+        """
         for configurable in (self, self.gateway, self.store, self.pool_manager):
             for name in configurable.trait_names(config=True):
                 try:
-                    getattr(configurable, name)
-                except (EnvValueError, TraitError) as e:
-                    self.log.critical("Bad configuration: %s", e)
-                    self.exit(1)
+                    setattr(configurable, name, getattr(configurable, name))
+                except TraitError as e:
+                    where = f"{type(configurable).__name__}.{name}"
+                    env_name = getattr(configurable, f"{name}_env", None)
+                    if env_name in os.environ:
+                        where += f" (default from {env_name}={os.environ[env_name]!r})"
+                    raise TraitError(f"{where}: {e}") from None
 
     def init_webapp(self) -> None:
         handlers = [*pool_handlers.default_handlers]

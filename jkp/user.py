@@ -7,7 +7,7 @@ import re
 
 USER_ID_PATTERN = re.compile(r"[A-Za-z0-9_.@-]{1,128}")
 
-# Runs in the kernel. The user id and working dir arrive only as JSON string literals; the
+# Runs in the kernel. The user id and working dir arrive only as string literals; the
 # resolved target must be a direct child of the resolved working dir, so neither a crafted id
 # nor a symlink planted in the share can move the kernel elsewhere.
 _ENTER_USER_DIR = """\
@@ -46,6 +46,8 @@ def validate_user_id(value: object) -> str:
 
 def enter_user_dir_code(working_dir: str, user_id: str) -> str:
     """Python code that makes ``<working_dir>/<user_id>`` in the kernel and moves into it."""
+    # A validated userId is ASCII, where JSON and Python literals agree; working_dir may hold
+    # any character, and only repr() round-trips all of them (JSON splits astral characters).
     return _ENTER_USER_DIR.format(
-        working_dir=json.dumps(working_dir), user_id=json.dumps(validate_user_id(user_id))
+        working_dir=repr(working_dir), user_id=json.dumps(validate_user_id(user_id))
     )

@@ -11,7 +11,7 @@ from jupyter_client.jsonutil import json_default
 from jupyter_client.session import Session
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 from tornado.websocket import WebSocketClientConnection, WebSocketError, websocket_connect
-from traitlets import Dict, Float, Unicode, default, validate
+from traitlets import Dict, Float, TraitError, Unicode, default, validate
 from traitlets.config import LoggingConfigurable
 
 from jkp.traits import env_float, env_str
@@ -60,7 +60,7 @@ class GatewayClient(LoggingConfigurable):
         value = proposal["value"].rstrip("/")
         parts = urlsplit(value)
         if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise ValueError(f"Enterprise Gateway URL must be http(s)://host[:port], got {value!r}")
+            raise TraitError(f"Enterprise Gateway URL must be http(s)://host[:port], got {value!r}")
         return value
 
     connect_timeout = Float(

@@ -8,7 +8,7 @@ import uuid
 from typing import Any
 
 from redis.exceptions import RedisError
-from traitlets import Float, Instance, Int, Unicode, default, validate
+from traitlets import Float, Instance, Int, TraitError, Unicode, default, validate
 from traitlets.config import LoggingConfigurable
 
 from jkp.services.gateway import GatewayClient, GatewayError, KernelReplyError
@@ -116,7 +116,7 @@ class PoolManager(LoggingConfigurable):
     @validate("working_dir")
     def _working_dir_validate(self, proposal: Any) -> str:
         if not proposal["value"].startswith("/"):
-            raise ValueError(f"working_dir must be an absolute path, got {proposal['value']!r}")
+            raise TraitError(f"working_dir must be an absolute path, got {proposal['value']!r}")
         return proposal["value"]
 
     activation_interval = Float(

@@ -1,0 +1,561 @@
+"""Local stack for jkp: a throw-away Redis and a Jupyter Enterprise Gateway.
+
+Importable (the test fixtures in tests/conftest.py use it) and runnable::
+
+    python dev/localstack.py [jkpmanager args, e.g. --port=8081]
+
+Everything binds to 127.0.0.1 only.  Stdlib only, no jkp imports.
+
+Environment read by ``main()``:
+
+* ``JKP_STACK_REDIS_PORT`` (default 6380, never a user's Redis on 6379)
+* ``JKP_STACK_EG_PORT`` (default 8888)
+* ``JKP_STACK_NO_JKP=1``: only run Redis and EG (e.g. to run jkpmanager
+  yourself under a debugger), until Ctrl-C.
+* any ``JKP_*`` setting for jkpmanager overrides the defaults set here.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_EG_VENV = REPO / ".venv-eg"
+HOST = "127.0.0.1"
+
+BOOTSTRAP_HINT = "run scripts/bootstrap"
+
+# urllib honours http_proxy & co. by default; local traffic must never go
+# through a proxy.
+_opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+def _check_port_free(port: int, what: str, env_hint: str | None = None) -> None:
+    """Fail clearly when something already listens on 127.0.0.1:port.
+
+    Without this, a readiness probe could be answered by somebody else's
+    server (a user's Redis or Jupyter) while ours fails to bind.
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        # Same option the servers use, so TIME_WAIT leftovers from a previous
+        # run on this port do not count as "in use".
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((HOST, port))
+        except OSError as e:
+            if e.errno != errno.EADDRINUSE:
+                raise
+            hint = f" (choose another with {env_hint})" if env_hint else ""
+            raise RuntimeError(f"{what}: port {HOST}:{port} is already in use{hint}") from None
+
+
+def http_request(method: str, url: str, body=None, timeout: float = 10.0):
+    """Tiny JSON-over-HTTP helper: returns (status, parsed JSON body or None)."""
+    data = None
+    headers = {}
+    if body is not None:
+        data = json.dumps(body).encode()
+        headers["Content-Type"] = "application/json"
+    req = urllib.request.Request(url, data=data, method=method, headers=headers)
+    try:
+        with _opener.open(req, timeout=timeout) as resp:
+            status, raw = resp.status, resp.read()
+    except urllib.error.HTTPError as e:
+        status, raw = e.code, e.read()
+    try:
+        parsed = json.loads(raw) if raw else None
+    except ValueError:
+        parsed = raw.decode(errors="replace")
+    return status, parsed
+
+
+# --------------------------------------------------------------------------
+# process helpers
+
+
+def _signal_group(proc: subprocess.Popen, sig: int) -> None:
+    """Signal the process group led by proc (started with start_new_session)."""
+    try:
+        os.killpg(proc.pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _stop_group(proc: subprocess.Popen | None, timeout: float) -> None:
+    if proc is None:
+        return
+    if proc.poll() is None:
+        _signal_group(proc, signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            pass
+    # SIGKILL the group even when the leader is gone: children may linger.
+    _signal_group(proc, signal.SIGKILL)
+    proc.wait()
+
+
+def _pids_with_arg(needle: str) -> list[int]:
+    """PIDs of processes whose command line contains needle."""
+    me = os.getpid()
+    found = []
+    proc_dir = Path("/proc")
+    if proc_dir.is_dir():
+        for entry in proc_dir.iterdir():
+            if not entry.name.isdigit() or int(entry.name) == me:
+                continue
+            try:
+                cmdline = (entry / "cmdline").read_bytes().decode(errors="replace")
+            except OSError:
+                continue
+            if needle in cmdline.replace("\0", " "):
+                found.append(int(entry.name))
+        return found
+    # No /proc (macOS): fall back to ps.
+    try:
+        out = subprocess.run(
+            ["ps", "-Ao", "pid=,command="], capture_output=True, text=True, check=True
+        ).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return found
+    for line in out.splitlines():
+        pid, _, cmd = line.strip().partition(" ")
+        if pid.isdigit() and int(pid) != me and needle in cmd:
+            found.append(int(pid))
+    return found
+
+
+def _kill_pid_and_group(pid: int) -> None:
+    try:
+        if os.getpgid(pid) == pid:  # kernels lead their own session/group
+            os.killpg(pid, signal.SIGKILL)
+        else:
+            os.kill(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _read_log_from(path: Path, offset: int, max_lines: int = 60) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            lines = f.read().decode(errors="replace").splitlines()
+    except OSError:
+        return "(no log)"
+    return "\n".join(lines[-max_lines:]) or "(empty log)"
+
+
+class _Server:
+    """Common start/stop/kill/restart plumbing for a child server."""
+
+    name = "server"
+    log_name = "server.log"
+    stop_timeout = 10.0
+    port_env_hint: str | None = None  # named in the "port in use" error
+
+    def __init__(self, workdir, port: int | None):
+        self.workdir = Path(workdir).absolute()
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.port = port if port is not None else free_port()
+        self.log_path = self.workdir / self.log_name
+        self._proc: subprocess.Popen | None = None
+        self._log_offset = 0
+
+    # subclasses provide these
+    def _command(self) -> list[str]:
+        raise NotImplementedError
+
+    def _env(self) -> dict[str, str]:
+        return dict(os.environ)
+
+    def _is_ready(self) -> bool:
+        raise NotImplementedError
+
+    def _start_timeout(self) -> float:
+        raise NotImplementedError
+
+    def _cleanup_leftovers(self) -> None:
+        pass
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    def is_running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def start(self):
+        if self.is_running():
+            raise RuntimeError(f"{self.name} already running (pid {self._proc.pid})")
+        _check_port_free(self.port, self.name, self.port_env_hint)
+        cmd = self._command()
+        with open(self.log_path, "ab") as log:
+            self._log_offset = log.tell()
+            self._proc = subprocess.Popen(
+                cmd,
+                cwd=self.workdir,
+                env=self._env(),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # own process group; not hit by the terminal's Ctrl-C
+            )
+        deadline = time.monotonic() + self._start_timeout()
+        while True:
+            if self._proc.poll() is not None:
+                why = f"exited with code {self._proc.returncode}"
+                break
+            if self._is_ready():
+                if self._proc.poll() is None:
+                    return self
+                why = f"exited with code {self._proc.returncode}"
+                break
+            if time.monotonic() > deadline:
+                why = f"not ready after {self._start_timeout():.0f} s"
+                break
+            time.sleep(0.05)
+        self.kill()
+        raise RuntimeError(
+            f"{self.name} on {HOST}:{self.port} failed to start ({why}).\n"
+            f"command: {' '.join(cmd)}\n"
+            f"--- log {self.log_path} ---\n{_read_log_from(self.log_path, self._log_offset)}"
+        )
+
+    def stop(self) -> None:
+        """SIGTERM the process group, wait, SIGKILL as a fallback."""
+        _stop_group(self._proc, self.stop_timeout)
+        self._cleanup_leftovers()
+
+    def kill(self) -> None:
+        """SIGKILL the process group at once (simulates a crash)."""
+        if self._proc is not None:
+            _signal_group(self._proc, signal.SIGKILL)
+            self._proc.wait()
+        self._cleanup_leftovers()
+
+    def restart(self):
+        self.stop()
+        return self.start()
+
+    def log_tail(self, max_lines: int = 60) -> str:
+        return _read_log_from(self.log_path, self._log_offset, max_lines)
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+# --------------------------------------------------------------------------
+# Redis
+
+
+def _redis_command(port: int, *args: str, timeout: float = 1.0):
+    """Send one command over RESP; return the reply (str/int/bytes) or raise."""
+    payload = f"*{len(args)}\r\n".encode()
+    for a in args:
+        b = a.encode()
+        payload += b"$%d\r\n%s\r\n" % (len(b), b)
+    with socket.create_connection((HOST, port), timeout=timeout) as s:
+        s.sendall(payload)
+        f = s.makefile("rb")
+        line = f.readline()
+        if not line:
+            raise ConnectionError("connection closed")
+        kind, rest = line[:1], line[1:].rstrip(b"\r\n")
+        if kind == b"+":
+            return rest.decode()
+        if kind == b"-":
+            raise RuntimeError(rest.decode())
+        if kind == b":":
+            return int(rest)
+        if kind == b"$":
+            n = int(rest)
+            return None if n < 0 else f.read(n + 2)[:n]
+        raise RuntimeError(f"unexpected reply {line!r}")
+
+
+class RedisServer(_Server):
+    """A redis-server on 127.0.0.1 in its own workdir; same port across restarts."""
+
+    name = "redis-server"
+    log_name = "redis.log"
+
+    def __init__(self, workdir, port: int | None = None, appendonly: bool = False):
+        super().__init__(workdir, port)
+        self.appendonly = appendonly
+
+    @property
+    def url(self) -> str:
+        return f"redis://{HOST}:{self.port}/0"
+
+    def _command(self) -> list[str]:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise RuntimeError(f"redis-server not found on PATH: {BOOTSTRAP_HINT}")
+        return [
+            binary,
+            "--port", str(self.port),
+            "--bind", HOST,
+            "--save", "",
+            "--appendonly", "yes" if self.appendonly else "no",
+            "--dir", str(self.workdir),
+            "--daemonize", "no",
+            "--logfile", "",  # stdout, which goes to our log file
+        ]
+
+    def _is_ready(self) -> bool:
+        try:
+            if _redis_command(self.port, "PING") != "PONG":
+                return False
+            # Make sure it is *our* process answering.
+            info = _redis_command(self.port, "INFO", "server") or b""
+        except (OSError, RuntimeError):
+            return False
+        for line in info.decode(errors="replace").splitlines():
+            if line.startswith("process_id:"):
+                return int(line.split(":", 1)[1]) == self._proc.pid
+        return False
+
+    def _start_timeout(self) -> float:
+        return 10.0
+
+
+# --------------------------------------------------------------------------
+# Enterprise Gateway
+
+
+class EnterpriseGateway(_Server):
+    """Jupyter Enterprise Gateway 3.3 from its own venv, with one local kernel spec.
+
+    The kernel spec named ``kernel_name`` (default ``python_kubernetes``, as in
+    production) is a plain local ipykernel from the EG venv.  Kernels are
+    launched by EG in their own sessions, so ``stop()``/``kill()`` also kill any
+    process still running with a connection file from this gateway's runtime
+    dir: nothing is left behind.
+    """
+
+    name = "enterprise-gateway"
+    log_name = "eg.log"
+    stop_timeout = 20.0  # EG shuts its kernels down on SIGTERM
+
+    def __init__(
+        self,
+        workdir,
+        port: int | None = None,
+        kernel_name: str = "python_kubernetes",
+        cull_idle_timeout: float = 0,
+        cull_interval: float | None = None,
+        extra_args=(),
+        eg_venv=DEFAULT_EG_VENV,
+    ):
+        super().__init__(workdir, port)
+        self.kernel_name = kernel_name
+        self.cull_idle_timeout = cull_idle_timeout
+        self.cull_interval = cull_interval
+        self.extra_args = list(extra_args)
+        self.eg_venv = Path(eg_venv).absolute()
+        self.jupyter_path = self.workdir / "jupyter"
+        self.runtime_dir = self.workdir / "runtime"
+        self.data_dir = self.workdir / "data"
+        self.config_dir = self.workdir / "config"
+        self.ipython_dir = self.workdir / "ipython"
+        self.kernel_spec_dir = self.jupyter_path / "kernels" / kernel_name
+        self._write_kernel_spec()
+
+    @property
+    def url(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+    def _write_kernel_spec(self) -> None:
+        self.kernel_spec_dir.mkdir(parents=True, exist_ok=True)
+        # Not resolved: the venv's python symlink is what makes it the venv.
+        python = str(self.eg_venv / "bin" / "python")
+        spec = {
+            "argv": [python, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+            "display_name": f"Python 3 (local, as {self.kernel_name})",
+            "language": "python",
+        }
+        (self.kernel_spec_dir / "kernel.json").write_text(json.dumps(spec, indent=2) + "\n")
+
+    def _command(self) -> list[str]:
+        exe = self.eg_venv / "bin" / "jupyter-enterprisegateway"
+        if not exe.exists():
+            raise RuntimeError(f"{exe} not found: {BOOTSTRAP_HINT}")
+        cmd = [
+            str(exe),
+            f"--ip={HOST}",
+            f"--port={self.port}",
+            "--port_retries=0",
+            "--EnterpriseGatewayApp.list_kernels=True",
+            f"--KernelSpecManager.whitelist=[{self.kernel_name!r}]",
+        ]
+        if self.cull_idle_timeout:
+            cmd.append(f"--RemoteMappingKernelManager.cull_idle_timeout={self.cull_idle_timeout}")
+        if self.cull_interval is not None:
+            cmd.append(f"--RemoteMappingKernelManager.cull_interval={self.cull_interval}")
+        cmd.extend(self.extra_args)
+        return cmd
+
+    def _env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        for d in (self.runtime_dir, self.data_dir, self.config_dir, self.ipython_dir):
+            d.mkdir(parents=True, exist_ok=True)
+        env["JUPYTER_PATH"] = os.pathsep.join(
+            p for p in (str(self.jupyter_path), os.environ.get("JUPYTER_PATH", "")) if p
+        )
+        env["JUPYTER_RUNTIME_DIR"] = str(self.runtime_dir)
+        env["JUPYTER_DATA_DIR"] = str(self.data_dir)
+        env["JUPYTER_CONFIG_DIR"] = str(self.config_dir)  # ignore ~/.jupyter config
+        env["IPYTHONDIR"] = str(self.ipython_dir)  # kernels would create ~/.ipython
+        env["EG_MIRROR_WORKING_DIRS"] = "True"
+        env["EG_RESPONSE_IP"] = HOST  # only used by remote process proxies; keep it local
+        env.pop("VIRTUAL_ENV", None)
+        return env
+
+    def _is_ready(self) -> bool:
+        try:
+            status, _ = http_request("GET", self.url + "/api", timeout=1.0)
+        except (OSError, ValueError):
+            return False
+        return status == 200
+
+    def _start_timeout(self) -> float:
+        return 30.0
+
+    def _cleanup_leftovers(self) -> None:
+        needle = str(self.runtime_dir) + os.sep
+        for pid in _pids_with_arg(needle):
+            _kill_pid_and_group(pid)
+
+    def list_kernel_ids(self) -> list[str]:
+        status, body = http_request("GET", self.url + "/api/kernels")
+        if status != 200:
+            raise RuntimeError(f"GET {self.url}/api/kernels -> {status}: {body}")
+        return [k["id"] for k in body]
+
+
+# --------------------------------------------------------------------------
+# `python dev/localstack.py`
+
+
+class _Stop(Exception):
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _raise_stop(signum, frame):
+    raise _Stop(signum)
+
+
+def _jkp_port(argv: list[str], env: dict[str, str]) -> str:
+    port = env.get("JKP_SERVER_PORT") or "8080"
+    for i, a in enumerate(argv):
+        if a.startswith("--port="):
+            port = a.split("=", 1)[1]
+        elif a == "--port" and i + 1 < len(argv):
+            port = argv[i + 1]
+    return port
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run Redis + EG + jkpmanager in the foreground; Ctrl-C/SIGTERM stops all."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    no_jkp = os.environ.get("JKP_STACK_NO_JKP", "") not in ("", "0")
+    jkp_bin = REPO / ".venv" / "bin" / "jkpmanager"
+    if not no_jkp and not jkp_bin.exists():
+        print(f"localstack: {jkp_bin} not found: {BOOTSTRAP_HINT}", file=sys.stderr)
+        return 1
+
+    state = REPO / ".stack"
+    shared = state / "shared"
+    shared.mkdir(parents=True, exist_ok=True)
+    redis = RedisServer(state / "redis", port=int(os.environ.get("JKP_STACK_REDIS_PORT", "6380")))
+    eg = EnterpriseGateway(state / "eg", port=int(os.environ.get("JKP_STACK_EG_PORT", "8888")))
+    redis.port_env_hint = "JKP_STACK_REDIS_PORT"
+    eg.port_env_hint = "JKP_STACK_EG_PORT"
+
+    jkp_env = dict(os.environ)
+    defaults = {
+        "JKP_SERVER_IP": HOST,
+        "JKP_EG_ENDPOINT": eg.url,
+        "JKP_REDIS_HOST": HOST,
+        "JKP_REDIS_PORT": str(redis.port),
+        "JKP_WORKING_DIR": str(shared),
+        "JKP_NFS_VOLUME_SERVER": "",  # no NFS volume on a laptop
+        "JKP_MAX_PENDING_KERNELS": "3",
+    }
+    for key, value in defaults.items():
+        jkp_env.setdefault(key, value)
+
+    old_handlers = {s: signal.signal(s, _raise_stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    jkp: subprocess.Popen | None = None
+    code = 0
+    try:
+        try:
+            redis.start()
+            print(f"localstack: Redis  {redis.url}  (log {redis.log_path})", flush=True)
+            eg.start()
+            print(f"localstack: EG     {eg.url}  (log {eg.log_path})", flush=True)
+            if no_jkp:
+                print("localstack: JKP_STACK_NO_JKP set; jkp env would be:", flush=True)
+                for key in defaults:
+                    print(f"  {key}={jkp_env[key]}", flush=True)
+                print("localstack: Ctrl-C to stop", flush=True)
+                while True:
+                    time.sleep(3600)
+            port = _jkp_port(argv, jkp_env)
+            print(f"localstack: jkp    http://localhost:{port}  ({' '.join([jkp_bin.name, *argv])})")
+            for key in defaults:
+                print(f"  {key}={jkp_env[key]}")
+            print(
+                "localstack: try   curl -X POST localhost:%s/api/kernels/pop/ "
+                "-H 'Content-Type: application/json' -d '{\"userId\":\"zt\"}'" % port
+            )
+            print("localstack: Ctrl-C to stop", flush=True)
+            jkp = subprocess.Popen(
+                [str(jkp_bin), *argv], cwd=REPO, env=jkp_env, start_new_session=True
+            )
+            code = jkp.wait()
+            print(f"localstack: jkpmanager exited with code {code}", file=sys.stderr, flush=True)
+        except _Stop as stop:
+            print(f"\nlocalstack: {signal.Signals(stop.signum).name}, stopping...", flush=True)
+        except RuntimeError as e:
+            print(f"localstack: {e}", file=sys.stderr, flush=True)
+            code = 1
+    finally:
+        # No interruptions while cleaning up: every step has its own timeout.
+        for s in old_handlers:
+            signal.signal(s, signal.SIG_IGN)
+        if jkp is not None:
+            _stop_group(jkp, 15.0)
+        eg.stop()
+        redis.stop()
+        print("localstack: stopped", flush=True)
+        for s, h in old_handlers.items():
+            signal.signal(s, h)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,198 @@
+"""Configuration: traits, their JKP_* environment defaults and precedence, start-up checks."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from jkp.app import JKPManagerApp
+from jkp.services.gateway import GatewayClient
+from jkp.services.pool import PoolManager
+from jkp.services.store import RedisStore
+
+# The original Go service's variables and those jkp adds, each the default of one trait.
+EXPECTED_ENV = {
+    "JKP_EG_ENDPOINT": (GatewayClient, "url"),
+    "JKP_MAX_PENDING_KERNELS": (PoolManager, "max_pending_kernels"),
+    "JKP_NFS_VOLUME_SERVER": (PoolManager, "nfs_volume_server"),
+    "JKP_NFS_MOUNT_PATH": (PoolManager, "nfs_mount_path"),
+    "JKP_WORKING_DIR": (PoolManager, "working_dir"),
+    "JKP_KERNEL_IMAGE": (PoolManager, "kernel_image"),
+    "JKP_KERNEL_NAMESPACE": (PoolManager, "kernel_namespace"),
+    "JKP_SERVER_PORT": (JKPManagerApp, "port"),
+    "JKP_ACTIVATION_INTERVAL": (PoolManager, "activation_interval"),
+    "JKP_REDIS_HOST": (RedisStore, "redis_host"),
+    "JKP_REDIS_PORT": (RedisStore, "redis_port"),
+    "JKP_REDIS_DB": (RedisStore, "redis_db"),
+    "JKP_REDIS_KEY": (RedisStore, "key"),
+    "JKP_REDIS_URL": (RedisStore, "redis_url"),
+    "JKP_CHECK_TASK_INTERVAL": (PoolManager, "check_task_interval"),
+    "JKP_KERNEL_NAME": (PoolManager, "kernel_name"),
+    "JKP_KERNEL_USER_NAME": (PoolManager, "kernel_user_name"),
+    "JKP_POP_TIMEOUT": (PoolManager, "pop_timeout"),
+}
+
+DEFAULTS = {
+    "JKP_EG_ENDPOINT": "http://127.0.0.1:8888",
+    "JKP_MAX_PENDING_KERNELS": 10,
+    "JKP_NFS_VOLUME_SERVER": "10.0.0.29",
+    "JKP_NFS_MOUNT_PATH": "/data/tablegpt-test/shared/",
+    "JKP_WORKING_DIR": "/mnt/shared/",
+    "JKP_KERNEL_IMAGE": "elyra/kernel-py:3.2.2",
+    "JKP_KERNEL_NAMESPACE": "tablegpt-kernels",
+    "JKP_SERVER_PORT": 8080,
+    "JKP_ACTIVATION_INTERVAL": 1200,
+    "JKP_REDIS_HOST": "127.0.0.1",
+    "JKP_REDIS_PORT": 6379,
+    "JKP_REDIS_DB": 0,
+    "JKP_REDIS_KEY": "tablegpt-test:kernels:idle",
+    "JKP_REDIS_URL": "",
+    "JKP_CHECK_TASK_INTERVAL": 120,
+    "JKP_KERNEL_NAME": "python_kubernetes",
+    "JKP_KERNEL_USER_NAME": "jovyan",
+    "JKP_POP_TIMEOUT": 10,
+}
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch, tmp_path):
+    for name in list(__import__("os").environ):
+        if name.startswith("JKP_"):
+            monkeypatch.delenv(name)
+    # No user config file from ~/.jupyter may leak into these tests.
+    monkeypatch.setenv("JUPYTER_CONFIG_DIR", str(tmp_path / "jupyter-config"))
+    monkeypatch.chdir(tmp_path)
+
+
+def make_app(argv=()):
+    app = JKPManagerApp()
+    app.initialize(list(argv))
+    return app
+
+
+def configured(app, cls):
+    return {
+        GatewayClient: app.gateway,
+        PoolManager: app.pool_manager,
+        RedisStore: app.store,
+        JKPManagerApp: app,
+    }[cls]
+
+
+def test_defaults_are_the_original_services():
+    app = make_app()
+    for env_name, (cls, trait) in EXPECTED_ENV.items():
+        assert getattr(configured(app, cls), trait) == DEFAULTS[env_name], env_name
+
+
+def test_every_variable_sets_its_trait(monkeypatch):
+    values = {
+        "JKP_EG_ENDPOINT": "https://eg.example:8443",
+        "JKP_MAX_PENDING_KERNELS": "5",
+        "JKP_NFS_VOLUME_SERVER": "",
+        "JKP_NFS_MOUNT_PATH": "/export/x",
+        "JKP_WORKING_DIR": "/work",
+        "JKP_KERNEL_IMAGE": "my/kernel:1",
+        "JKP_KERNEL_NAMESPACE": "ns",
+        "JKP_SERVER_PORT": "9090",
+        "JKP_ACTIVATION_INTERVAL": "60",
+        "JKP_REDIS_HOST": "::1",
+        "JKP_REDIS_PORT": "6380",
+        "JKP_REDIS_DB": "2",
+        "JKP_REDIS_KEY": "k:idle",
+        "JKP_REDIS_URL": "redis://127.0.0.1:6390/1",
+        "JKP_CHECK_TASK_INTERVAL": "30",
+        "JKP_KERNEL_NAME": "python3",
+        "JKP_KERNEL_USER_NAME": "alice",
+        "JKP_POP_TIMEOUT": "2.5",
+    }
+    for name, value in values.items():
+        monkeypatch.setenv(name, value)
+    app = make_app()
+    for env_name, (cls, trait) in EXPECTED_ENV.items():
+        got = getattr(configured(app, cls), trait)
+        assert str(got) == values[env_name] or got == type(got)(values[env_name]), env_name
+
+
+def test_every_env_name_is_declared_once_and_named_in_help():
+    seen = {}
+    for cls in (JKPManagerApp, GatewayClient, RedisStore, PoolManager):
+        for attr in vars(cls):
+            env_name = getattr(cls, attr)
+            if attr.endswith("_env") and isinstance(env_name, str):
+                assert env_name not in seen, f"{env_name} declared twice"
+                seen[env_name] = (cls, attr[: -len("_env")])
+                assert f"({env_name} env var)" in cls.class_traits()[seen[env_name][1]].help
+    assert set(EXPECTED_ENV) <= set(seen)
+    for env_name, owner in EXPECTED_ENV.items():
+        assert seen[env_name] == owner
+
+
+def test_command_line_beats_config_file_beats_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("JKP_MAX_PENDING_KERNELS", "5")
+    monkeypatch.setenv("JKP_KERNEL_IMAGE", "from/env")
+    config = tmp_path / "jkp_config.py"
+    config.write_text(
+        "c.PoolManager.max_pending_kernels = 7\n"
+        "c.PoolManager.kernel_image = 'from/config'\n"
+    )
+    app = make_app([f"--config={config}", "--PoolManager.max_pending_kernels=9"])
+    assert app.pool_manager.max_pending_kernels == 9
+    assert app.pool_manager.kernel_image == "from/config"
+    app = make_app([f"--config={config}"])
+    assert app.pool_manager.max_pending_kernels == 7
+    app = make_app(["--max-pending-kernels=3", "--port=8081", "--ip=::1"])
+    assert (app.pool_manager.max_pending_kernels, app.port, app.ip) == (3, 8081, "::1")
+
+
+@pytest.mark.parametrize(
+    "env_name, value",
+    [("JKP_MAX_PENDING_KERNELS", "abc"), ("JKP_REDIS_PORT", "http"), ("JKP_ACTIVATION_INTERVAL", "soon"),
+     ("JKP_EG_ENDPOINT", "ftp://eg"), ("JKP_MAX_PENDING_KERNELS", "-1")],
+)
+def test_bad_value_stops_start_up_naming_the_variable(env_name, value, tmp_path):
+    env = {"PATH": "/usr/bin:/bin", "JUPYTER_CONFIG_DIR": str(tmp_path), env_name: value}
+    result = subprocess.run(
+        [sys.executable, "-m", "jkp"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 1
+    assert f"Bad configuration: {env_name}" in result.stderr or f"from {env_name}=" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_kernel_start_request_env_with_nfs_volume():
+    pool = make_app(["--PoolManager.working_dir=/mnt/shared/"]).pool_manager
+    env = pool.kernel_start_env("6f1f7a2e-8a1b-4c1d-9e2f-0a1b2c3d4e5f")
+    assert env["KERNEL_ID"] == "6f1f7a2e-8a1b-4c1d-9e2f-0a1b2c3d4e5f"
+    assert env["KERNEL_USERNAME"] == "jovyan"
+    assert env["KERNEL_NAMESPACE"] == "tablegpt-kernels"
+    assert env["KERNEL_IMAGE"] == "elyra/kernel-py:3.2.2"
+    assert env["KERNEL_WORKING_DIR"] == "/mnt/shared/"
+    assert json.loads(env["KERNEL_VOLUMES"]) == [
+        {"name": "shared-vol", "nfs": {"server": "10.0.0.29", "path": "/data/tablegpt-test/shared/"}}
+    ]
+    assert json.loads(env["KERNEL_VOLUME_MOUNTS"]) == [{"name": "shared-vol", "mountPath": "/mnt/shared/"}]
+
+
+def test_kernel_start_request_env_without_nfs_has_no_volumes(monkeypatch):
+    monkeypatch.setenv("JKP_NFS_VOLUME_SERVER", "")
+    env = make_app().pool_manager.kernel_start_env("6f1f7a2e-8a1b-4c1d-9e2f-0a1b2c3d4e5f")
+    assert "KERNEL_VOLUMES" not in env and "KERNEL_VOLUME_MOUNTS" not in env
+
+
+@pytest.mark.parametrize(
+    "url, ws_url",
+    [("http://127.0.0.1:8888", "ws://127.0.0.1:8888"), ("https://eg:8443/", "wss://eg:8443"),
+     ("http://eg/base", "ws://eg/base")],
+)
+def test_websocket_scheme_follows_eg_endpoint(url, ws_url):
+    gateway = make_app([f"--eg-endpoint={url}"]).gateway
+    assert gateway.ws_url == ws_url
+
+
+def test_redis_url_overrides_host_port_db(monkeypatch):
+    monkeypatch.setenv("JKP_REDIS_HOST", "10.1.1.1")
+    monkeypatch.setenv("JKP_REDIS_URL", "redis://:s3cret@127.0.0.1:6390/3")
+    kwargs = make_app().store.client.connection_pool.connection_kwargs
+    assert (kwargs["host"], kwargs["port"], kwargs["db"], kwargs["password"]) == ("127.0.0.1", 6390, 3, "s3cret")
