@@ -87,3 +87,154 @@ def gateway_factory(tmp_path):
 @pytest.fixture
 def gateway(gateway_factory) -> EnterpriseGateway:
     return gateway_factory()
+
+
+# -- jkp itself, in the test's event loop -------------------------------------------------
+
+import json  # noqa: E402
+import os  # noqa: E402
+
+from tornado.httpclient import AsyncHTTPClient, HTTPRequest  # noqa: E402
+from tornado.websocket import websocket_connect  # noqa: E402
+
+from jkp.app import JKPManagerApp  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _isolated_environment(monkeypatch, tmp_path):
+    """No JKP_* variable or ~/.jupyter config of the machine may change what a test runs."""
+    for name in list(os.environ):
+        if name.startswith("JKP_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("JUPYTER_CONFIG_DIR", str(tmp_path / "jupyter-config"))
+
+
+class JKP:
+    """A running jkp app in this process, and how a client talks to it."""
+
+    def __init__(self, app: JKPManagerApp):
+        self.app = app
+        self.url = f"http://127.0.0.1:{app.port}"
+        self.pool = app.pool_manager
+        self.store = app.pool_manager.store
+        self.stopped = False
+
+    async def request(self, method, path, body=None, headers=None):
+        """(status, decoded JSON body) of one request to jkp."""
+        response = await AsyncHTTPClient().fetch(
+            HTTPRequest(self.url + path, method=method, body=body, headers=headers,
+                        allow_nonstandard_methods=True, request_timeout=60),
+            raise_error=False,
+        )
+        return response.code, json.loads(response.body) if response.body else None
+
+    async def pop(self, user_id="zt"):
+        return await self.request("POST", "/api/kernels/pop/", json.dumps({"userId": user_id}))
+
+    async def idle_ids(self):
+        return [json.loads(m)["id"] for m in await self.store.idle_models()]
+
+    async def wait_for_idle(self, count, timeout=60):
+        """Wait until exactly ``count`` kernels are idle; their ids."""
+        await wait_until(lambda: self._idle_count_is(count), timeout, f"{count} idle kernels")
+        return await self.idle_ids()
+
+    async def _idle_count_is(self, count):
+        counts = await self.store.counts()
+        return counts["idle"] == count and counts["starting"] == 0
+
+    async def stop(self):
+        if not self.stopped:
+            self.stopped = True
+            await self.app.stop_services()
+
+
+async def wait_until(predicate, timeout, what):
+    """Poll an (async) predicate until it is true; fail after ``timeout`` seconds."""
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        result = predicate()
+        if hasattr(result, "__await__"):
+            result = await result
+        if result:
+            return
+        if loop.time() > deadline:
+            pytest.fail(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(0.1)
+
+
+@pytest.fixture
+def shared_dir(tmp_path):
+    """The working_dir of the kernels: the share users' directories are made in."""
+    path = tmp_path / "shared"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+async def jkp_factory(shared_dir):
+    """Start jkp apps on a Redis and an EG; ``make(redis, gateway, *argv)``. All stopped after."""
+    started: list[JKP] = []
+
+    async def make(redis, gateway, *argv) -> JKP:
+        app = JKPManagerApp()
+        app.initialize([
+            "--ip=127.0.0.1",
+            f"--port={localstack.free_port()}",
+            f"--RedisStore.redis_url={redis.url}",
+            "--RedisStore.key=test:kernels:idle",
+            f"--GatewayClient.url={gateway.url}",
+            f"--PoolManager.working_dir={shared_dir}",
+            "--PoolManager.nfs_volume_server=",
+            "--PoolManager.kernel_ready_timeout=60",
+            *argv,
+        ])
+        await app.start_services()
+        jkp = JKP(app)
+        started.append(jkp)
+        return jkp
+
+    yield make
+    for jkp in reversed(started):
+        await jkp.stop()
+
+
+async def run_in_kernel(gateway, kernel_id, code, timeout=30):
+    """Run ``code`` in a kernel through EG's websocket, as a user's client would; its stdout."""
+    import asyncio
+
+    from jupyter_client.jsonutil import json_default
+    from jupyter_client.session import Session
+
+    session = Session(username="test-client")
+    msg = session.msg("execute_request", {"code": code, "silent": False, "store_history": True,
+                                          "user_expressions": {}, "allow_stdin": False})
+    msg["channel"] = "shell"
+    ws_url = gateway.url.replace("http://", "ws://") + f"/api/kernels/{kernel_id}/channels"
+    conn = await websocket_connect(ws_url)
+    stdout, status, idle = [], None, False
+    try:
+        async with asyncio.timeout(timeout):
+            await conn.write_message(json.dumps(msg, default=json_default))
+            while True:
+                reply = json.loads(await conn.read_message())
+                if reply["parent_header"].get("msg_id") != msg["header"]["msg_id"]:
+                    continue
+                if reply["msg_type"] == "stream":
+                    stdout.append(reply["content"]["text"])
+                elif reply["msg_type"] == "error":
+                    raise AssertionError(f"kernel error: {reply['content']['evalue']}")
+                elif reply["msg_type"] == "execute_reply":
+                    status = reply["content"]["status"]
+                elif reply["msg_type"] == "status":
+                    idle = reply["content"]["execution_state"] == "idle"
+                # Output is complete once the reply came and the kernel went idle, in any order.
+                if status is not None and idle:
+                    break
+    finally:
+        conn.close()
+    assert status == "ok"
+    return "".join(stdout)

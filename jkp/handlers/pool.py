@@ -7,7 +7,7 @@ from tornado import web
 
 from jkp.handlers.base import APIHandler
 from jkp.services.gateway import GatewayError
-from jkp.services.pool import PoolEmptyError
+from jkp.services.pool import PoolEmptyError, SetUpError, UserDirectoryError
 from jkp.user import InvalidUserId, validate_user_id
 
 
@@ -26,6 +26,12 @@ class PopKernelHandler(APIHandler):
             model = await self.pool.pop(user_id)
         except PoolEmptyError as e:
             raise web.HTTPError(503, f"No kernel available: {e}", reason="Pool empty") from e
+        except UserDirectoryError as e:
+            raise web.HTTPError(
+                403, f"Cannot set up the user's directory: {e}", reason="User directory refused"
+            ) from e
+        except SetUpError as e:
+            raise web.HTTPError(500, f"Kernel set-up failed: {e}", reason="Set-up failed") from e
         except GatewayError as e:
             status = 503 if e.status is None else 502
             raise web.HTTPError(status, f"Enterprise Gateway failed: {e}", reason="Gateway error") from e

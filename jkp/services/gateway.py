@@ -186,7 +186,10 @@ class GatewayClient(LoggingConfigurable):
             async with asyncio.timeout(timeout):
                 conn = await websocket_connect(request)
                 await conn.write_message(json.dumps(msg, default=json_default))
-                while True:
+                reply_content, idle = None, False
+                # Done once the reply came and the kernel went idle again (in either order), so
+                # the model EG reports next is no longer "starting" or "busy" from this request.
+                while reply_content is None or not idle:
                     raw = await conn.read_message()
                     if raw is None:
                         raise GatewayError(
@@ -194,13 +197,15 @@ class GatewayClient(LoggingConfigurable):
                             conn.close_code,
                         )
                     if isinstance(raw, bytes):
-                        continue  # binary frames carry buffers, never a shell reply
-                    reply = json.loads(raw)
-                    if (
-                        reply.get("channel") == "shell"
-                        and reply.get("parent_header", {}).get("msg_id") == msg_id
-                    ):
-                        return reply.get("content", {})
+                        continue  # binary frames carry buffers, never a reply or a status
+                    message = json.loads(raw)
+                    if message.get("parent_header", {}).get("msg_id") != msg_id:
+                        continue
+                    if message.get("channel") == "shell":
+                        reply_content = message.get("content", {})
+                    elif message.get("msg_type") == "status":
+                        idle = message.get("content", {}).get("execution_state") == "idle"
+                return reply_content
         except TimeoutError as e:
             raise GatewayError(f"no {msg_type} reply from kernel {kernel_id} in {timeout}s") from e
         except HTTPClientError as e:

@@ -19,10 +19,21 @@ from jkp.user import enter_user_dir_code, validate_user_id
 # How often a pop waiting on an empty pool looks again for a kernel another replica pooled.
 _EMPTY_POOL_POLL = 0.1
 _START_BACKOFF_BASE = 1.0
+_IDLE_REPORT_ATTEMPTS = 5
+# Kernels a single pop may spend on failed set-ups before it gives up.
+_MAX_SET_UP_FAILURES = 3
 
 
 class PoolEmptyError(Exception):
     """No idle kernel became available within the pop timeout."""
+
+
+class UserDirectoryError(Exception):
+    """The user's directory leads outside working_dir (e.g. a symlink planted in the share)."""
+
+
+class SetUpError(Exception):
+    """Kernels keep failing the set-up for this user; each one was shut down."""
 
 
 class PoolManager(LoggingConfigurable):
@@ -267,6 +278,7 @@ class PoolManager(LoggingConfigurable):
         validate_user_id(user_id)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.pop_timeout
+        failures = 0
         while True:
             claim = await self.store.claim(user_id)
             self.refill()
@@ -276,7 +288,15 @@ class PoolManager(LoggingConfigurable):
                     raise PoolEmptyError(f"no idle kernel within {self.pop_timeout:g}s")
                 await self._wait_for_kernel(min(remaining, _EMPTY_POOL_POLL))
                 continue
-            model = await self._set_up(claim, user_id)
+            try:
+                model = await self._set_up(claim, user_id)
+            except KernelReplyError as e:
+                if e.content.get("ename") == "PermissionError":
+                    raise UserDirectoryError(str(e)) from e
+                failures += 1
+                if failures >= _MAX_SET_UP_FAILURES:
+                    raise SetUpError(f"{failures} kernels failed set-up, last: {e}") from e
+                continue
             if model is None:
                 continue
             if await self.store.hand_over(claim, user_id):
@@ -286,33 +306,38 @@ class PoolManager(LoggingConfigurable):
             self.log.warning("Claim on kernel %s expired during set-up", claim.kernel_id)
 
     async def _set_up(self, claim: Claim, user_id: str) -> dict[str, Any] | None:
-        """Check a claimed kernel and move it into the user's dir; its model, or None if unusable."""
+        """Check a claimed kernel and move it into the user's dir; its model, or None if gone.
+
+        A kernel whose set-up fails is shut down, never handed out, and KernelReplyError
+        raised; when EG fails the kernel goes back to the pool and GatewayError is raised.
+        """
         kernel_id = claim.kernel_id
         try:
             model = await self.gateway.get_kernel(kernel_id)
-            if model is None:
-                self.log.info("Kernel %s is gone from EG; taking the next", kernel_id)
-                await self.store.retire_claim(claim)
-                await self.store.forget_retired(kernel_id)
-                return None
-            await self.gateway.execute(
-                kernel_id,
-                enter_user_dir_code(self.working_dir, user_id),
-                self.kernel_request_timeout,
-            )
-            # EG's model after the set-up: last_activity and execution_state as they are now.
-            return await self.gateway.get_kernel(kernel_id) or model
+            if model is not None:
+                await self.gateway.execute(
+                    kernel_id,
+                    enter_user_dir_code(self.working_dir, user_id),
+                    self.kernel_request_timeout,
+                )
+                # EG's model after the set-up: last_activity and execution_state as they are now.
+                model = await self.gateway.get_kernel(kernel_id)
         except KernelReplyError as e:
             self.log.error("Kernel %s failed set-up for user %s: %s", kernel_id, user_id, e)
+            if await self.store.retire_claim(claim):
+                self._retire_soon(kernel_id, "failed set-up")
+            raise
         except GatewayError as e:
             if e.status != 404:
                 # EG is down or erroring: the kernel is not at fault, keep it for the next pop.
                 await self.store.release(claim)
                 raise
-            self.log.info("Kernel %s is gone from EG: %s", kernel_id, e)
-        if await self.store.retire_claim(claim):
-            self._retire_soon(kernel_id, "failed set-up")
-        return None
+            model = None
+        if model is None:
+            self.log.info("Kernel %s is gone from EG; taking the next", kernel_id)
+            if await self.store.retire_claim(claim):
+                await self.store.forget_retired(kernel_id)
+        return model
 
     async def _wait_for_kernel(self, timeout: float) -> None:
         try:
@@ -375,9 +400,7 @@ class PoolManager(LoggingConfigurable):
             await self.gateway.start_kernel(self.kernel_name, self.kernel_start_env(kernel_id))
             self.log.info("Kernel %s started on EG", kernel_id)
             await self.gateway.kernel_info(kernel_id, self.kernel_ready_timeout)
-            model = await self.gateway.get_kernel(kernel_id)
-            if model is None:
-                raise GatewayError(f"kernel {kernel_id} exited right after starting", 404)
+            model = await self._reported_model(kernel_id)
             if not await self.store.finish_start(kernel_id, model):
                 self.log.warning("Lease of kernel %s expired before it was ready", kernel_id)
                 self._retire_soon(kernel_id, "lease expired")
@@ -402,6 +425,21 @@ class PoolManager(LoggingConfigurable):
         self.log.info("Kernel %s is ready and pooled", kernel_id)
         self._kernel_pooled.set()
         self._kernel_pooled = asyncio.Event()
+
+    async def _reported_model(self, kernel_id: str) -> dict[str, Any]:
+        """EG's model of a kernel that just answered, once EG itself has seen it idle.
+
+        EG's activity watcher subscribes to the kernel's IOPub late and can miss the first
+        status messages, reporting "starting" until the kernel publishes again: nudge it.
+        """
+        for _ in range(_IDLE_REPORT_ATTEMPTS):
+            model = await self.gateway.get_kernel(kernel_id)
+            if model is None:
+                raise GatewayError(f"kernel {kernel_id} exited right after starting", 404)
+            if model.get("execution_state") == "idle":
+                break
+            await self.gateway.kernel_info(kernel_id, self.kernel_request_timeout)
+        return model
 
     async def _abandon_start(self, kernel_id: str, reason: str) -> None:
         try:

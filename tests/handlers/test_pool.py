@@ -1,0 +1,139 @@
+"""POST /api/kernels/pop/ against a real Redis and a real Enterprise Gateway."""
+
+import json
+import time
+
+import pytest
+
+from tests.conftest import run_in_kernel
+
+
+async def test_pool_fills_with_ready_kernels_on_eg(redis_server, gateway, jkp_factory):
+    jkp = await jkp_factory(redis_server, gateway, "--max-pending-kernels=2")
+    idle = await jkp.wait_for_idle(2)
+    assert sorted(idle) == sorted(gateway.list_kernel_ids())
+    for model_json in await jkp.store.idle_models():
+        model = json.loads(model_json)
+        # Pooled only once it answered: EG reports it idle, not starting.
+        assert model["execution_state"] == "idle"
+        assert model["name"] == "python_kubernetes"
+
+
+async def test_pop_moves_kernel_into_user_dir(redis_server, gateway, jkp_factory, shared_dir):
+    jkp = await jkp_factory(redis_server, gateway, "--max-pending-kernels=1")
+    [pooled] = await jkp.wait_for_idle(1)
+    status, model = await jkp.pop("zt")
+    assert status == 200
+    assert set(model) == {"id", "name", "last_activity", "execution_state", "connections"}
+    assert model["id"] == pooled
+    cwd = await run_in_kernel(gateway, model["id"], "import os; print(os.getcwd())")
+    assert cwd.strip() == str(shared_dir / "zt")
+    # The kernel is the user's now: recorded as handed out, never back in the pool.
+    assert (await jkp.store.handed_out())[pooled]["user_id"] == "zt"
+    assert pooled not in await jkp.idle_ids()
+
+
+async def test_pop_with_and_without_trailing_slash(redis_server, gateway, jkp_factory, shared_dir):
+    jkp = await jkp_factory(redis_server, gateway, "--max-pending-kernels=2")
+    await jkp.wait_for_idle(2)
+    for path, user in (("/api/kernels/pop/", "a@b.c"), ("/api/kernels/pop", "user-2")):
+        status, model = await jkp.request("POST", path, json.dumps({"userId": user}))
+        assert status == 200, model
+        cwd = await run_in_kernel(gateway, model["id"], "import os; print(os.getcwd())")
+        assert cwd.strip() == str(shared_dir / user)
+
+
+async def test_pool_refills_after_pop(redis_server, gateway, jkp_factory):
+    jkp = await jkp_factory(redis_server, gateway, "--max-pending-kernels=2")
+    before = await jkp.wait_for_idle(2)
+    status, model = await jkp.pop("zt")
+    assert status == 200
+    after = await jkp.wait_for_idle(2)
+    assert model["id"] not in after
+    assert len(set(after) - set(before)) == 1
+    # EG runs exactly the pooled kernels plus the one handed out.
+    assert sorted(gateway.list_kernel_ids()) == sorted([*after, model["id"]])
+
+
+async def test_empty_pool_answers_503_after_the_timeout(redis_server, gateway, jkp_factory):
+    jkp = await jkp_factory(
+        redis_server, gateway, "--max-pending-kernels=0", "--PoolManager.pop_timeout=1"
+    )
+    started = time.monotonic()
+    status, body = await jkp.pop("zt")
+    waited = time.monotonic() - started
+    assert status == 503
+    assert body["reason"] == "Pool empty" and "No kernel available" in body["message"]
+    assert 1 <= waited < 5
+
+
+async def test_pop_waits_for_a_kernel_being_started(redis_server, gateway, jkp_factory):
+    jkp = await jkp_factory(
+        redis_server, gateway, "--max-pending-kernels=1", "--PoolManager.pop_timeout=30"
+    )
+    # Straight after start-up the pool is still filling: the pop waits instead of failing.
+    status, model = await jkp.pop("zt")
+    assert status == 200
+    assert model["id"] in gateway.list_kernel_ids()
+
+
+BAD_BODIES = [
+    pytest.param(b"not json", "Invalid JSON", id="not-json"),
+    pytest.param(b"", "Invalid JSON", id="empty-body"),
+    pytest.param(b'["zt"]', "Invalid JSON", id="not-an-object"),
+    pytest.param(b"{}", "Invalid userId", id="no-userId"),
+    pytest.param(b'{"userId": null}', "Invalid userId", id="null"),
+    pytest.param(b'{"userId": 42}', "Invalid userId", id="number"),
+    pytest.param(b'{"userId": ""}', "Invalid userId", id="empty"),
+    pytest.param(b'{"userId": "."}', "Invalid userId", id="dot"),
+    pytest.param(b'{"userId": ".."}', "Invalid userId", id="dotdot"),
+    pytest.param(b'{"userId": "../etc"}', "Invalid userId", id="traversal"),
+    pytest.param(b'{"userId": "a/b"}', "Invalid userId", id="slash"),
+    pytest.param(b'{"userId": "zt\\nimport os"}', "Invalid userId", id="newline"),
+    pytest.param(b'{"userId": "zt; rm -rf /"}', "Invalid userId", id="shell"),
+    pytest.param(b'{"userId": "%cd /"}', "Invalid userId", id="magic"),
+    pytest.param(json.dumps({"userId": "a" * 129}).encode(), "Invalid userId", id="too-long"),
+]
+
+
+@pytest.mark.parametrize("body, reason", BAD_BODIES)
+async def test_bad_input_answers_400_and_takes_no_kernel(
+    redis_server, gateway, jkp_factory, shared_dir, body, reason
+):
+    jkp = await jkp_factory(redis_server, gateway, "--max-pending-kernels=1")
+    [pooled] = await jkp.wait_for_idle(1)
+    status, error = await jkp.request(
+        "POST", "/api/kernels/pop/", body, headers={"Content-Type": "application/json"}
+    )
+    assert status == 400
+    assert error["reason"] == reason and error["message"]
+    assert await jkp.idle_ids() == [pooled]
+    assert list(shared_dir.iterdir()) == []
+
+
+async def test_user_dir_leading_out_of_the_share_is_refused(
+    redis_server, gateway, jkp_factory, shared_dir, tmp_path
+):
+    jkp = await jkp_factory(redis_server, gateway, "--max-pending-kernels=2")
+    await jkp.wait_for_idle(2)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (shared_dir / "evil").symlink_to(outside)
+    status, error = await jkp.pop("evil")
+    assert status == 403
+    assert "not inside" in error["message"]
+    # The kernel that ran the refused set-up is not handed out, and is shut down on EG.
+    assert await jkp.store.handed_out() == {}
+    idle = await jkp.wait_for_idle(2)
+    await _wait_for_eg_kernels(gateway, idle)
+    # Others are still served.
+    status, model = await jkp.pop("zt")
+    assert status == 200
+
+
+async def _wait_for_eg_kernels(gateway, expected):
+    from tests.conftest import wait_until
+
+    await wait_until(
+        lambda: sorted(gateway.list_kernel_ids()) == sorted(expected), 30, f"EG to run {expected}"
+    )
