@@ -1,0 +1,110 @@
+"""PoolManager against a real Redis and a real Enterprise Gateway: lifecycle of pooled kernels."""
+
+import asyncio
+import json
+
+from tests.conftest import localstack, wait_until
+
+
+async def test_activation_keeps_pooled_kernels_alive_through_eg_culling(
+    redis_server, gateway_factory, jkp_factory
+):
+    gateway = gateway_factory(cull_idle_timeout=4, cull_interval=1)
+    jkp = await jkp_factory(
+        redis_server, gateway, "--max-pending-kernels=2", "--PoolManager.activation_interval=1"
+    )
+    pooled = await jkp.wait_for_idle(2)
+    # A kernel nobody pings, started beside the pool: EG's culler must take it.
+    status, unpinged = localstack.http_request(
+        "POST", gateway.url + "/api/kernels",
+        {"name": "python_kubernetes", "env": {"KERNEL_USERNAME": "jovyan"}},
+    )
+    assert status == 201
+    await wait_until(
+        lambda: unpinged["id"] not in gateway.list_kernel_ids(), 30, "EG to cull the unpinged kernel"
+    )
+    await asyncio.sleep(3)  # well past the 4 s cull timeout for the pooled ones too
+    assert sorted(gateway.list_kernel_ids()) == sorted(pooled)
+    assert sorted(await jkp.idle_ids()) == sorted(pooled)
+
+
+async def test_restart_reuses_the_pool(redis_server, gateway, jkp_factory):
+    first = await jkp_factory(redis_server, gateway, "--max-pending-kernels=2")
+    pooled = await first.wait_for_idle(2)
+    await first.stop()
+    second = await jkp_factory(redis_server, gateway, "--max-pending-kernels=2")
+    await asyncio.sleep(2)  # let its reconcile and fill run
+    assert sorted(await second.wait_for_idle(2)) == sorted(pooled)
+    assert sorted(gateway.list_kernel_ids()) == sorted(pooled)
+    status, model = await second.pop("zt")
+    assert status == 200 and model["id"] in pooled
+
+
+async def test_restart_with_smaller_target_shuts_surplus_down(redis_server, gateway, jkp_factory):
+    first = await jkp_factory(redis_server, gateway, "--max-pending-kernels=3")
+    pooled = await first.wait_for_idle(3)
+    await first.stop()
+    second = await jkp_factory(redis_server, gateway, "--max-pending-kernels=1")
+    [kept] = await second.wait_for_idle(1)
+    assert kept in pooled
+    await wait_until(lambda: gateway.list_kernel_ids() == [kept], 30, "surplus shut down on EG")
+    assert await second.store.retiring_ids() == []
+
+
+async def test_restart_drops_kernels_eg_no_longer_has(redis_server, gateway, jkp_factory):
+    first = await jkp_factory(redis_server, gateway, "--max-pending-kernels=2")
+    pooled = await first.wait_for_idle(2)
+    await first.stop()
+    localstack.http_request("DELETE", f"{gateway.url}/api/kernels/{pooled[0]}")
+    second = await jkp_factory(redis_server, gateway, "--max-pending-kernels=2")
+    await wait_until(lambda: _idle_without(second, pooled[0], 2), 60, "dead kernel replaced")
+    assert pooled[1] in await second.idle_ids()
+
+
+async def test_kernel_killed_on_eg_is_dropped_and_replaced(redis_server, gateway, jkp_factory):
+    jkp = await jkp_factory(
+        redis_server, gateway, "--max-pending-kernels=2", "--PoolManager.check_task_interval=1"
+    )
+    pooled = await jkp.wait_for_idle(2)
+    localstack.http_request("DELETE", f"{gateway.url}/api/kernels/{pooled[0]}")
+    await wait_until(lambda: _idle_without(jkp, pooled[0], 2), 30, "dead kernel replaced")
+    assert sorted(gateway.list_kernel_ids()) == sorted(await jkp.idle_ids())
+
+
+async def test_pop_skips_a_kernel_that_died_in_the_pool(redis_server, gateway, jkp_factory):
+    # No periodic check in this test's time span: only the pop can notice the dead kernel.
+    jkp = await jkp_factory(redis_server, gateway, "--max-pending-kernels=2")
+    pooled = await jkp.wait_for_idle(2)
+    next_out = json.loads((await jkp.store.idle_models())[-1])["id"]
+    localstack.http_request("DELETE", f"{gateway.url}/api/kernels/{next_out}")
+    status, model = await jkp.pop("zt")
+    assert status == 200
+    assert model["id"] != next_out and model["id"] in pooled
+    assert next_out not in (await jkp.store.handed_out())
+
+
+async def test_activation_replaces_a_kernel_that_died(redis_server, gateway, jkp_factory):
+    jkp = await jkp_factory(
+        redis_server, gateway, "--max-pending-kernels=2", "--PoolManager.activation_interval=1"
+    )
+    pooled = await jkp.wait_for_idle(2)
+    localstack.http_request("DELETE", f"{gateway.url}/api/kernels/{pooled[1]}")
+    await wait_until(lambda: _idle_without(jkp, pooled[1], 2), 30, "dead kernel replaced")
+
+
+async def test_eg_down_at_pop_keeps_the_kernel_in_the_pool(redis_server, gateway, jkp_factory):
+    jkp = await jkp_factory(redis_server, gateway, "--max-pending-kernels=1")
+    [pooled] = await jkp.wait_for_idle(1)
+    # An EG outage is not the kernel's fault (a Kubernetes pod outlives EG): the pop fails
+    # and the kernel it took goes back to the pool rather than away.
+    gateway.kill()
+    status, error = await jkp.pop("zt")
+    assert status in (502, 503)
+    assert error["reason"] == "Gateway error"
+    assert await jkp.idle_ids() == [pooled]
+    assert await jkp.store.handed_out() == {}
+
+
+async def _idle_without(jkp, kernel_id, count):
+    idle = await jkp.idle_ids()
+    return kernel_id not in idle and len(idle) == count
