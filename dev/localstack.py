@@ -314,13 +314,20 @@ class RedisServer(_Server):
             raise RuntimeError(f"redis-server not found on PATH: {BOOTSTRAP_HINT}")
         return [
             binary,
-            "--port", str(self.port),
-            "--bind", HOST,
-            "--save", "",
-            "--appendonly", "yes" if self.appendonly else "no",
-            "--dir", str(self.workdir),
-            "--daemonize", "no",
-            "--logfile", "",  # stdout, which goes to our log file
+            "--port",
+            str(self.port),
+            "--bind",
+            HOST,
+            "--save",
+            "",
+            "--appendonly",
+            "yes" if self.appendonly else "no",
+            "--dir",
+            str(self.workdir),
+            "--daemonize",
+            "no",
+            "--logfile",
+            "",  # stdout, which goes to our log file
         ]
 
     def _is_ready(self) -> bool:
@@ -525,12 +532,14 @@ def main(argv: list[str] | None = None) -> int:
                 while True:
                     time.sleep(3600)
             port = _jkp_port(argv, jkp_env)
-            print(f"localstack: jkp    http://localhost:{port}  ({' '.join([jkp_bin.name, *argv])})")
+            print(
+                f"localstack: jkp    http://localhost:{port}  ({' '.join([jkp_bin.name, *argv])})"
+            )
             for key in defaults:
                 print(f"  {key}={jkp_env[key]}")
             print(
-                "localstack: try   curl -X POST localhost:%s/api/kernels/pop/ "
-                "-H 'Content-Type: application/json' -d '{\"userId\":\"zt\"}'" % port
+                f"localstack: try   curl -X POST localhost:{port}/api/kernels/pop/ "
+                "-H 'Content-Type: application/json' -d '{\"userId\":\"zt\"}'"
             )
             print("localstack: Ctrl-C to stop", flush=True)
             jkp = subprocess.Popen(

@@ -21,7 +21,7 @@ from jkp.handlers import pool as pool_handlers
 from jkp.services.gateway import GatewayClient
 from jkp.services.pool import PoolManager
 from jkp.services.store import RedisStore
-from jkp.traits import EnvValueError, env_int, env_str
+from jkp.traits import EnvValueError, env_default
 
 aliases = {
     **base_aliases,
@@ -66,27 +66,31 @@ class JKPManagerApp(JupyterApp):
 
     @default("log_format")
     def _log_format_default(self) -> str:
-        return "%(color)s[%(levelname)1.1s %(asctime)s.%(msecs).03d %(name)s]%(end_color)s %(message)s"
+        return (
+            "%(color)s[%(levelname)1.1s %(asctime)s.%(msecs).03d %(name)s]%(end_color)s %(message)s"
+        )
 
     @default("log_datefmt")
     def _log_datefmt_default(self) -> str:
         return "%Y-%m-%d %H:%M:%S"
 
-    ip = Unicode(help="Interface jkp listens on (JKP_SERVER_IP env var)").tag(config=True)
+    ip = Unicode("127.0.0.1", help="Interface jkp listens on (JKP_SERVER_IP env var)").tag(
+        config=True
+    )
     ip_env = "JKP_SERVER_IP"
 
     @default("ip")
-    def _ip_default(self) -> str:
-        return env_str(self.ip_env, "127.0.0.1")
+    def _ip_default(self) -> Any:
+        return env_default(self, "ip")
 
-    port = Int(help="Port jkp listens on (JKP_SERVER_PORT env var)", min=0, max=65535).tag(
+    port = Int(8080, help="Port jkp listens on (JKP_SERVER_PORT env var)", min=0, max=65535).tag(
         config=True
     )
     port_env = "JKP_SERVER_PORT"
 
     @default("port")
-    def _port_default(self) -> int:
-        return env_int(self.port_env, 8080)
+    def _port_default(self) -> Any:
+        return env_default(self, "port")
 
     gateway = Instance(GatewayClient, allow_none=True)
     store = Instance(RedisStore, allow_none=True)
@@ -141,7 +145,9 @@ class JKPManagerApp(JupyterApp):
 
     def _log_request(self, handler: web.RequestHandler) -> None:
         status = handler.get_status()
-        log = self.log.debug if status < 400 else self.log.warning if status < 500 else self.log.error
+        log = (
+            self.log.debug if status < 400 else self.log.warning if status < 500 else self.log.error
+        )
         request = handler.request
         log("%d %s %s %.2fms", status, request.method, request.uri, 1000 * request.request_time())
 

@@ -23,7 +23,6 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "dev"))
 
 import localstack  # noqa: E402
-
 from localstack import EnterpriseGateway, RedisServer  # noqa: E402,F401
 
 
@@ -122,8 +121,14 @@ class JKP:
     async def request(self, method, path, body=None, headers=None):
         """(status, decoded JSON body) of one request to jkp."""
         response = await AsyncHTTPClient().fetch(
-            HTTPRequest(self.url + path, method=method, body=body, headers=headers,
-                        allow_nonstandard_methods=True, request_timeout=60),
+            HTTPRequest(
+                self.url + path,
+                method=method,
+                body=body,
+                headers=headers,
+                allow_nonstandard_methods=True,
+                request_timeout=60,
+            ),
             raise_error=False,
         )
         return response.code, json.loads(response.body) if response.body else None
@@ -181,17 +186,19 @@ async def jkp_factory(shared_dir):
 
     async def make(redis, gateway, *argv) -> JKP:
         app = JKPManagerApp()
-        app.initialize([
-            "--ip=127.0.0.1",
-            f"--port={localstack.free_port()}",
-            f"--RedisStore.redis_url={redis.url}",
-            "--RedisStore.key=test:kernels:idle",
-            f"--GatewayClient.url={gateway.url}",
-            f"--PoolManager.working_dir={shared_dir}",
-            "--PoolManager.nfs_volume_server=",
-            "--PoolManager.kernel_ready_timeout=60",
-            *argv,
-        ])
+        app.initialize(
+            [
+                "--ip=127.0.0.1",
+                f"--port={localstack.free_port()}",
+                f"--RedisStore.redis_url={redis.url}",
+                "--RedisStore.key=test:kernels:idle",
+                f"--GatewayClient.url={gateway.url}",
+                f"--PoolManager.working_dir={shared_dir}",
+                "--PoolManager.nfs_volume_server=",
+                "--PoolManager.kernel_ready_timeout=60",
+                *argv,
+            ]
+        )
         await app.start_services()
         jkp = JKP(app)
         started.append(jkp)
@@ -210,8 +217,16 @@ async def run_in_kernel(gateway, kernel_id, code, timeout=30):
     from jupyter_client.session import Session
 
     session = Session(username="test-client")
-    msg = session.msg("execute_request", {"code": code, "silent": False, "store_history": True,
-                                          "user_expressions": {}, "allow_stdin": False})
+    msg = session.msg(
+        "execute_request",
+        {
+            "code": code,
+            "silent": False,
+            "store_history": True,
+            "user_expressions": {},
+            "allow_stdin": False,
+        },
+    )
     msg["channel"] = "shell"
     ws_url = gateway.url.replace("http://", "ws://") + f"/api/kernels/{kernel_id}/channels"
     conn = await websocket_connect(ws_url)

@@ -134,8 +134,7 @@ def test_command_line_beats_config_file_beats_environment(monkeypatch, tmp_path)
     monkeypatch.setenv("JKP_KERNEL_IMAGE", "from/env")
     config = tmp_path / "jkp_config.py"
     config.write_text(
-        "c.PoolManager.max_pending_kernels = 7\n"
-        "c.PoolManager.kernel_image = 'from/config'\n"
+        "c.PoolManager.max_pending_kernels = 7\nc.PoolManager.kernel_image = 'from/config'\n"
     )
     app = make_app([f"--config={config}", "--PoolManager.max_pending_kernels=9"])
     assert app.pool_manager.max_pending_kernels == 9
@@ -148,8 +147,13 @@ def test_command_line_beats_config_file_beats_environment(monkeypatch, tmp_path)
 
 @pytest.mark.parametrize(
     "env_name, value",
-    [("JKP_MAX_PENDING_KERNELS", "abc"), ("JKP_REDIS_PORT", "http"), ("JKP_ACTIVATION_INTERVAL", "soon"),
-     ("JKP_EG_ENDPOINT", "ftp://eg"), ("JKP_MAX_PENDING_KERNELS", "-1")],
+    [
+        ("JKP_MAX_PENDING_KERNELS", "abc"),
+        ("JKP_REDIS_PORT", "http"),
+        ("JKP_ACTIVATION_INTERVAL", "soon"),
+        ("JKP_EG_ENDPOINT", "ftp://eg"),
+        ("JKP_MAX_PENDING_KERNELS", "-1"),
+    ],
 )
 def test_bad_value_stops_start_up_naming_the_variable(env_name, value, tmp_path):
     env = {"PATH": "/usr/bin:/bin", "JUPYTER_CONFIG_DIR": str(tmp_path), env_name: value}
@@ -170,9 +174,14 @@ def test_kernel_start_request_env_with_nfs_volume():
     assert env["KERNEL_IMAGE"] == "elyra/kernel-py:3.2.2"
     assert env["KERNEL_WORKING_DIR"] == "/mnt/shared/"
     assert json.loads(env["KERNEL_VOLUMES"]) == [
-        {"name": "shared-vol", "nfs": {"server": "10.0.0.29", "path": "/data/tablegpt-test/shared/"}}
+        {
+            "name": "shared-vol",
+            "nfs": {"server": "10.0.0.29", "path": "/data/tablegpt-test/shared/"},
+        }
     ]
-    assert json.loads(env["KERNEL_VOLUME_MOUNTS"]) == [{"name": "shared-vol", "mountPath": "/mnt/shared/"}]
+    assert json.loads(env["KERNEL_VOLUME_MOUNTS"]) == [
+        {"name": "shared-vol", "mountPath": "/mnt/shared/"}
+    ]
 
 
 def test_kernel_start_request_env_without_nfs_has_no_volumes(monkeypatch):
@@ -183,8 +192,11 @@ def test_kernel_start_request_env_without_nfs_has_no_volumes(monkeypatch):
 
 @pytest.mark.parametrize(
     "url, ws_url",
-    [("http://127.0.0.1:8888", "ws://127.0.0.1:8888"), ("https://eg:8443/", "wss://eg:8443"),
-     ("http://eg/base", "ws://eg/base")],
+    [
+        ("http://127.0.0.1:8888", "ws://127.0.0.1:8888"),
+        ("https://eg:8443/", "wss://eg:8443"),
+        ("http://eg/base", "ws://eg/base"),
+    ],
 )
 def test_websocket_scheme_follows_eg_endpoint(url, ws_url):
     gateway = make_app([f"--eg-endpoint={url}"]).gateway
@@ -195,4 +207,9 @@ def test_redis_url_overrides_host_port_db(monkeypatch):
     monkeypatch.setenv("JKP_REDIS_HOST", "10.1.1.1")
     monkeypatch.setenv("JKP_REDIS_URL", "redis://:s3cret@127.0.0.1:6390/3")
     kwargs = make_app().store.client.connection_pool.connection_kwargs
-    assert (kwargs["host"], kwargs["port"], kwargs["db"], kwargs["password"]) == ("127.0.0.1", 6390, 3, "s3cret")
+    assert (kwargs["host"], kwargs["port"], kwargs["db"], kwargs["password"]) == (
+        "127.0.0.1",
+        6390,
+        3,
+        "s3cret",
+    )

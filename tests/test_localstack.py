@@ -1,7 +1,6 @@
 """The server-spawning fixtures work (see conftest.py and dev/localstack.py)."""
 
 import redis
-
 from localstack import http_request
 
 

@@ -21,8 +21,27 @@ def test_valid_user_ids_are_accepted(user_id):
 
 @pytest.mark.parametrize(
     "user_id",
-    ["", ".", "..", "a/b", "../etc", "a\nb", "zt\n", "a b", "a;b", "$(id)", "`id`", "%cd /",
-     "a" * 129, "é", "a\x00", None, 5, ["zt"], {"a": 1}],
+    [
+        "",
+        ".",
+        "..",
+        "a/b",
+        "../etc",
+        "a\nb",
+        "zt\n",
+        "a b",
+        "a;b",
+        "$(id)",
+        "`id`",
+        "%cd /",
+        "a" * 129,
+        "é",
+        "a\x00",
+        None,
+        5,
+        ["zt"],
+        {"a": 1},
+    ],
 )
 def test_invalid_user_ids_are_refused(user_id):
     with pytest.raises(InvalidUserId):
@@ -46,7 +65,8 @@ def _shape_and_arguments(code):
     calls = [
         node.value
         for node in ast.walk(tree)
-        if isinstance(node, ast.Expr) and isinstance(node.value, ast.Call)
+        if isinstance(node, ast.Expr)
+        and isinstance(node.value, ast.Call)
         and getattr(node.value.func, "id", "") == "__jkp_enter_user_dir"
     ]
     assert len(calls) == 1
@@ -55,8 +75,10 @@ def _shape_and_arguments(code):
     return ast.dump(tree), arguments
 
 
-@given(st.from_regex(USER_ID_PATTERN, fullmatch=True).filter(lambda u: u not in (".", "..")),
-       st.text(min_size=1).map(lambda s: "/" + s))
+@given(
+    st.from_regex(USER_ID_PATTERN, fullmatch=True).filter(lambda u: u not in (".", "..")),
+    st.text(min_size=1).map(lambda s: "/" + s),
+)
 def test_user_id_reaches_the_kernel_only_as_a_literal(user_id, working_dir):
     shape, arguments = _shape_and_arguments(enter_user_dir_code(working_dir, user_id))
     reference_shape, _ = _shape_and_arguments(enter_user_dir_code("/w", "u"))
@@ -68,7 +90,10 @@ def run_in_python(code, cwd):
     """Run set-up code as a kernel would, then print the working directory."""
     return subprocess.run(
         [sys.executable, "-c", code + "\nimport os; print(os.getcwd())"],
-        cwd=cwd, capture_output=True, text=True, timeout=30,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
 
 

@@ -34,7 +34,9 @@ class PopKernelHandler(APIHandler):
             raise web.HTTPError(500, f"Kernel set-up failed: {e}", reason="Set-up failed") from e
         except GatewayError as e:
             status = 503 if e.status is None else 502
-            raise web.HTTPError(status, f"Enterprise Gateway failed: {e}", reason="Gateway error") from e
+            raise web.HTTPError(
+                status, f"Enterprise Gateway failed: {e}", reason="Gateway error"
+            ) from e
         except RedisError as e:
             raise web.HTTPError(503, f"Redis unavailable: {e}", reason="Store unavailable") from e
         self.write_json(model)

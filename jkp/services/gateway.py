@@ -14,7 +14,7 @@ from tornado.websocket import WebSocketClientConnection, WebSocketError, websock
 from traitlets import Dict, Float, TraitError, Unicode, default, validate
 from traitlets.config import LoggingConfigurable
 
-from jkp.traits import env_float, env_str
+from jkp.traits import env_default
 
 
 class GatewayError(Exception):
@@ -46,14 +46,15 @@ class GatewayClient(LoggingConfigurable):
     """Client of one Enterprise Gateway: kernel lifecycle over REST, requests over websocket."""
 
     url = Unicode(
+        "http://127.0.0.1:8888",
         help="Base URL of Enterprise Gateway, http:// or https://; the websocket scheme "
         "(ws/wss) is derived from it (JKP_EG_ENDPOINT env var)",
     ).tag(config=True)
     url_env = "JKP_EG_ENDPOINT"
 
     @default("url")
-    def _url_default(self) -> str:
-        return env_str(self.url_env, "http://127.0.0.1:8888")
+    def _url_default(self) -> Any:
+        return env_default(self, "url")
 
     @validate("url")
     def _url_validate(self, proposal: Any) -> str:
@@ -64,22 +65,24 @@ class GatewayClient(LoggingConfigurable):
         return value
 
     connect_timeout = Float(
+        5.0,
         help="Seconds to wait for a connection to EG (JKP_EG_CONNECT_TIMEOUT env var)",
     ).tag(config=True)
     connect_timeout_env = "JKP_EG_CONNECT_TIMEOUT"
 
     @default("connect_timeout")
-    def _connect_timeout_default(self) -> float:
-        return env_float(self.connect_timeout_env, 5.0)
+    def _connect_timeout_default(self) -> Any:
+        return env_default(self, "connect_timeout")
 
     request_timeout = Float(
+        60.0,
         help="Seconds to wait for EG to answer a REST request (JKP_EG_REQUEST_TIMEOUT env var)",
     ).tag(config=True)
     request_timeout_env = "JKP_EG_REQUEST_TIMEOUT"
 
     @default("request_timeout")
-    def _request_timeout_default(self) -> float:
-        return env_float(self.request_timeout_env, 60.0)
+    def _request_timeout_default(self) -> Any:
+        return env_default(self, "request_timeout")
 
     headers = Dict(
         help="Extra HTTP headers sent with every REST and websocket request to EG",
@@ -193,7 +196,8 @@ class GatewayClient(LoggingConfigurable):
                     raw = await conn.read_message()
                     if raw is None:
                         raise GatewayError(
-                            f"EG closed the websocket of kernel {kernel_id} before the {msg_type} reply",
+                            f"EG closed the websocket of kernel {kernel_id} "
+                            f"before the {msg_type} reply",
                             conn.close_code,
                         )
                     if isinstance(raw, bytes):

@@ -13,13 +13,14 @@ from traitlets.config import LoggingConfigurable
 
 from jkp.services.gateway import GatewayClient, GatewayError, KernelReplyError
 from jkp.services.store import Claim, PoolStore
-from jkp.traits import env_float, env_int, env_str
+from jkp.traits import env_default
 from jkp.user import enter_user_dir_code, validate_user_id
 
 # How often a pop waiting on an empty pool looks again for a kernel another replica pooled.
 _EMPTY_POOL_POLL = 0.1
 _START_BACKOFF_BASE = 1.0
 _IDLE_REPORT_ATTEMPTS = 5
+_STOP_RECANCEL_INTERVAL = 0.5
 # Kernels a single pop may spend on failed set-ups before it gives up.
 _MAX_SET_UP_FAILURES = 3
 
@@ -49,80 +50,86 @@ class PoolManager(LoggingConfigurable):
     store = Instance(PoolStore)
 
     max_pending_kernels = Int(
-        help="Idle kernels kept ready (JKP_MAX_PENDING_KERNELS env var)", min=0
+        10, help="Idle kernels kept ready (JKP_MAX_PENDING_KERNELS env var)", min=0
     ).tag(config=True)
     max_pending_kernels_env = "JKP_MAX_PENDING_KERNELS"
 
     @default("max_pending_kernels")
-    def _max_pending_kernels_default(self) -> int:
-        return env_int(self.max_pending_kernels_env, 10)
+    def _max_pending_kernels_default(self) -> Any:
+        return env_default(self, "max_pending_kernels")
 
-    kernel_name = Unicode(help="EG kernel spec of pooled kernels (JKP_KERNEL_NAME env var)").tag(
-        config=True
-    )
+    kernel_name = Unicode(
+        "python_kubernetes", help="EG kernel spec of pooled kernels (JKP_KERNEL_NAME env var)"
+    ).tag(config=True)
     kernel_name_env = "JKP_KERNEL_NAME"
 
     @default("kernel_name")
-    def _kernel_name_default(self) -> str:
-        return env_str(self.kernel_name_env, "python_kubernetes")
+    def _kernel_name_default(self) -> Any:
+        return env_default(self, "kernel_name")
 
-    kernel_image = Unicode(help="Kernel pod image, sent as KERNEL_IMAGE (JKP_KERNEL_IMAGE env var)").tag(
-        config=True
-    )
+    kernel_image = Unicode(
+        "elyra/kernel-py:3.2.2",
+        help="Kernel pod image, sent as KERNEL_IMAGE (JKP_KERNEL_IMAGE env var)",
+    ).tag(config=True)
     kernel_image_env = "JKP_KERNEL_IMAGE"
 
     @default("kernel_image")
-    def _kernel_image_default(self) -> str:
-        return env_str(self.kernel_image_env, "elyra/kernel-py:3.2.2")
+    def _kernel_image_default(self) -> Any:
+        return env_default(self, "kernel_image")
 
     kernel_namespace = Unicode(
+        "tablegpt-kernels",
         help="Kubernetes namespace of kernel pods, sent as KERNEL_NAMESPACE "
-        "(JKP_KERNEL_NAMESPACE env var)"
+        "(JKP_KERNEL_NAMESPACE env var)",
     ).tag(config=True)
     kernel_namespace_env = "JKP_KERNEL_NAMESPACE"
 
     @default("kernel_namespace")
-    def _kernel_namespace_default(self) -> str:
-        return env_str(self.kernel_namespace_env, "tablegpt-kernels")
+    def _kernel_namespace_default(self) -> Any:
+        return env_default(self, "kernel_namespace")
 
     kernel_user_name = Unicode(
+        "jovyan",
         help="Sent as KERNEL_USERNAME; EG refuses kernels for root and names pods after it "
-        "(JKP_KERNEL_USER_NAME env var)"
+        "(JKP_KERNEL_USER_NAME env var)",
     ).tag(config=True)
     kernel_user_name_env = "JKP_KERNEL_USER_NAME"
 
     @default("kernel_user_name")
-    def _kernel_user_name_default(self) -> str:
-        return env_str(self.kernel_user_name_env, "jovyan")
+    def _kernel_user_name_default(self) -> Any:
+        return env_default(self, "kernel_user_name")
 
     nfs_volume_server = Unicode(
+        "10.0.0.29",
         help="NFS server of the shared volume mounted into kernel pods; empty: no volume "
-        "(JKP_NFS_VOLUME_SERVER env var)"
+        "(JKP_NFS_VOLUME_SERVER env var)",
     ).tag(config=True)
     nfs_volume_server_env = "JKP_NFS_VOLUME_SERVER"
 
     @default("nfs_volume_server")
-    def _nfs_volume_server_default(self) -> str:
-        return env_str(self.nfs_volume_server_env, "10.0.0.29")
+    def _nfs_volume_server_default(self) -> Any:
+        return env_default(self, "nfs_volume_server")
 
     nfs_mount_path = Unicode(
-        help="Path exported by the NFS server (JKP_NFS_MOUNT_PATH env var)"
+        "/data/tablegpt-test/shared/",
+        help="Path exported by the NFS server (JKP_NFS_MOUNT_PATH env var)",
     ).tag(config=True)
     nfs_mount_path_env = "JKP_NFS_MOUNT_PATH"
 
     @default("nfs_mount_path")
-    def _nfs_mount_path_default(self) -> str:
-        return env_str(self.nfs_mount_path_env, "/data/tablegpt-test/shared/")
+    def _nfs_mount_path_default(self) -> Any:
+        return env_default(self, "nfs_mount_path")
 
     working_dir = Unicode(
+        "/mnt/shared/",
         help="Where the share is mounted in the kernel; users' directories are made under it "
-        "(JKP_WORKING_DIR env var)"
+        "(JKP_WORKING_DIR env var)",
     ).tag(config=True)
     working_dir_env = "JKP_WORKING_DIR"
 
     @default("working_dir")
-    def _working_dir_default(self) -> str:
-        return env_str(self.working_dir_env, "/mnt/shared/")
+    def _working_dir_default(self) -> Any:
+        return env_default(self, "working_dir")
 
     @validate("working_dir")
     def _working_dir_validate(self, proposal: Any) -> str:
@@ -131,6 +138,7 @@ class PoolManager(LoggingConfigurable):
         return proposal["value"]
 
     activation_interval = Float(
+        1200.0,
         help="Seconds between keep-alive pings of idle kernels; 0 disables them "
         "(JKP_ACTIVATION_INTERVAL env var)",
         min=0,
@@ -138,10 +146,11 @@ class PoolManager(LoggingConfigurable):
     activation_interval_env = "JKP_ACTIVATION_INTERVAL"
 
     @default("activation_interval")
-    def _activation_interval_default(self) -> float:
-        return env_float(self.activation_interval_env, 1200.0)
+    def _activation_interval_default(self) -> Any:
+        return env_default(self, "activation_interval")
 
     check_task_interval = Float(
+        120.0,
         help="Seconds between checks that the pool is full and its kernels alive "
         "(JKP_CHECK_TASK_INTERVAL env var)",
         min=0.1,
@@ -149,10 +158,11 @@ class PoolManager(LoggingConfigurable):
     check_task_interval_env = "JKP_CHECK_TASK_INTERVAL"
 
     @default("check_task_interval")
-    def _check_task_interval_default(self) -> float:
-        return env_float(self.check_task_interval_env, 120.0)
+    def _check_task_interval_default(self) -> Any:
+        return env_default(self, "check_task_interval")
 
     pop_timeout = Float(
+        10.0,
         help="Seconds a pop waits for a kernel when the pool is empty before answering 503 "
         "(JKP_POP_TIMEOUT env var)",
         min=0,
@@ -160,10 +170,11 @@ class PoolManager(LoggingConfigurable):
     pop_timeout_env = "JKP_POP_TIMEOUT"
 
     @default("pop_timeout")
-    def _pop_timeout_default(self) -> float:
-        return env_float(self.pop_timeout_env, 10.0)
+    def _pop_timeout_default(self) -> Any:
+        return env_default(self, "pop_timeout")
 
     kernel_ready_timeout = Float(
+        300.0,
         help="Seconds a new kernel has to answer its first kernel_info_request before it is "
         "shut down and started again (JKP_KERNEL_READY_TIMEOUT env var)",
         min=1,
@@ -171,10 +182,11 @@ class PoolManager(LoggingConfigurable):
     kernel_ready_timeout_env = "JKP_KERNEL_READY_TIMEOUT"
 
     @default("kernel_ready_timeout")
-    def _kernel_ready_timeout_default(self) -> float:
-        return env_float(self.kernel_ready_timeout_env, 300.0)
+    def _kernel_ready_timeout_default(self) -> Any:
+        return env_default(self, "kernel_ready_timeout")
 
     kernel_request_timeout = Float(
+        10.0,
         help="Seconds a pooled kernel has to answer a request (set-up at pop, activation) "
         "(JKP_KERNEL_REQUEST_TIMEOUT env var)",
         min=0.1,
@@ -182,20 +194,23 @@ class PoolManager(LoggingConfigurable):
     kernel_request_timeout_env = "JKP_KERNEL_REQUEST_TIMEOUT"
 
     @default("kernel_request_timeout")
-    def _kernel_request_timeout_default(self) -> float:
-        return env_float(self.kernel_request_timeout_env, 10.0)
+    def _kernel_request_timeout_default(self) -> Any:
+        return env_default(self, "kernel_request_timeout")
 
     max_concurrent_starts = Int(
-        help="Kernels this replica starts on EG at the same time (JKP_MAX_CONCURRENT_STARTS env var)",
+        4,
+        help="Kernels this replica starts on EG at the same time "
+        "(JKP_MAX_CONCURRENT_STARTS env var)",
         min=1,
     ).tag(config=True)
     max_concurrent_starts_env = "JKP_MAX_CONCURRENT_STARTS"
 
     @default("max_concurrent_starts")
-    def _max_concurrent_starts_default(self) -> int:
-        return env_int(self.max_concurrent_starts_env, 4)
+    def _max_concurrent_starts_default(self) -> Any:
+        return env_default(self, "max_concurrent_starts")
 
     max_start_backoff = Float(
+        60.0,
         help="Upper bound in seconds of the pause between failed kernel starts "
         "(JKP_MAX_START_BACKOFF env var)",
         min=0,
@@ -203,8 +218,8 @@ class PoolManager(LoggingConfigurable):
     max_start_backoff_env = "JKP_MAX_START_BACKOFF"
 
     @default("max_start_backoff")
-    def _max_start_backoff_default(self) -> float:
-        return env_float(self.max_start_backoff_env, 60.0)
+    def _max_start_backoff_default(self) -> Any:
+        return env_default(self, "max_start_backoff")
 
     def __init__(self, **kwargs: Any):
         super().__init__(**kwargs)
@@ -214,6 +229,7 @@ class PoolManager(LoggingConfigurable):
         self._wake_filler = asyncio.Event()
         # Replaced each time a kernel is pooled, so every waiter on the old one wakes.
         self._kernel_pooled = asyncio.Event()
+        self._stopping = False
         self._start_failures = 0
         self._next_start_at = 0.0
         self._failing: dict[str, str] = {}
@@ -230,10 +246,13 @@ class PoolManager(LoggingConfigurable):
 
     async def stop(self) -> None:
         """Stop the background tasks; kernels being started are shut down, the pool stays."""
-        tasks = [*self._tasks.values(), *self._starts]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        self._stopping = True
+        # redis-py can swallow a cancellation that lands inside one of its calls: cancel again
+        # until every task has really ended (the loops also check _stopping).
+        while pending := [t for t in (*self._tasks.values(), *self._starts) if not t.done()]:
+            for task in pending:
+                task.cancel()
+            await asyncio.wait(pending, timeout=_STOP_RECANCEL_INTERVAL)
         self._tasks.clear()
         # Shutdowns already under way are allowed to finish so no kernel is left behind.
         await asyncio.gather(*self._retirements, return_exceptions=True)
@@ -351,7 +370,7 @@ class PoolManager(LoggingConfigurable):
         """Reconcile, then keep the pool at target; wakes on refill() and every check interval."""
         loop = asyncio.get_running_loop()
         next_check = 0.0
-        while True:
+        while not self._stopping:
             self._wake_filler.clear()
             try:
                 if loop.time() >= next_check:
@@ -383,7 +402,7 @@ class PoolManager(LoggingConfigurable):
         """Start kernels while the pool (idle + starting, across replicas) is below target."""
         if asyncio.get_running_loop().time() < self._next_start_at:
             return
-        while len(self._starts) < self.max_concurrent_starts:
+        while not self._stopping and len(self._starts) < self.max_concurrent_starts:
             kernel_id = str(uuid.uuid4())
             lease = self.kernel_ready_timeout + 2 * self.gateway.request_timeout
             if not await self.store.reserve_start(kernel_id, self.max_pending_kernels, lease):
@@ -414,7 +433,10 @@ class PoolManager(LoggingConfigurable):
             self._next_start_at = asyncio.get_running_loop().time() + backoff
             self.log.error(
                 "Starting kernel %s failed (%d in a row; next try in %.0fs): %s",
-                kernel_id, self._start_failures, backoff, e,
+                kernel_id,
+                self._start_failures,
+                backoff,
+                e,
             )
             await self._abandon_start(kernel_id, "start failed")
             return
@@ -489,7 +511,7 @@ class PoolManager(LoggingConfigurable):
     # -- activation ---------------------------------------------------------------------------
 
     async def _activation_loop(self) -> None:
-        while True:
+        while not self._stopping:
             await asyncio.sleep(self.activation_interval)
             try:
                 await self.activate_idle_kernels()

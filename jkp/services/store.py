@@ -25,17 +25,20 @@ from traitlets import Any as AnyTrait
 from traitlets import Dict, Int, Unicode, default
 from traitlets.config import LoggingConfigurable
 
-from jkp.traits import env_int, env_str
+from jkp.traits import env_default
 
 # Redis server time in seconds, so leases do not depend on the replicas' clocks.
 _NOW = "local t = redis.call('TIME'); local now = tonumber(t[1]) + tonumber(t[2]) / 1e6\n"
 
-_RESERVE = _NOW + """
+_RESERVE = (
+    _NOW
+    + """
 local live = redis.call('ZCOUNT', KEYS[2], '(' .. now, '+inf')
 if redis.call('LLEN', KEYS[1]) + live >= tonumber(ARGV[1]) then return 0 end
 redis.call('ZADD', KEYS[2], now + tonumber(ARGV[3]), ARGV[2])
 return 1
 """
+)
 
 _FINISH_START = """
 if redis.call('ZREM', KEYS[2], ARGV[1]) == 0 then return 0 end
@@ -43,19 +46,25 @@ redis.call('LPUSH', KEYS[1], ARGV[2])
 return 1
 """
 
-_CLAIM = _NOW + """
+_CLAIM = (
+    _NOW
+    + """
 local model = redis.call('RPOP', KEYS[1])
 if not model then return false end
 local id = cjson.decode(model)['id']
 redis.call('HSET', KEYS[2], id, cjson.encode({model = model, user_id = ARGV[1], claimed_at = now}))
 return model
 """
+)
 
-_HAND_OVER = _NOW + """
+_HAND_OVER = (
+    _NOW
+    + """
 if redis.call('HDEL', KEYS[1], ARGV[1]) == 0 then return 0 end
 redis.call('HSET', KEYS[2], ARGV[1], cjson.encode({user_id = ARGV[2], handed_at = now}))
 return 1
 """
+)
 
 _RELEASE = """
 if redis.call('HDEL', KEYS[1], ARGV[1]) == 0 then return 0 end
@@ -63,25 +72,36 @@ redis.call('RPUSH', KEYS[2], ARGV[2])
 return 1
 """
 
-_RETIRE_CLAIM = _NOW + """
+_RETIRE_CLAIM = (
+    _NOW
+    + """
 if redis.call('HDEL', KEYS[1], ARGV[1]) == 0 then return 0 end
 redis.call('HSET', KEYS[2], ARGV[1], now)
 return 1
 """
+)
 
-_RETIRE_IDLE = _NOW + """
+_RETIRE_IDLE = (
+    _NOW
+    + """
 if redis.call('LREM', KEYS[1], 1, ARGV[2]) == 0 then return 0 end
 redis.call('HSET', KEYS[2], ARGV[1], now)
 return 1
 """
+)
 
-_RETIRE_STARTING = _NOW + """
+_RETIRE_STARTING = (
+    _NOW
+    + """
 if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then return 0 end
 redis.call('HSET', KEYS[2], ARGV[1], now)
 return 1
 """
+)
 
-_TRIM_SURPLUS = _NOW + """
+_TRIM_SURPLUS = (
+    _NOW
+    + """
 local live = redis.call('ZCOUNT', KEYS[2], '(' .. now, '+inf')
 local surplus = redis.call('LLEN', KEYS[1]) + live - tonumber(ARGV[1])
 local ids = {}
@@ -95,6 +115,7 @@ while surplus > 0 do
 end
 return ids
 """
+)
 
 _EXPIRED_STARTING = _NOW + "return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)\n"
 
@@ -258,45 +279,49 @@ class RedisStore(LoggingConfigurable):
     """The Redis connection of jkp and the pools stored in it."""
 
     redis_url = Unicode(
+        "",
         help="Redis URL, e.g. rediss://:password@host:6380/0; when set it overrides "
         "redis_host, redis_port and redis_db (JKP_REDIS_URL env var)",
     ).tag(config=True)
     redis_url_env = "JKP_REDIS_URL"
 
     @default("redis_url")
-    def _redis_url_default(self) -> str:
-        return env_str(self.redis_url_env, "")
+    def _redis_url_default(self) -> Any:
+        return env_default(self, "redis_url")
 
-    redis_host = Unicode(help="Redis host (JKP_REDIS_HOST env var)").tag(config=True)
+    redis_host = Unicode("127.0.0.1", help="Redis host (JKP_REDIS_HOST env var)").tag(config=True)
     redis_host_env = "JKP_REDIS_HOST"
 
     @default("redis_host")
-    def _redis_host_default(self) -> str:
-        return env_str(self.redis_host_env, "127.0.0.1")
+    def _redis_host_default(self) -> Any:
+        return env_default(self, "redis_host")
 
-    redis_port = Int(help="Redis port (JKP_REDIS_PORT env var)", min=1, max=65535).tag(config=True)
+    redis_port = Int(6379, help="Redis port (JKP_REDIS_PORT env var)", min=1, max=65535).tag(
+        config=True
+    )
     redis_port_env = "JKP_REDIS_PORT"
 
     @default("redis_port")
-    def _redis_port_default(self) -> int:
-        return env_int(self.redis_port_env, 6379)
+    def _redis_port_default(self) -> Any:
+        return env_default(self, "redis_port")
 
-    redis_db = Int(help="Redis database number (JKP_REDIS_DB env var)", min=0).tag(config=True)
+    redis_db = Int(0, help="Redis database number (JKP_REDIS_DB env var)", min=0).tag(config=True)
     redis_db_env = "JKP_REDIS_DB"
 
     @default("redis_db")
-    def _redis_db_default(self) -> int:
-        return env_int(self.redis_db_env, 0)
+    def _redis_db_default(self) -> Any:
+        return env_default(self, "redis_db")
 
     key = Unicode(
+        "tablegpt-test:kernels:idle",
         help="Redis key of the idle-kernel list; the pool's other keys are derived from it "
         "(JKP_REDIS_KEY env var)",
     ).tag(config=True)
     key_env = "JKP_REDIS_KEY"
 
     @default("key")
-    def _key_default(self) -> str:
-        return env_str(self.key_env, "tablegpt-test:kernels:idle")
+    def _key_default(self) -> Any:
+        return env_default(self, "key")
 
     client_kwargs = Dict(
         help="Extra keyword arguments for redis.asyncio.Redis (e.g. ssl_ca_certs)",

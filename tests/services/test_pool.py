@@ -16,12 +16,15 @@ async def test_activation_keeps_pooled_kernels_alive_through_eg_culling(
     pooled = await jkp.wait_for_idle(2)
     # A kernel nobody pings, started beside the pool: EG's culler must take it.
     status, unpinged = localstack.http_request(
-        "POST", gateway.url + "/api/kernels",
+        "POST",
+        gateway.url + "/api/kernels",
         {"name": "python_kubernetes", "env": {"KERNEL_USERNAME": "jovyan"}},
     )
     assert status == 201
     await wait_until(
-        lambda: unpinged["id"] not in gateway.list_kernel_ids(), 30, "EG to cull the unpinged kernel"
+        lambda: unpinged["id"] not in gateway.list_kernel_ids(),
+        30,
+        "EG to cull the unpinged kernel",
     )
     await asyncio.sleep(3)  # well past the 4 s cull timeout for the pooled ones too
     assert sorted(gateway.list_kernel_ids()) == sorted(pooled)
@@ -108,3 +111,33 @@ async def test_eg_down_at_pop_keeps_the_kernel_in_the_pool(redis_server, gateway
 async def _idle_without(jkp, kernel_id, count):
     idle = await jkp.idle_ids()
     return kernel_id not in idle and len(idle) == count
+
+
+async def test_stop_mid_start_leaves_no_kernel_unaccounted(redis_server, gateway, jkp_factory):
+    jkp = await jkp_factory(redis_server, gateway, "--max-pending-kernels=2")
+    await wait_until(lambda: _starting(jkp, 2), 10, "two kernels starting")
+    await jkp.stop()
+    # Kernels that were starting are shut down; whatever reached the pool stays there.
+    idle = await jkp.idle_ids()
+    await wait_until(
+        lambda: sorted(gateway.list_kernel_ids()) == sorted(idle), 30, "EG to run only idle kernels"
+    )
+    assert await jkp.store.counts() == {"idle": len(idle), "starting": 0, "claimed": 0, "handed": 0}
+    assert await jkp.store.retiring_ids() == []
+
+
+async def test_stop_is_prompt_while_redis_is_down(redis_server, gateway, jkp_factory):
+    jkp = await jkp_factory(
+        redis_server, gateway, "--max-pending-kernels=1", "--PoolManager.check_task_interval=0.2"
+    )
+    await jkp.wait_for_idle(1)
+    redis_server.kill()
+    await asyncio.sleep(2)  # the loops are now failing against the dead Redis
+    started = asyncio.get_running_loop().time()
+    await jkp.stop()
+    assert asyncio.get_running_loop().time() - started < 5
+    assert [t for t in asyncio.all_tasks() if t.get_name().startswith("jkp-")] == []
+
+
+async def _starting(jkp, count):
+    return (await jkp.store.counts())["starting"] == count

@@ -1,4 +1,4 @@
-"""Unit tests of the pool's Redis operations, on fakeredis (the integration tests use a real Redis)."""
+"""Unit tests of the pool's Redis operations on fakeredis; integration tests use a real Redis."""
 
 import json
 
@@ -52,7 +52,10 @@ async def test_idle_list_is_the_original_format_new_left_pop_right(store):
 
 async def test_claim_from_original_service_data(store):
     # A model pushed by the Go service, as it stored it.
-    model = '{"id":"go1","name":"python_kubernetes","last_activity":"2024-01-01T00:00:00Z","execution_state":"idle","connections":0}'
+    model = (
+        '{"id":"go1","name":"python_kubernetes","last_activity":"2024-01-01T00:00:00Z",'
+        '"execution_state":"idle","connections":0}'
+    )
     await store.client.lpush("test:kernels:idle", model)
     claim = await store.claim("zt")
     assert claim.kernel_id == "go1" and claim.model_json == model
