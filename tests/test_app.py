@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -213,3 +214,11 @@ def test_redis_url_overrides_host_port_db(monkeypatch):
         3,
         "s3cret",
     )
+
+
+def test_example_config_file_loads():
+    example = Path(__file__).resolve().parent.parent / "jkp_config.py"
+    app = make_app([f"--config={example}"])
+    assert app.gateway.url == "http://enterprise-gateway.enterprise-gateway:8888"
+    assert app.store.redis_host == "redis"
+    assert app.pool_manager.max_pending_kernels == 10

@@ -1,0 +1,56 @@
+# An example configuration of jkp:  jkpmanager --config jkp_config.py
+#
+# Every option may also come from its JKP_* environment variable (named in `jkpmanager --help-all`);
+# precedence: command line > this file > environment > built-in default. Options left commented out
+# keep their environment value or default. `jkpmanager --generate-config` writes every option.
+
+c = get_config()  # noqa: F821 (provided by traitlets when the file is loaded)
+
+# -- jkp's own HTTP server ---------------------------------------------------------------------
+# Listen on all interfaces in a container; the default is 127.0.0.1. (JKP_SERVER_IP)
+# c.JKPManagerApp.ip = "0.0.0.0"
+# c.JKPManagerApp.port = 8080  # (JKP_SERVER_PORT)
+
+# -- Enterprise Gateway ------------------------------------------------------------------------
+# http or https; websockets use ws or wss accordingly. (JKP_EG_ENDPOINT)
+c.GatewayClient.url = "http://enterprise-gateway.enterprise-gateway:8888"
+# c.GatewayClient.connect_timeout = 5  # (JKP_EG_CONNECT_TIMEOUT)
+# c.GatewayClient.request_timeout = 60  # (JKP_EG_REQUEST_TIMEOUT)
+
+# -- Redis -------------------------------------------------------------------------------------
+# A URL overrides host/port/db; rediss:// for TLS, the password in the URL. (JKP_REDIS_URL)
+# c.RedisStore.redis_url = "rediss://:password@redis:6380/0"
+c.RedisStore.redis_host = "redis"  # (JKP_REDIS_HOST)
+# c.RedisStore.redis_port = 6379  # (JKP_REDIS_PORT)
+# c.RedisStore.redis_db = 0  # (JKP_REDIS_DB)
+# The idle list; the pool's other keys are derived from it. Keep the original service's key to
+# take over its pool as it is. (JKP_REDIS_KEY)
+# c.RedisStore.key = "tablegpt-test:kernels:idle"
+
+# -- The pool ----------------------------------------------------------------------------------
+# Idle kernels kept ready, across all replicas sharing this Redis. (JKP_MAX_PENDING_KERNELS)
+c.PoolManager.max_pending_kernels = 10
+# The EG kernel spec, and what its Kubernetes pods get:
+# c.PoolManager.kernel_name = "python_kubernetes"  # (JKP_KERNEL_NAME)
+# c.PoolManager.kernel_image = "elyra/kernel-py:3.2.2"  # (JKP_KERNEL_IMAGE)
+# c.PoolManager.kernel_namespace = "tablegpt-kernels"  # (JKP_KERNEL_NAMESPACE)
+# EG refuses kernels for root (unauthorized_users) and names pods after this. (JKP_KERNEL_USER_NAME)
+# c.PoolManager.kernel_user_name = "jovyan"
+# The NFS share mounted into every kernel pod at working_dir; users' directories are made under
+# working_dir. An empty server means no volume (a local EG, or a share baked into the image).
+# c.PoolManager.nfs_volume_server = "10.0.0.29"  # (JKP_NFS_VOLUME_SERVER)
+# c.PoolManager.nfs_mount_path = "/data/tablegpt-test/shared/"  # (JKP_NFS_MOUNT_PATH)
+# c.PoolManager.working_dir = "/mnt/shared/"  # (JKP_WORKING_DIR)
+
+# Seconds between keep-alive pings of idle kernels; keep it well below EG's
+# cull_idle_timeout. (JKP_ACTIVATION_INTERVAL)
+# c.PoolManager.activation_interval = 1200
+# Periodic check that the pool is full and its kernels alive, seconds. (JKP_CHECK_TASK_INTERVAL)
+# c.PoolManager.check_task_interval = 120
+# How long a pop waits on an empty pool before answering 503, seconds. (JKP_POP_TIMEOUT)
+# c.PoolManager.pop_timeout = 10
+# Kubernetes pods may take a while to pull their image and start. (JKP_KERNEL_READY_TIMEOUT)
+# c.PoolManager.kernel_ready_timeout = 300
+# c.PoolManager.kernel_request_timeout = 10  # (JKP_KERNEL_REQUEST_TIMEOUT)
+# c.PoolManager.max_concurrent_starts = 4  # (JKP_MAX_CONCURRENT_STARTS)
+# c.PoolManager.max_start_backoff = 60  # (JKP_MAX_START_BACKOFF)
