@@ -18,6 +18,7 @@ from traitlets import Instance, Int, TraitError, Unicode, default
 
 from jkp._version import __version__
 from jkp.handlers import pool as pool_handlers
+from jkp.handlers import status as status_handlers
 from jkp.services.gateway import GatewayClient
 from jkp.services.pool import PoolManager
 from jkp.services.store import RedisStore
@@ -136,10 +137,12 @@ class JKPManagerApp(JupyterApp):
                     raise TraitError(f"{where}: {e}") from None
 
     def init_webapp(self) -> None:
-        handlers = [*pool_handlers.default_handlers]
+        handlers = [*pool_handlers.default_handlers, *status_handlers.default_handlers]
         self.web_app = web.Application(
             handlers,
             pool_manager=self.pool_manager,
+            gateway=self.gateway,
+            store=self.store,
             log_function=self._log_request,
         )
 

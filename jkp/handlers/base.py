@@ -8,6 +8,7 @@ from typing import Any
 
 from tornado import web
 
+from jkp.services.gateway import GatewayClient
 from jkp.services.pool import PoolManager
 
 
@@ -21,6 +22,10 @@ class APIHandler(web.RequestHandler):
     @property
     def pool(self) -> PoolManager:
         return self.settings["pool_manager"]
+
+    @property
+    def gateway(self) -> GatewayClient:
+        return self.settings["gateway"]
 
     def get_json_body(self) -> dict[str, Any]:
         """The request body as a JSON object; 400 when it is not one."""

@@ -99,15 +99,20 @@ class GatewayClient(LoggingConfigurable):
         scheme, rest = self.url.split("://", 1)
         return ("wss" if scheme == "https" else "ws") + "://" + rest
 
-    async def _request(self, method: str, path: str, body: Any = None) -> Any:
-        """Send one REST request to EG and return its decoded JSON body (None when empty)."""
+    async def _request(
+        self, method: str, path: str, body: Any = None, timeout: float | None = None
+    ) -> Any:
+        """Send one REST request to EG and return its decoded JSON body (None when empty).
+
+        ``timeout`` bounds the request (default ``request_timeout``).
+        """
         request = HTTPRequest(
             self.url + path,
             method=method,
             body=None if body is None else json.dumps(body),
             headers={"Content-Type": "application/json", **self.headers},
             connect_timeout=self.connect_timeout,
-            request_timeout=self.request_timeout,
+            request_timeout=timeout or self.request_timeout,
             allow_nonstandard_methods=True,
         )
         try:
@@ -123,14 +128,20 @@ class GatewayClient(LoggingConfigurable):
             raise GatewayError(f"EG {method} {path}: {e}") from e
         return json.loads(response.body) if response.body else None
 
+    async def ping(self) -> dict[str, Any]:
+        """EG's version info: proves it answers."""
+        return await self._request("GET", "/api")
+
     async def start_kernel(self, kernel_name: str, env: dict[str, str]) -> dict[str, Any]:
         """Ask EG to start a kernel; returns its model (usually still ``starting``)."""
         return await self._request("POST", "/api/kernels", {"name": kernel_name, "env": env})
 
-    async def get_kernel(self, kernel_id: str) -> dict[str, Any] | None:
+    async def get_kernel(
+        self, kernel_id: str, timeout: float | None = None
+    ) -> dict[str, Any] | None:
         """The kernel's current model, or None when EG no longer has it."""
         try:
-            return await self._request("GET", f"/api/kernels/{quote(kernel_id)}")
+            return await self._request("GET", f"/api/kernels/{quote(kernel_id)}", timeout=timeout)
         except GatewayError as e:
             if e.status == 404:
                 return None

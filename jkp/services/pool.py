@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import socket
 import uuid
 from typing import Any
 
@@ -21,6 +23,12 @@ _EMPTY_POOL_POLL = 0.1
 _START_BACKOFF_BASE = 1.0
 _IDLE_REPORT_ATTEMPTS = 5
 _STOP_RECANCEL_INTERVAL = 0.5
+_CLAIM_LEASE_MARGIN = 5.0
+# A replica's activation turn lasts this share of the interval, so the next sweep is not skipped.
+_ACTIVATION_TURN_SHARE = 0.8
+# Pause of the background loops while Redis or EG fail: doubles from the first, up to the cap.
+_FAILING_RETRY_FIRST = 0.5
+_FAILING_RETRY_CAP = 10.0
 # Kernels a single pop may spend on failed set-ups before it gives up.
 _MAX_SET_UP_FAILURES = 3
 
@@ -186,8 +194,9 @@ class PoolManager(LoggingConfigurable):
         return env_default(self, "kernel_ready_timeout")
 
     kernel_request_timeout = Float(
-        10.0,
-        help="Seconds a pooled kernel has to answer a request (set-up at pop, activation) "
+        5.0,
+        help="Seconds EG and a pooled kernel have to answer each request of a pop (check, "
+        "set-up) or an activation; a pop fails with 503 rather than wait longer on a hung EG "
         "(JKP_KERNEL_REQUEST_TIMEOUT env var)",
         min=0.1,
     ).tag(config=True)
@@ -230,6 +239,7 @@ class PoolManager(LoggingConfigurable):
         # Replaced each time a kernel is pooled, so every waiter on the old one wakes.
         self._kernel_pooled = asyncio.Event()
         self._stopping = False
+        self.replica_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self._start_failures = 0
         self._next_start_at = 0.0
         self._failing: dict[str, str] = {}
@@ -332,7 +342,7 @@ class PoolManager(LoggingConfigurable):
         """
         kernel_id = claim.kernel_id
         try:
-            model = await self.gateway.get_kernel(kernel_id)
+            model = await self.gateway.get_kernel(kernel_id, self.kernel_request_timeout)
             if model is not None:
                 await self.gateway.execute(
                     kernel_id,
@@ -340,7 +350,7 @@ class PoolManager(LoggingConfigurable):
                     self.kernel_request_timeout,
                 )
                 # EG's model after the set-up: last_activity and execution_state as they are now.
-                model = await self.gateway.get_kernel(kernel_id)
+                model = await self.gateway.get_kernel(kernel_id, self.kernel_request_timeout)
         except KernelReplyError as e:
             self.log.error("Kernel %s failed set-up for user %s: %s", kernel_id, user_id, e)
             if await self.store.retire_claim(claim):
@@ -370,6 +380,7 @@ class PoolManager(LoggingConfigurable):
         """Reconcile, then keep the pool at target; wakes on refill() and every check interval."""
         loop = asyncio.get_running_loop()
         next_check = 0.0
+        failed_rounds = 0
         while not self._stopping:
             self._wake_filler.clear()
             try:
@@ -388,7 +399,12 @@ class PoolManager(LoggingConfigurable):
             if self._next_start_at > now:
                 delay = min(delay, self._next_start_at - now)
             if self._failing:
-                delay = min(delay, 1.0)
+                failed_rounds += 1
+                delay = min(
+                    delay, _FAILING_RETRY_FIRST * 2 ** (failed_rounds - 1), _FAILING_RETRY_CAP
+                )
+            else:
+                failed_rounds = 0
             try:
                 await asyncio.wait_for(self._wake_filler.wait(), max(delay, 0.01))
             except TimeoutError:
@@ -398,14 +414,25 @@ class PoolManager(LoggingConfigurable):
         """Pause before the next start after ``_start_failures`` failures in a row."""
         return min(self.max_start_backoff, _START_BACKOFF_BASE * 2 ** (self._start_failures - 1))
 
+    @property
+    def _start_lease(self) -> float:
+        """Longest a start can take: POST, the ready wait, then reporting it idle."""
+        return self.kernel_ready_timeout + 2 * self.gateway.request_timeout
+
+    @property
+    def _claim_lease(self) -> float:
+        """Longest a pop can hold a kernel: GET, set-up, GET, and a margin for Redis."""
+        return 3 * self.kernel_request_timeout + _CLAIM_LEASE_MARGIN
+
     async def _start_missing(self) -> None:
         """Start kernels while the pool (idle + starting, across replicas) is below target."""
         if asyncio.get_running_loop().time() < self._next_start_at:
             return
         while not self._stopping and len(self._starts) < self.max_concurrent_starts:
             kernel_id = str(uuid.uuid4())
-            lease = self.kernel_ready_timeout + 2 * self.gateway.request_timeout
-            if not await self.store.reserve_start(kernel_id, self.max_pending_kernels, lease):
+            if not await self.store.reserve_start(
+                kernel_id, self.max_pending_kernels, self._start_lease
+            ):
                 return
             task = asyncio.create_task(self._start_kernel(kernel_id), name=f"jkp-start-{kernel_id}")
             self._starts.add(task)
@@ -503,6 +530,9 @@ class PoolManager(LoggingConfigurable):
         for kernel_id in await self.store.expired_starting_ids():
             if await self.store.retire_starting(kernel_id):
                 await self._retire(kernel_id, "start lease expired")
+        for claim in await self.store.stale_claims(self._claim_lease):
+            if await self.store.retire_claim(claim):
+                await self._retire(claim.kernel_id, "claim expired during a pop")
         for kernel_id in await self.store.trim_surplus(self.max_pending_kernels):
             await self._retire(kernel_id, "above max_pending_kernels")
         for kernel_id in await self.store.retiring_ids():
@@ -514,7 +544,10 @@ class PoolManager(LoggingConfigurable):
         while not self._stopping:
             await asyncio.sleep(self.activation_interval)
             try:
-                await self.activate_idle_kernels()
+                # Replicas share the idle list: one sweep per interval is enough.
+                turn = self.activation_interval * _ACTIVATION_TURN_SHARE
+                if await self.store.take_activation_turn(self.replica_id, turn):
+                    await self.activate_idle_kernels()
             except RedisError as e:
                 self._failed("redis", e)
 
@@ -562,6 +595,12 @@ class PoolManager(LoggingConfigurable):
             self.log.info("%s is back", component)
 
     async def status(self) -> dict[str, Any]:
-        """Target and counts of this pool as Redis holds them."""
+        """This pool as Redis holds it, and what this replica saw failing last."""
         counts = await self.store.counts()
-        return {"target": self.max_pending_kernels, **counts, "failing": dict(self._failing)}
+        return {
+            "replica": self.replica_id,
+            "kernel_name": self.kernel_name,
+            "target": self.max_pending_kernels,
+            **counts,
+            "errors": dict(self._failing),
+        }

@@ -119,6 +119,22 @@ return ids
 
 _EXPIRED_STARTING = _NOW + "return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)\n"
 
+_STALE_CLAIMS = (
+    _NOW
+    + """
+local stale = {}
+local entries = redis.call('HGETALL', KEYS[1])
+for i = 1, #entries, 2 do
+  local claim = cjson.decode(entries[i + 1])
+  if claim['claimed_at'] < now - tonumber(ARGV[1]) then
+    table.insert(stale, entries[i])
+    table.insert(stale, claim['model'])
+  end
+end
+return stale
+"""
+)
+
 
 @dataclass(frozen=True)
 class PoolKeys:
@@ -141,6 +157,10 @@ class PoolKeys:
     @property
     def retiring(self) -> str:
         return f"{self.idle}:retiring"
+
+    @property
+    def activation(self) -> str:
+        return f"{self.idle}:activation"
 
 
 @dataclass(frozen=True)
@@ -171,6 +191,7 @@ class PoolStore:
         self._retire_starting = client.register_script(_RETIRE_STARTING)
         self._trim_surplus = client.register_script(_TRIM_SURPLUS)
         self._expired_starting = client.register_script(_EXPIRED_STARTING)
+        self._stale_claims = client.register_script(_STALE_CLAIMS)
 
     async def reserve_start(self, kernel_id: str, target: int, lease_seconds: float) -> bool:
         """Record a kernel about to be started, if idle plus starting kernels are below target.
@@ -257,6 +278,17 @@ class PoolStore:
         """Kernels whose start lease expired: their starter died or gave up."""
         return [_text(i) for i in await self._expired_starting(keys=[self.keys.starting])]
 
+    async def stale_claims(self, max_age: float) -> list[Claim]:
+        """Claims older than ``max_age`` seconds: the replica handing them out died or hung."""
+        flat = await self._stale_claims(keys=[self.keys.claimed], args=[max_age])
+        return [Claim(_text(flat[i]), _text(flat[i + 1])) for i in range(0, len(flat), 2)]
+
+    async def take_activation_turn(self, owner: str, seconds: float) -> bool:
+        """True for one replica per ``seconds``: the one that sweeps the idle kernels now."""
+        return bool(
+            await self.client.set(self.keys.activation, owner, nx=True, px=int(seconds * 1000))
+        )
+
     async def handed_out(self) -> dict[str, dict[str, Any]]:
         """Kernel id -> {user_id, handed_at} for every kernel ever handed out."""
         raw = await self.client.hgetall(self.keys.handed)
@@ -332,17 +364,22 @@ class RedisStore(LoggingConfigurable):
     @default("client")
     def _client_default(self) -> redis.Redis:
         # Fail fast instead of redis-py's default retries (up to ~14 s against a dead server):
-        # callers answer 503 or back off themselves.
+        # a pop answers 503 within 2 s and the loops back off themselves.
         kwargs: dict[str, Any] = {
-            "socket_timeout": 5,
-            "socket_connect_timeout": 2,
-            "retry": Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=1),
+            "socket_timeout": 0.8,
+            "socket_connect_timeout": 0.8,
+            # One retry replaces a connection that died with a restarted Redis.
+            "retry": Retry(ExponentialBackoff(cap=0.1, base=0.02), retries=1),
             "health_check_interval": 30,
         }
         kwargs.update(self.client_kwargs)
         if self.redis_url:
             return redis.Redis.from_url(self.redis_url, **kwargs)
         return redis.Redis(host=self.redis_host, port=self.redis_port, db=self.redis_db, **kwargs)
+
+    async def ping(self) -> None:
+        """Raise RedisError unless Redis answers."""
+        await self.client.ping()
 
     def pool(self, key: str | None = None) -> PoolStore:
         """The store of the pool whose idle list is at ``key`` (default: the ``key`` trait)."""

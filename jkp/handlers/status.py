@@ -1,0 +1,64 @@
+"""Health, readiness and pool status: what probes and operators ask."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable
+
+from redis.exceptions import RedisError
+from tornado import web
+
+from jkp.handlers.base import APIHandler
+from jkp.services.gateway import GatewayError
+
+# A readiness probe must answer quickly even when a dependency hangs.
+_READY_CHECK_TIMEOUT = 2.0
+
+
+class HealthHandler(APIHandler):
+    """Liveness: the process serves HTTP. Touches neither Redis nor EG."""
+
+    def get(self) -> None:
+        self.write_json({"status": "ok"})
+
+
+class ReadyHandler(APIHandler):
+    """Readiness: Redis and EG answer. 503 names what is missing."""
+
+    async def get(self) -> None:
+        redis_failure, gateway_failure = await asyncio.gather(
+            _failure(self.settings["store"].ping()), _failure(self.gateway.ping())
+        )
+        missing = {"redis": redis_failure, "gateway": gateway_failure}
+        missing = {name: failure for name, failure in missing.items() if failure}
+        if missing:
+            detail = "; ".join(f"{name}: {failure}" for name, failure in missing.items())
+            raise web.HTTPError(503, f"Not ready: {detail}", reason="Not ready")
+        self.write_json({"status": "ready"})
+
+
+async def _failure(check: Awaitable[object]) -> str | None:
+    """Why ``check`` failed, or None when it succeeded in time."""
+    try:
+        await asyncio.wait_for(check, _READY_CHECK_TIMEOUT)
+    except (RedisError, GatewayError, TimeoutError, OSError) as e:
+        return str(e) or type(e).__name__
+    return None
+
+
+class PoolStatusHandler(APIHandler):
+    """The pool as Redis holds it: target, idle, starting, handed out; this replica's errors."""
+
+    async def get(self) -> None:
+        try:
+            status = await self.pool.status()
+        except RedisError as e:
+            raise web.HTTPError(503, f"Redis unavailable: {e}", reason="Store unavailable") from e
+        self.write_json(status)
+
+
+default_handlers = [
+    (r"/api/health", HealthHandler),
+    (r"/api/ready", ReadyHandler),
+    (r"/api/pool", PoolStatusHandler),
+]
