@@ -91,6 +91,7 @@ def gateway(gateway_factory) -> EnterpriseGateway:
 # -- jkp itself, in the test's event loop -------------------------------------------------
 
 import json  # noqa: E402
+import logging  # noqa: E402
 import os  # noqa: E402
 
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest  # noqa: E402
@@ -108,11 +109,22 @@ def _isolated_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("JUPYTER_CONFIG_DIR", str(tmp_path / "jupyter-config"))
 
 
+class _ListHandler(logging.Handler):
+    def __init__(self, records):
+        super().__init__()
+        self.records = records
+
+    def emit(self, record):
+        self.records.append(record)
+
+
 class JKP:
     """A running jkp app in this process, and how a client talks to it."""
 
     def __init__(self, app: JKPManagerApp):
         self.app = app
+        self.log_records: list[logging.LogRecord] = []
+        app.log.addHandler(_ListHandler(self.log_records))
         self.url = f"http://127.0.0.1:{app.port}"
         self.pool = app.pool_manager
         self.store = app.pool_manager.store
@@ -147,6 +159,10 @@ class JKP:
     async def _idle_count_is(self, count):
         counts = await self.store.counts()
         return counts["idle"] == count and counts["starting"] == 0
+
+    def logged(self, prefix):
+        """Messages jkp logged that start with ``prefix``."""
+        return [m for m in (r.getMessage() for r in self.log_records) if m.startswith(prefix)]
 
     async def stop(self):
         if not self.stopped:

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as redis
+from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
-from redis.retry import Retry
 from traitlets import Any as AnyTrait
 from traitlets import Dict, Int, Unicode, default
 from traitlets.config import LoggingConfigurable
@@ -119,6 +119,14 @@ return ids
 
 _EXPIRED_STARTING = _NOW + "return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)\n"
 
+_COUNTS = (
+    _NOW
+    + """
+return {redis.call('LLEN', KEYS[1]), redis.call('ZCOUNT', KEYS[2], '(' .. now, '+inf'),
+        redis.call('HLEN', KEYS[3]), redis.call('HLEN', KEYS[4])}
+"""
+)
+
 _STALE_CLAIMS = (
     _NOW
     + """
@@ -192,6 +200,7 @@ class PoolStore:
         self._trim_surplus = client.register_script(_TRIM_SURPLUS)
         self._expired_starting = client.register_script(_EXPIRED_STARTING)
         self._stale_claims = client.register_script(_STALE_CLAIMS)
+        self._counts = client.register_script(_COUNTS)
 
     async def reserve_start(self, kernel_id: str, target: int, lease_seconds: float) -> bool:
         """Record a kernel about to be started, if idle plus starting kernels are below target.
@@ -297,9 +306,11 @@ class PoolStore:
     async def counts(self) -> dict[str, int]:
         """How many kernels are idle, starting (live leases), being handed out, handed out."""
         k = self.keys
-        async with self.client.pipeline(transaction=True) as pipe:
-            pipe.llen(k.idle).zcard(k.starting).hlen(k.claimed).hlen(k.handed)
-            idle, starting, claimed, handed = await pipe.execute()
+        # One script, not a MULTI pipeline: redis-py retries scripts on a connection that died
+        # with a restarted Redis, but not transactions.
+        idle, starting, claimed, handed = await self._counts(
+            keys=[k.idle, k.starting, k.claimed, k.handed]
+        )
         return {"idle": idle, "starting": starting, "claimed": claimed, "handed": handed}
 
 

@@ -1,0 +1,144 @@
+"""Faults of Redis and EG, against the real servers: clear errors, no hang, nothing lost."""
+
+import asyncio
+import os
+import signal
+import time
+
+from tests.conftest import wait_until
+
+
+async def timed_pop(jkp, user_id="zt"):
+    started = time.monotonic()
+    status, body = await jkp.pop(user_id)
+    return status, body, time.monotonic() - started
+
+
+async def test_redis_down_pop_answers_503_and_pool_resumes(redis_server, gateway, jkp_factory):
+    jkp = await jkp_factory(
+        redis_server, gateway, "--max-pending-kernels=1", "--PoolManager.check_task_interval=1"
+    )
+    await jkp.wait_for_idle(1)
+    redis_server.kill()
+    status, body, took = await timed_pop(jkp)
+    assert status == 503 and body["reason"] == "Store unavailable"
+    assert took < 2
+    # Back without persistence: the pool is rebuilt by itself, within seconds.
+    redis_server.start()
+    await jkp.wait_for_idle(1, timeout=15)
+    assert (await jkp.pop("zt"))[0] == 200
+
+
+async def test_redis_hung_pop_answers_503_within_2s(redis_server, gateway, jkp_factory):
+    jkp = await jkp_factory(redis_server, gateway, "--max-pending-kernels=1")
+    [pooled] = await jkp.wait_for_idle(1)
+    os.kill(redis_server.pid, signal.SIGSTOP)
+    try:
+        status, body, took = await timed_pop(jkp)
+    finally:
+        os.kill(redis_server.pid, signal.SIGCONT)
+    assert status == 503 and body["reason"] == "Store unavailable"
+    assert took < 2.5
+    await wait_until(lambda: _ready(jkp), 10, "jkp ready again")
+    # The claim may or may not have reached Redis; either way the kernel is accounted for.
+    counts = await jkp.store.counts()
+    assert counts["idle"] + counts["claimed"] >= 1 or pooled in await jkp.idle_ids()
+
+
+async def test_redis_outage_is_logged_once_per_change(redis_server, gateway, jkp_factory):
+    jkp = await jkp_factory(
+        redis_server, gateway, "--max-pending-kernels=1", "--PoolManager.check_task_interval=0.2"
+    )
+    await jkp.wait_for_idle(1)
+    redis_server.kill()
+    await asyncio.sleep(4)  # many check rounds
+    redis_server.start()
+    await jkp.wait_for_idle(1, timeout=15)
+    assert len(jkp.logged("redis is failing")) == 1
+    assert len(jkp.logged("redis is back")) == 1
+
+
+async def test_eg_down_pop_fails_fast_and_keeps_the_kernel(redis_server, gateway, jkp_factory):
+    jkp = await jkp_factory(redis_server, gateway, "--max-pending-kernels=2")
+    pooled = await jkp.wait_for_idle(2)
+    os.kill(gateway.pid, signal.SIGSTOP)  # hung, not gone: its kernels live on, like pods
+    try:
+        status, body, took = await timed_pop(jkp)
+        assert status == 503 and body["reason"] == "Gateway error"
+        assert took < 6  # bounded by kernel_request_timeout (5 s), not a hang
+        assert sorted(await jkp.idle_ids()) == sorted(pooled)
+    finally:
+        os.kill(gateway.pid, signal.SIGCONT)
+    # EG answers again: the same kernel is served.
+    status, model = await jkp.pop("zt")
+    assert status == 200 and model["id"] in pooled
+
+
+async def test_eg_refusing_starts_backs_off(redis_server, gateway, jkp_factory):
+    # EG refuses kernels for root with 403, as it would when out of resources or misconfigured.
+    jkp = await jkp_factory(
+        redis_server, gateway, "--max-pending-kernels=2", "--PoolManager.kernel_user_name=root"
+    )
+    await asyncio.sleep(6)
+    failures = jkp.logged("Starting kernel")
+    # Backoff 1 s, 2 s, 4 s: at most 4 attempts in 6 s instead of a tight loop.
+    assert 2 <= len(failures) <= 4
+    assert "403" in failures[0]
+    assert gateway.list_kernel_ids() == []
+    assert await jkp.store.counts() == {"idle": 0, "starting": 0, "claimed": 0, "handed": 0}
+    status, body = await jkp.request("GET", "/api/pool")
+    assert status == 200 and body["idle"] == 0
+
+
+async def test_start_up_with_redis_and_eg_down_fills_when_they_come_up(
+    redis_server, gateway, jkp_factory
+):
+    redis_server.stop()
+    gateway.stop()
+    jkp = await jkp_factory(redis_server, gateway, "--max-pending-kernels=2")
+    status, body = await jkp.request("GET", "/api/ready")
+    assert status == 503 and "redis" in body["message"] and "gateway" in body["message"]
+    assert (await jkp.pop("zt"))[0] == 503
+    redis_server.start()
+    gateway.start()
+    await jkp.wait_for_idle(2, timeout=30)
+    assert (await jkp.request("GET", "/api/ready"))[0] == 200
+
+
+async def test_redis_restart_without_persistence_never_hands_a_kernel_out_twice(
+    redis_server, gateway, jkp_factory
+):
+    jkp = await jkp_factory(
+        redis_server, gateway, "--max-pending-kernels=2", "--PoolManager.check_task_interval=1"
+    )
+    before = await jkp.wait_for_idle(2)
+    status, first = await jkp.pop("zt")
+    assert status == 200
+    redis_server.kill()
+    redis_server.start()  # empty: the pool's records are gone
+    rebuilt = await jkp.wait_for_idle(2, timeout=30)
+    assert not set(rebuilt) & {*before, first["id"]}
+    handed = set()
+    for user in ("u1", "u2", "u3"):
+        status, model = await jkp.pop(user)
+        assert status == 200
+        handed.add(model["id"])
+    assert len(handed) == 3 and first["id"] not in handed
+
+
+async def test_redis_restart_with_aof_keeps_the_accounting(redis_factory, gateway, jkp_factory):
+    redis_server = redis_factory(appendonly=True)
+    jkp = await jkp_factory(redis_server, gateway, "--max-pending-kernels=2")
+    await jkp.wait_for_idle(2)
+    status, first = await jkp.pop("zt")
+    assert status == 200
+    idle = await jkp.wait_for_idle(2)
+    redis_server.restart()
+    await wait_until(lambda: _ready(jkp), 10, "jkp ready again")
+    assert sorted(await jkp.idle_ids()) == sorted(idle)
+    assert (await jkp.store.handed_out())[first["id"]]["user_id"] == "zt"
+    assert sorted(gateway.list_kernel_ids()) == sorted([*idle, first["id"]])
+
+
+async def _ready(jkp):
+    return (await jkp.request("GET", "/api/ready"))[0] == 200
