@@ -14,6 +14,8 @@ They come from dev/localstack.py. Nothing is skipped: when redis-server or
 from __future__ import annotations
 
 import shutil
+import signal
+import subprocess
 import sys
 from pathlib import Path
 
@@ -269,3 +271,69 @@ async def run_in_kernel(gateway, kernel_id, code, timeout=30):
         conn.close()
     assert status == "ok"
     return "".join(stdout)
+
+
+class JKPProcess:
+    """A jkp replica in a process of its own, so a test can SIGKILL it."""
+
+    def __init__(self, proc: subprocess.Popen, url: str):
+        self.proc = proc
+        self.url = url
+
+    def kill(self):
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=10)
+
+    async def pop(self, user_id):
+        response = await AsyncHTTPClient().fetch(
+            HTTPRequest(
+                f"{self.url}/api/kernels/pop/",
+                method="POST",
+                body=json.dumps({"userId": user_id}),
+                request_timeout=60,
+            ),
+            raise_error=False,
+        )
+        return response.code, json.loads(response.body) if response.body else None
+
+
+@pytest.fixture
+def jkp_process_factory(tmp_path, shared_dir):
+    """Start jkp replicas as processes: ``make(redis, gateway, *argv)``. All stopped after."""
+    started: list[JKPProcess] = []
+
+    def make(redis, gateway, *argv) -> JKPProcess:
+        port = localstack.free_port()
+        log = open(tmp_path / f"jkp{len(started)}.log", "w")
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "jkp",
+                "--ip=127.0.0.1",
+                f"--port={port}",
+                f"--RedisStore.redis_url={redis.url}",
+                "--RedisStore.key=test:kernels:idle",
+                f"--GatewayClient.url={gateway.url}",
+                f"--PoolManager.working_dir={shared_dir}",
+                "--PoolManager.nfs_volume_server=",
+                *argv,
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={
+                "PATH": os.environ["PATH"],
+                "JUPYTER_CONFIG_DIR": str(tmp_path / "jupyter-config"),
+            },
+        )
+        log.close()
+        replica = JKPProcess(proc, f"http://127.0.0.1:{port}")
+        started.append(replica)
+        return replica
+
+    yield make
+    for replica in started:
+        if replica.proc.poll() is None:
+            replica.proc.terminate()
+    for replica in started:
+        replica.proc.wait(timeout=15)

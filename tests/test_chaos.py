@@ -1,0 +1,180 @@
+"""Crashes: jkp replicas SIGKILLed at any instant, Redis restarted, many clients at once.
+
+Afterwards nothing was handed out twice, EG runs exactly the pooled plus the handed-out
+kernels, and the pool is back at its target.
+"""
+
+import asyncio
+import json
+import os
+import signal
+from pathlib import Path
+
+import pytest
+import redis.asyncio as redis
+from tornado.httpclient import HTTPClientError
+
+from tests.conftest import wait_until
+
+KEY = "test:kernels:idle"
+# Short leases so a dead replica's work expires within the test: a start may take
+# kernel_ready_timeout + 2 * request_timeout = 20 s, a pop 3 * kernel_request_timeout + 5 = 20 s.
+LEASES = ("--GatewayClient.request_timeout=5", "--PoolManager.kernel_ready_timeout=10")
+FAST_CHECKS = ("--PoolManager.check_task_interval=1", "--PoolManager.max_start_backoff=2")
+
+
+@pytest.fixture
+async def redis_client(redis_server):
+    client = redis.Redis.from_url(redis_server.url, decode_responses=True)
+    yield client
+    await client.aclose()
+
+
+async def settled(client, target):
+    """The pool is at target with no start, pop or removal pending."""
+    try:
+        return (
+            await client.llen(KEY),
+            await client.zcard(f"{KEY}:starting"),
+            await client.hlen(f"{KEY}:claimed"),
+            await client.hlen(f"{KEY}:retiring"),
+        ) == (target, 0, 0, 0)
+    except redis.ConnectionError:
+        return False
+
+
+async def accounted(client):
+    """Ids of the kernels Redis accounts for: idle and handed out."""
+    idle = [json.loads(m)["id"] for m in await client.lrange(KEY, 0, -1)]
+    handed = list(await client.hgetall(f"{KEY}:handed"))
+    assert not set(idle) & set(handed)
+    return sorted([*idle, *handed])
+
+
+async def test_replica_killed_mid_start_leaves_no_kernel_unaccounted(
+    redis_server, redis_client, gateway, jkp_process_factory
+):
+    doomed = jkp_process_factory(redis_server, gateway, "--max-pending-kernels=2", *LEASES)
+    await wait_until(lambda: _count(redis_client.zcard(f"{KEY}:starting"), 2), 30, "starts")
+    doomed.kill()
+    survivor = jkp_process_factory(
+        redis_server, gateway, "--max-pending-kernels=2", *LEASES, *FAST_CHECKS
+    )
+    # The dead replica's leases still hold the places: the survivor does not start 2 more.
+    await asyncio.sleep(3)
+    assert len(gateway.list_kernel_ids()) <= 2
+    await wait_until(lambda: settled(redis_client, 2), 60, "leases expired and pool refilled")
+    await wait_until(
+        lambda: _eg_runs(gateway, redis_client), 30, "EG to run only accounted kernels"
+    )
+    assert survivor.proc.poll() is None
+
+
+async def test_replica_killed_mid_pop_loses_no_kernel(
+    redis_server, redis_client, gateway, jkp_process_factory
+):
+    doomed = jkp_process_factory(redis_server, gateway, "--max-pending-kernels=1", *LEASES)
+    await wait_until(lambda: _count(redis_client.llen(KEY), 1), 30, "the pool to fill")
+    [model_json] = await redis_client.lrange(KEY, 0, -1)
+    kernel_id = json.loads(model_json)["id"]
+    # Freeze the kernel so the pop is caught between taking it and handing it over.
+    kernel_pid = _kernel_pid(kernel_id)
+    os.kill(kernel_pid, signal.SIGSTOP)
+    pop = asyncio.ensure_future(doomed.pop("zt"))
+    await wait_until(lambda: _count(redis_client.hlen(f"{KEY}:claimed"), 1), 10, "the claim")
+    doomed.kill()
+    os.kill(kernel_pid, signal.SIGCONT)
+    with pytest.raises(HTTPClientError):
+        await pop  # the caller saw the replica die: the kernel must never reach anyone
+    jkp_process_factory(redis_server, gateway, "--max-pending-kernels=1", *LEASES, *FAST_CHECKS)
+    await wait_until(lambda: settled(redis_client, 1), 60, "claim expired and pool refilled")
+    assert await redis_client.hgetall(f"{KEY}:handed") == {}
+    assert kernel_id not in [json.loads(m)["id"] for m in await redis_client.lrange(KEY, 0, -1)]
+    await wait_until(
+        lambda: _eg_runs(gateway, redis_client), 30, "the claimed kernel shut down on EG"
+    )
+
+
+@pytest.mark.timeout(240)
+async def test_replicas_crash_and_redis_restart_lose_nothing(
+    redis_factory, gateway, jkp_process_factory
+):
+    target, pops, concurrency = 4, 40, 6
+    redis_server = redis_factory(appendonly=True)
+    replicas = [
+        jkp_process_factory(
+            redis_server,
+            gateway,
+            f"--max-pending-kernels={target}",
+            *LEASES,
+            *FAST_CHECKS,
+            "--PoolManager.activation_interval=2",
+            "--PoolManager.pop_timeout=20",
+        )
+        for _ in range(3)
+    ]
+    client = redis.Redis.from_url(redis_server.url, decode_responses=True)
+    try:
+        await wait_until(lambda: _count(client.llen(KEY), target), 60, "the pool to fill")
+        # Exact size: three replicas with target 4 started 4 kernels, not 12.
+        assert len(gateway.list_kernel_ids()) == target
+
+        results = []
+        queue = asyncio.Queue()
+        for n in range(pops):
+            queue.put_nowait(n)
+
+        async def client_loop():
+            while not queue.empty():
+                n = queue.get_nowait()
+                try:
+                    results.append(await replicas[n % 3].pop(f"user{n}"))
+                except (OSError, HTTPClientError):  # the killed replica drops or refuses
+                    results.append((599, None))
+
+        async def chaos():
+            # Strike once the pool is drained and every replica is busy starting kernels.
+            await wait_until(lambda: len(results) >= target + 2, 60, "the pool to drain")
+            replicas[1].kill()
+            await asyncio.sleep(0.5)
+            redis_server.restart()
+
+        await asyncio.gather(chaos(), *(client_loop() for _ in range(concurrency)))
+
+        served = [body["id"] for status, body in results if status == 200]
+        print(f"chaos: {len(served)} of {pops} served; statuses {sorted(s for s, _ in results)}")
+        assert served
+        # Once: no kernel was handed to two callers.
+        assert len(served) == len(set(served))
+        # Every failure is a clear error: 503 from a live replica, or the dead one's refusal.
+        assert {status for status, _ in results} <= {200, 503, 599}
+
+        await wait_until(lambda: settled(client, target), 90, "leases reconciled, pool refilled")
+        assert set(served) <= set(await client.hgetall(f"{KEY}:handed"))
+        # Nothing unaccounted: EG runs exactly the pooled plus the handed-out kernels.
+        await wait_until(lambda: _eg_runs(gateway, client), 30, "EG to run only accounted kernels")
+    finally:
+        await client.aclose()
+
+
+async def _count(awaitable, expected):
+    try:
+        return await awaitable == expected
+    except redis.ConnectionError:
+        return False
+
+
+async def _eg_runs(gateway, client):
+    return sorted(gateway.list_kernel_ids()) == await accounted(client)
+
+
+def _kernel_pid(kernel_id):
+    """The pid of a local kernel EG started: its command line names its connection file."""
+    needle = f"kernel-{kernel_id}.json".encode()
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and needle in (entry / "cmdline").read_bytes():
+                return int(entry.name)
+        except OSError:
+            continue  # the process ended while we looked
+    raise AssertionError(f"no process for kernel {kernel_id}")
