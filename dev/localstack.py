@@ -67,16 +67,23 @@ def _check_port_free(port: int, what: str, env_hint: str | None = None) -> None:
             raise RuntimeError(f"{what}: port {HOST}:{port} is already in use{hint}") from None
 
 
-def http_request(method: str, url: str, body=None, timeout: float = 10.0):
+def http_request(
+    method: str, url: str, body=None, timeout: float = 10.0, headers=None, ssl_context=None
+):
     """Tiny JSON-over-HTTP helper: returns (status, parsed JSON body or None)."""
     data = None
-    headers = {}
+    headers = dict(headers or {})
     if body is not None:
         data = json.dumps(body).encode()
         headers["Content-Type"] = "application/json"
     req = urllib.request.Request(url, data=data, method=method, headers=headers)
+    opener = _opener
+    if ssl_context is not None:
+        opener = urllib.request.build_opener(
+            urllib.request.ProxyHandler({}), urllib.request.HTTPSHandler(context=ssl_context)
+        )
     try:
-        with _opener.open(req, timeout=timeout) as resp:
+        with opener.open(req, timeout=timeout) as resp:
             status, raw = resp.status, resp.read()
     except urllib.error.HTTPError as e:
         status, raw = e.code, e.read()
@@ -374,8 +381,14 @@ class EnterpriseGateway(_Server):
         cull_interval: float | None = None,
         extra_args=(),
         eg_venv=DEFAULT_EG_VENV,
+        auth_token: str = "",
+        certfile: str | None = None,
+        keyfile: str | None = None,
+        cafile: str | None = None,
     ):
         super().__init__(workdir, port)
+        self.auth_token = auth_token
+        self.certfile, self.keyfile, self.cafile = certfile, keyfile, cafile
         self.kernel_name = kernel_name
         self.cull_idle_timeout = cull_idle_timeout
         self.cull_interval = cull_interval
@@ -391,7 +404,18 @@ class EnterpriseGateway(_Server):
 
     @property
     def url(self) -> str:
-        return f"http://{HOST}:{self.port}"
+        scheme = "https" if self.certfile else "http"
+        return f"{scheme}://{HOST}:{self.port}"
+
+    def request(self, method: str, path: str, body=None, timeout: float = 10.0):
+        """(status, JSON body) of a request to this gateway, with its token and CA."""
+        headers = {"Authorization": f"token {self.auth_token}"} if self.auth_token else {}
+        context = None
+        if self.certfile:
+            import ssl
+
+            context = ssl.create_default_context(cafile=self.cafile)
+        return http_request(method, self.url + path, body, timeout, headers, context)
 
     def _write_kernel_spec(self) -> None:
         self.kernel_spec_dir.mkdir(parents=True, exist_ok=True)
@@ -420,6 +444,11 @@ class EnterpriseGateway(_Server):
             cmd.append(f"--RemoteMappingKernelManager.cull_idle_timeout={self.cull_idle_timeout}")
         if self.cull_interval is not None:
             cmd.append(f"--RemoteMappingKernelManager.cull_interval={self.cull_interval}")
+        if self.auth_token:
+            cmd.append(f"--EnterpriseGatewayApp.auth_token={self.auth_token}")
+        if self.certfile:
+            cmd.append(f"--EnterpriseGatewayApp.certfile={self.certfile}")
+            cmd.append(f"--EnterpriseGatewayApp.keyfile={self.keyfile}")
         cmd.extend(self.extra_args)
         return cmd
 
@@ -441,7 +470,7 @@ class EnterpriseGateway(_Server):
 
     def _is_ready(self) -> bool:
         try:
-            status, _ = http_request("GET", self.url + "/api", timeout=1.0)
+            status, _ = self.request("GET", "/api", timeout=1.0)
         except (OSError, ValueError):
             return False
         return status == 200
@@ -455,7 +484,7 @@ class EnterpriseGateway(_Server):
             _kill_pid_and_group(pid)
 
     def list_kernel_ids(self) -> list[str]:
-        status, body = http_request("GET", self.url + "/api/kernels")
+        status, body = self.request("GET", "/api/kernels")
         if status != 200:
             raise RuntimeError(f"GET {self.url}/api/kernels -> {status}: {body}")
         return [k["id"] for k in body]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import os
 import signal
@@ -19,10 +20,13 @@ from traitlets import Instance, Int, TraitError, Unicode, default
 from jkp._version import __version__
 from jkp.handlers import pool as pool_handlers
 from jkp.handlers import status as status_handlers
+from jkp.handlers.base import NotFoundHandler
 from jkp.services.gateway import GatewayClient
 from jkp.services.pool import PoolManager
 from jkp.services.store import RedisStore
 from jkp.traits import EnvValueError, env_default
+
+_MAX_READ_BODY_BYTES = 1024 * 1024
 
 aliases = {
     **base_aliases,
@@ -93,6 +97,18 @@ class JKPManagerApp(JupyterApp):
     def _port_default(self) -> Any:
         return env_default(self, "port")
 
+    auth_token = Unicode(
+        "",
+        help="Token clients must send as 'Authorization: token <t>' (or 'Bearer <t>') on every "
+        "endpoint but /api/health and /api/ready; empty: no authentication "
+        "(JKP_AUTH_TOKEN env var)",
+    ).tag(config=True)
+    auth_token_env = "JKP_AUTH_TOKEN"
+
+    @default("auth_token")
+    def _auth_token_default(self) -> Any:
+        return env_default(self, "auth_token")
+
     gateway = Instance(GatewayClient, allow_none=True)
     store = Instance(RedisStore, allow_none=True)
     pool_manager = Instance(PoolManager, allow_none=True)
@@ -126,7 +142,7 @@ class JKPManagerApp(JupyterApp):
         values that come from a dynamic (environment) default.
         """
         for configurable in (self, self.gateway, self.store, self.pool_manager):
-            for name in configurable.trait_names(config=True):
+            for name in sorted(configurable.trait_names(config=True)):
                 try:
                     setattr(configurable, name, getattr(configurable, name))
                 except TraitError as e:
@@ -135,11 +151,14 @@ class JKPManagerApp(JupyterApp):
                     if env_name in os.environ:
                         where += f" (default from {env_name}={os.environ[env_name]!r})"
                     raise TraitError(f"{where}: {e}") from None
+        self.pool_manager.check_kernel_env()
 
     def init_webapp(self) -> None:
         handlers = [*pool_handlers.default_handlers, *status_handlers.default_handlers]
         self.web_app = web.Application(
             handlers,
+            default_handler_class=NotFoundHandler,
+            auth_token=self.auth_token,
             pool_manager=self.pool_manager,
             gateway=self.gateway,
             store=self.store,
@@ -152,14 +171,28 @@ class JKPManagerApp(JupyterApp):
             self.log.debug if status < 400 else self.log.warning if status < 500 else self.log.error
         )
         request = handler.request
-        log("%d %s %s %.2fms", status, request.method, request.uri, 1000 * request.request_time())
+        # The path only: a query string may carry what a client should not have sent.
+        log("%d %s %s %.2fms", status, request.method, request.path, 1000 * request.request_time())
 
     async def start_services(self) -> None:
         """Listen, and start the pool's background work."""
-        self.http_server = HTTPServer(self.web_app, max_body_size=64 * 1024)
+        # Bodies up to 1 MiB are read and then refused with a JSON 413 (APIHandler); the server
+        # drops anything bigger without reading it.
+        self.http_server = HTTPServer(self.web_app, max_body_size=_MAX_READ_BODY_BYTES)
         self.http_server.listen(self.port, self.ip)
         self.pool_manager.start()
         self.log.info("jkp %s listening on http://%s:%d", __version__, self.ip, self.port)
+        self.warn_if_exposed()
+
+    def warn_if_exposed(self) -> None:
+        """Say loudly when jkp listens beyond loopback with no token."""
+        if not self.auth_token and not _is_loopback(self.ip):
+            self.log.warning(
+                "jkp listens on %s beyond loopback WITHOUT authentication: anyone who reaches "
+                "port %d can take kernels and run code. Set JKP_AUTH_TOKEN.",
+                self.ip or "all interfaces",
+                self.port,
+            )
 
     async def stop_services(self) -> None:
         """Stop listening and the background work; the pool stays in Redis for the next start."""
@@ -183,6 +216,15 @@ class JKPManagerApp(JupyterApp):
         """Serve until SIGINT or SIGTERM."""
         super().start()
         ensure_event_loop().run_until_complete(self._serve())
+
+
+def _is_loopback(ip: str) -> bool:
+    if ip == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(ip).is_loopback
+    except ValueError:
+        return False  # "" or "0.0.0.0"-like names: all interfaces
 
 
 main = launch_new_instance = JKPManagerApp.launch_instance

@@ -227,7 +227,7 @@ async def jkp_factory(shared_dir):
         await jkp.stop()
 
 
-async def run_in_kernel(gateway, kernel_id, code, timeout=30):
+async def run_in_kernel(gateway, kernel_id, code, timeout=30, ca_file=None):
     """Run ``code`` in a kernel through EG's websocket, as a user's client would; its stdout."""
     import asyncio
 
@@ -246,8 +246,9 @@ async def run_in_kernel(gateway, kernel_id, code, timeout=30):
         },
     )
     msg["channel"] = "shell"
-    ws_url = gateway.url.replace("http://", "ws://") + f"/api/kernels/{kernel_id}/channels"
-    conn = await websocket_connect(ws_url)
+    ws_url = gateway.url.replace("http", "ws", 1) + f"/api/kernels/{kernel_id}/channels"
+    headers = {"Authorization": f"token {gateway.auth_token}"} if gateway.auth_token else {}
+    conn = await websocket_connect(HTTPRequest(ws_url, headers=headers, ca_certs=ca_file))
     stdout, status, idle = [], None, False
     try:
         async with asyncio.timeout(timeout):

@@ -222,3 +222,22 @@ def test_example_config_file_loads():
     assert app.gateway.url == "http://enterprise-gateway.enterprise-gateway:8888"
     assert app.store.redis_host == "redis"
     assert app.pool_manager.max_pending_kernels == 10
+
+
+@pytest.mark.parametrize(
+    "env_name, value, kernel_var",
+    [
+        ("JKP_KERNEL_IMAGE", "img:$(id)", "KERNEL_IMAGE"),
+        ("JKP_KERNEL_NAMESPACE", "ns`id`", "KERNEL_NAMESPACE"),
+        ("JKP_WORKING_DIR", "/mnt/a\nb", "KERNEL_WORKING_DIR"),
+        ("JKP_NFS_MOUNT_PATH", "/" + "x" * 4100, "KERNEL_VOLUMES"),
+    ],
+)
+def test_kernel_values_eg_would_refuse_stop_start_up(env_name, value, kernel_var, tmp_path):
+    env = {"PATH": "/usr/bin:/bin", "JUPYTER_CONFIG_DIR": str(tmp_path), env_name: value}
+    result = subprocess.run(
+        [sys.executable, "-m", "jkp"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 1
+    assert f"Bad configuration: {kernel_var} " in result.stderr
+    assert "Traceback" not in result.stderr

@@ -2,22 +2,59 @@
 
 from __future__ import annotations
 
+import hmac
 import json
 from http.client import responses
 from typing import Any
 
 from tornado import web
+from tornado.log import app_log
 
 from jkp.services.gateway import GatewayClient
 from jkp.services.pool import PoolManager
 
+# Pop bodies are tiny; anything bigger is refused before it is parsed.
+MAX_BODY_BYTES = 64 * 1024
+_AUTH_SCHEMES = ("token", "bearer")
+
+
+def api_error(status: int, message: str, reason: str) -> web.HTTPError:
+    """An HTTPError whose message is shown as is (never %-formatted) in the body and the log."""
+    return web.HTTPError(status, "%s", message, reason=reason)
+
 
 class APIHandler(web.RequestHandler):
-    """A JSON API handler: every answer, errors included, is a JSON object."""
+    """A JSON API handler: every answer, errors included, is a JSON object.
+
+    When ``auth_token`` is set, requests must carry ``Authorization: token <t>`` (or
+    ``Bearer <t>``) unless the handler sets ``auth_required = False``.
+    """
+
+    auth_required = True
 
     def set_default_headers(self) -> None:
         self.set_header("Content-Type", "application/json; charset=UTF-8")
         self.set_header("Cache-Control", "no-store")
+
+    def prepare(self) -> None:
+        if self.auth_required and not self.authenticated:
+            raise api_error(401, "Missing or invalid Authorization token", "Unauthorized")
+        if len(self.request.body) > MAX_BODY_BYTES:
+            raise api_error(
+                413, f"Request body over {MAX_BODY_BYTES} bytes", "Request body too large"
+            )
+
+    @property
+    def authenticated(self) -> bool:
+        """True when no token is configured, or the request carries it."""
+        expected = self.settings.get("auth_token")
+        if not expected:
+            return True
+        scheme, _, token = self.request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() not in _AUTH_SCHEMES:
+            return False
+        # Constant time, so the comparison does not reveal how much of a guess was right.
+        return hmac.compare_digest(token.strip().encode(), expected.encode())
 
     @property
     def pool(self) -> PoolManager:
@@ -32,14 +69,26 @@ class APIHandler(web.RequestHandler):
         try:
             body = json.loads(self.request.body or b"")
         except ValueError as e:
-            raise web.HTTPError(400, "Request body is not valid JSON", reason="Invalid JSON") from e
+            raise api_error(400, "Request body is not valid JSON", "Invalid JSON") from e
         if not isinstance(body, dict):
-            raise web.HTTPError(400, "Request body must be a JSON object", reason="Invalid JSON")
+            raise api_error(400, "Request body must be a JSON object", "Invalid JSON")
         return body
 
     def write_json(self, data: Any, status: int = 200) -> None:
         self.set_status(status)
         self.finish(json.dumps(data))
+
+    def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
+        """API errors are answered and logged by the request log; others are logged with the
+        path only, as Tornado's own summary would include the query string."""
+        if isinstance(value, web.HTTPError):
+            return
+        app_log.error(
+            "Uncaught exception in %s %s",
+            self.request.method,
+            self.request.path,
+            exc_info=(typ, value, tb),
+        )
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         """Errors as ``{"message", "reason"}``: the message says what went wrong, for users."""
@@ -49,6 +98,16 @@ class APIHandler(web.RequestHandler):
         if exc_info:
             error = exc_info[1]
             if isinstance(error, web.HTTPError):
-                message = error.log_message % error.args if error.log_message else message
+                if error.log_message:
+                    message = error.log_message % error.args if error.args else error.log_message
                 reason = error.reason
         self.finish(json.dumps({"message": message, "reason": reason or self._reason}))
+
+
+class NotFoundHandler(APIHandler):
+    """Unknown paths: a JSON 404, whatever the method."""
+
+    auth_required = False
+
+    def prepare(self) -> None:
+        raise api_error(404, f"No endpoint at {self.request.path}", "Not Found")

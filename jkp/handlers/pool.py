@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 from redis.exceptions import RedisError
-from tornado import web
 
-from jkp.handlers.base import APIHandler
+from jkp.handlers.base import APIHandler, api_error
 from jkp.services.gateway import GatewayError
 from jkp.services.pool import PoolEmptyError, SetUpError, UserDirectoryError
 from jkp.user import InvalidUserId, validate_user_id
@@ -17,28 +16,26 @@ class PopKernelHandler(APIHandler):
     async def post(self) -> None:
         body = self.get_json_body()
         if "userId" not in body:
-            raise web.HTTPError(400, "userId is required", reason="Invalid userId")
+            raise api_error(400, "userId is required", "Invalid userId")
         try:
             user_id = validate_user_id(body["userId"])
         except InvalidUserId as e:
-            raise web.HTTPError(400, str(e), reason="Invalid userId") from e
+            raise api_error(400, str(e), "Invalid userId") from e
         try:
             model = await self.pool.pop(user_id)
         except PoolEmptyError as e:
-            raise web.HTTPError(503, f"No kernel available: {e}", reason="Pool empty") from e
+            raise api_error(503, f"No kernel available: {e}", "Pool empty") from e
         except UserDirectoryError as e:
-            raise web.HTTPError(
-                403, f"Cannot set up the user's directory: {e}", reason="User directory refused"
+            raise api_error(
+                403, f"Cannot set up the user's directory: {e}", "User directory refused"
             ) from e
         except SetUpError as e:
-            raise web.HTTPError(500, f"Kernel set-up failed: {e}", reason="Set-up failed") from e
+            raise api_error(500, f"Kernel set-up failed: {e}", "Set-up failed") from e
         except GatewayError as e:
             status = 503 if e.status is None else 502
-            raise web.HTTPError(
-                status, f"Enterprise Gateway failed: {e}", reason="Gateway error"
-            ) from e
+            raise api_error(status, f"Enterprise Gateway failed: {e}", "Gateway error") from e
         except RedisError as e:
-            raise web.HTTPError(503, f"Redis unavailable: {e}", reason="Store unavailable") from e
+            raise api_error(503, f"Redis unavailable: {e}", "Store unavailable") from e
         self.write_json(model)
 
 

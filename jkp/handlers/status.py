@@ -6,9 +6,8 @@ import asyncio
 from collections.abc import Awaitable
 
 from redis.exceptions import RedisError
-from tornado import web
 
-from jkp.handlers.base import APIHandler
+from jkp.handlers.base import APIHandler, api_error
 from jkp.services.gateway import GatewayError
 
 # A readiness probe must answer quickly even when a dependency hangs.
@@ -16,14 +15,22 @@ _READY_CHECK_TIMEOUT = 2.0
 
 
 class HealthHandler(APIHandler):
-    """Liveness: the process serves HTTP. Touches neither Redis nor EG."""
+    """Liveness: the process serves HTTP. Touches neither Redis nor EG. Open to all."""
+
+    auth_required = False
 
     def get(self) -> None:
         self.write_json({"status": "ok"})
 
 
 class ReadyHandler(APIHandler):
-    """Readiness: Redis and EG answer. 503 names what is missing."""
+    """Readiness: Redis and EG answer, else 503 naming what is missing.
+
+    Open to all, as Kubernetes probes send no token; the errors behind a 503 (hosts, ports)
+    are shown only to authenticated callers.
+    """
+
+    auth_required = False
 
     async def get(self) -> None:
         redis_failure, gateway_failure = await asyncio.gather(
@@ -32,8 +39,11 @@ class ReadyHandler(APIHandler):
         missing = {"redis": redis_failure, "gateway": gateway_failure}
         missing = {name: failure for name, failure in missing.items() if failure}
         if missing:
-            detail = "; ".join(f"{name}: {failure}" for name, failure in missing.items())
-            raise web.HTTPError(503, f"Not ready: {detail}", reason="Not ready")
+            if self.authenticated:
+                detail = "; ".join(f"{name}: {failure}" for name, failure in missing.items())
+            else:
+                detail = ", ".join(missing) + " unavailable"
+            raise api_error(503, f"Not ready: {detail}", "Not ready")
         self.write_json({"status": "ready"})
 
 
@@ -53,7 +63,7 @@ class PoolStatusHandler(APIHandler):
         try:
             status = await self.pool.status()
         except RedisError as e:
-            raise web.HTTPError(503, f"Redis unavailable: {e}", reason="Store unavailable") from e
+            raise api_error(503, f"Redis unavailable: {e}", "Store unavailable") from e
         self.write_json(status)
 
 

@@ -11,7 +11,7 @@ from jupyter_client.jsonutil import json_default
 from jupyter_client.session import Session
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 from tornado.websocket import WebSocketClientConnection, WebSocketError, websocket_connect
-from traitlets import Dict, Float, TraitError, Unicode, default, validate
+from traitlets import Bool, Dict, Float, TraitError, Unicode, default, validate
 from traitlets.config import LoggingConfigurable
 
 from jkp.traits import env_default
@@ -84,6 +84,59 @@ class GatewayClient(LoggingConfigurable):
     def _request_timeout_default(self) -> Any:
         return env_default(self, "request_timeout")
 
+    auth_token = Unicode(
+        "",
+        help="EG's auth token (its EG_AUTH_TOKEN), sent as 'Authorization: token <t>' on every "
+        "REST and websocket request (JKP_EG_AUTH_TOKEN env var)",
+    ).tag(config=True)
+    auth_token_env = "JKP_EG_AUTH_TOKEN"
+
+    @default("auth_token")
+    def _auth_token_default(self) -> Any:
+        return env_default(self, "auth_token")
+
+    ca_certs = Unicode(
+        "",
+        help="CA bundle (PEM file) to verify an https EG with; empty: the system's "
+        "(JKP_EG_CA_CERTS env var)",
+    ).tag(config=True)
+    ca_certs_env = "JKP_EG_CA_CERTS"
+
+    @default("ca_certs")
+    def _ca_certs_default(self) -> Any:
+        return env_default(self, "ca_certs")
+
+    client_cert = Unicode(
+        "",
+        help="Client certificate (PEM file) for an EG that asks for one "
+        "(JKP_EG_CLIENT_CERT env var)",
+    ).tag(config=True)
+    client_cert_env = "JKP_EG_CLIENT_CERT"
+
+    @default("client_cert")
+    def _client_cert_default(self) -> Any:
+        return env_default(self, "client_cert")
+
+    client_key = Unicode(
+        "", help="Private key (PEM file) of client_cert (JKP_EG_CLIENT_KEY env var)"
+    ).tag(config=True)
+    client_key_env = "JKP_EG_CLIENT_KEY"
+
+    @default("client_key")
+    def _client_key_default(self) -> Any:
+        return env_default(self, "client_key")
+
+    validate_cert = Bool(
+        True,
+        help="Verify EG's TLS certificate; turn off only for testing "
+        "(JKP_EG_VALIDATE_CERT env var)",
+    ).tag(config=True)
+    validate_cert_env = "JKP_EG_VALIDATE_CERT"
+
+    @default("validate_cert")
+    def _validate_cert_default(self) -> Any:
+        return env_default(self, "validate_cert")
+
     headers = Dict(
         help="Extra HTTP headers sent with every REST and websocket request to EG",
     ).tag(config=True)
@@ -92,6 +145,20 @@ class GatewayClient(LoggingConfigurable):
         super().__init__(**kwargs)
         # Builds message headers and ids; EG re-signs messages with the kernel's own key.
         self._session = Session(username="jkp")
+
+    def _request_options(self) -> dict[str, Any]:
+        """What every REST and websocket request to EG carries: headers, auth, TLS."""
+        headers = dict(self.headers)
+        if self.auth_token:
+            headers["Authorization"] = f"token {self.auth_token}"
+        return {
+            "headers": headers,
+            "connect_timeout": self.connect_timeout,
+            "validate_cert": self.validate_cert,
+            "ca_certs": self.ca_certs or None,
+            "client_cert": self.client_cert or None,
+            "client_key": self.client_key or None,
+        }
 
     @property
     def ws_url(self) -> str:
@@ -106,14 +173,15 @@ class GatewayClient(LoggingConfigurable):
 
         ``timeout`` bounds the request (default ``request_timeout``).
         """
+        options = self._request_options()
+        options["headers"]["Content-Type"] = "application/json"
         request = HTTPRequest(
             self.url + path,
             method=method,
             body=None if body is None else json.dumps(body),
-            headers={"Content-Type": "application/json", **self.headers},
-            connect_timeout=self.connect_timeout,
             request_timeout=timeout or self.request_timeout,
             allow_nonstandard_methods=True,
+            **options,
         )
         try:
             # AsyncHTTPClient() is one shared client per event loop.
@@ -191,9 +259,8 @@ class GatewayClient(LoggingConfigurable):
         msg_id = msg["header"]["msg_id"]
         request = HTTPRequest(
             f"{self.ws_url}/api/kernels/{quote(kernel_id)}/channels",
-            headers=dict(self.headers),
-            connect_timeout=self.connect_timeout,
             request_timeout=timeout,
+            **self._request_options(),
         )
         conn: WebSocketClientConnection | None = None
         try:
@@ -208,8 +275,7 @@ class GatewayClient(LoggingConfigurable):
                     if raw is None:
                         raise GatewayError(
                             f"EG closed the websocket of kernel {kernel_id} "
-                            f"before the {msg_type} reply",
-                            conn.close_code,
+                            f"before the {msg_type} reply"
                         )
                     if isinstance(raw, bytes):
                         continue  # binary frames carry buffers, never a reply or a status

@@ -22,6 +22,9 @@ from jkp.user import enter_user_dir_code, validate_user_id
 _EMPTY_POOL_POLL = 0.1
 _START_BACKOFF_BASE = 1.0
 _IDLE_REPORT_ATTEMPTS = 5
+# What EG refuses in a KERNEL_* value (it would answer 400 to every start).
+_KERNEL_ENV_FORBIDDEN = ("$", "`", "\n", "\r")
+_KERNEL_ENV_MAX_LENGTH = 4096
 _STOP_RECANCEL_INTERVAL = 0.5
 _CLAIM_LEASE_MARGIN = 5.0
 # A replica's activation turn lasts this share of the interval, so the next sweep is not skipped.
@@ -295,6 +298,17 @@ class PoolManager(LoggingConfigurable):
                 [{"name": "shared-vol", "mountPath": self.working_dir}]
             )
         return env
+
+    def check_kernel_env(self) -> None:
+        """Refuse at start-up the KERNEL_* values EG would refuse with 400 at every start."""
+        for name, value in self.kernel_start_env(str(uuid.uuid4())).items():
+            bad = next((c for c in _KERNEL_ENV_FORBIDDEN if c in value), None)
+            if bad is not None or len(value) > _KERNEL_ENV_MAX_LENGTH:
+                why = f"contains {bad!r}" if bad else f"is over {_KERNEL_ENV_MAX_LENGTH} characters"
+                raise TraitError(
+                    f"{name} {why}, which Enterprise Gateway refuses; check the PoolManager "
+                    "options it comes from"
+                )
 
     # -- pop --------------------------------------------------------------------------------
 
