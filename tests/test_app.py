@@ -241,3 +241,11 @@ def test_kernel_values_eg_would_refuse_stop_start_up(env_name, value, kernel_var
     assert result.returncode == 1
     assert f"Bad configuration: {kernel_var} " in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_readme_documents_every_variable():
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    for cls in (JKPManagerApp, GatewayClient, RedisStore, PoolManager):
+        for attr, env_name in vars(cls).items():
+            if attr.endswith("_env") and isinstance(env_name, str):
+                assert f"`{env_name}`" in readme or env_name in readme, env_name

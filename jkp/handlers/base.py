@@ -56,6 +56,15 @@ class APIHandler(web.RequestHandler):
         # Constant time, so the comparison does not reveal how much of a guess was right.
         return hmac.compare_digest(token.strip().encode(), expected.encode())
 
+    @classmethod
+    def allowed_methods(cls) -> list[str]:
+        """The HTTP methods this handler implements (for 405's Allow header)."""
+        return [
+            method
+            for method in cls.SUPPORTED_METHODS
+            if getattr(cls, method.lower()) is not getattr(web.RequestHandler, method.lower())
+        ]
+
     @property
     def pool(self) -> PoolManager:
         return self.settings["pool_manager"]
@@ -92,6 +101,8 @@ class APIHandler(web.RequestHandler):
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         """Errors as ``{"message", "reason"}``: the message says what went wrong, for users."""
+        if status_code == 405:
+            self.set_header("Allow", ", ".join(self.allowed_methods()))
         message = responses.get(status_code, "Unknown HTTP Error")
         reason = None
         exc_info = kwargs.get("exc_info")

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable
+from pathlib import Path
 
 from redis.exceptions import RedisError
 
 from jkp.handlers.base import APIHandler, api_error
 from jkp.services.gateway import GatewayError
 
+SPEC_PATH = Path(__file__).resolve().parent.parent / "static" / "openapi.yaml"
 # A readiness probe must answer quickly even when a dependency hangs.
 _READY_CHECK_TIMEOUT = 2.0
 
@@ -67,8 +69,17 @@ class PoolStatusHandler(APIHandler):
         self.write_json(status)
 
 
+class SpecHandler(APIHandler):
+    """The OpenAPI 3 description of jkp's API, shipped in the package."""
+
+    def get(self) -> None:
+        self.set_header("Content-Type", "text/yaml; charset=UTF-8")
+        self.finish(SPEC_PATH.read_bytes())
+
+
 default_handlers = [
     (r"/api/health", HealthHandler),
     (r"/api/ready", ReadyHandler),
     (r"/api/pool", PoolStatusHandler),
+    (r"/api/spec.yaml", SpecHandler),
 ]

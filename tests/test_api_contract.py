@@ -1,0 +1,68 @@
+"""The published OpenAPI description, fuzzed by schemathesis against a live jkp on real Redis
+and EG: no 5xx, every response (status, headers, body) conforms to it."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from tornado.httpclient import AsyncHTTPClient
+
+from tests.conftest import wait_until
+
+TOKEN = "contract-t0ken"
+SCHEMATHESIS = Path(sys.executable).with_name("schemathesis")
+
+
+async def test_spec_is_served_as_shipped(redis_server, gateway, jkp_factory):
+    jkp = await jkp_factory(redis_server, gateway, "--max-pending-kernels=0")
+    response = await AsyncHTTPClient().fetch(jkp.url + "/api/spec.yaml")
+    assert response.headers["Content-Type"].startswith("text/yaml")
+    shipped = Path(__file__).resolve().parent.parent / "jkp" / "static" / "openapi.yaml"
+    assert response.body == shipped.read_bytes()
+
+
+@pytest.mark.timeout(300)
+async def test_api_conforms_to_its_openapi_description(
+    redis_server, gateway, jkp_process_factory, tmp_path
+):
+    jkp = jkp_process_factory(
+        redis_server,
+        gateway,
+        "--max-pending-kernels=8",
+        f"--JKPManagerApp.auth_token={TOKEN}",
+        "--PoolManager.pop_timeout=20",
+    )
+    await wait_until(lambda: _ready(jkp.url), 60, "jkp ready")
+    result = subprocess.run(
+        [
+            str(SCHEMATHESIS),
+            "run",
+            f"{jkp.url}/api/spec.yaml",
+            "--header",
+            f"Authorization: token {TOKEN}",
+            "--checks",
+            "all",
+            "--max-examples",
+            "30",
+            "--seed",
+            "20261126",
+            "--workers",
+            "2",
+            "--report-dir",
+            str(tmp_path / "report"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert result.returncode == 0, result.stdout[-8000:] + result.stderr[-2000:]
+    assert "No issues found" in result.stdout
+
+
+async def _ready(url):
+    try:
+        response = await AsyncHTTPClient().fetch(url + "/api/ready", raise_error=False)
+    except OSError:  # not listening yet
+        return False
+    return response.code == 200
