@@ -15,13 +15,15 @@ from jupyter_core.utils import ensure_event_loop
 from tornado import web
 from tornado.httpserver import HTTPServer
 from tornado.log import LogFormatter
-from traitlets import Instance, Int, TraitError, Unicode, default
+from traitlets import Bool, Float, Instance, Int, TraitError, Unicode, default
 
 from jkp._version import __version__
 from jkp.handlers import pool as pool_handlers
 from jkp.handlers import status as status_handlers
 from jkp.handlers.base import NotFoundHandler
+from jkp.log import JSONFormatter
 from jkp.services.gateway import GatewayClient
+from jkp.services.metrics import Metrics
 from jkp.services.pool import PoolManager
 from jkp.services.store import RedisStore
 from jkp.traits import EnvValueError, env_default
@@ -109,6 +111,29 @@ class JKPManagerApp(JupyterApp):
     def _auth_token_default(self) -> Any:
         return env_default(self, "auth_token")
 
+    shutdown_timeout = Float(
+        5.0,
+        help="Seconds pops in flight may take to finish after SIGTERM/SIGINT "
+        "(JKP_SHUTDOWN_TIMEOUT env var)",
+        min=0,
+    ).tag(config=True)
+    shutdown_timeout_env = "JKP_SHUTDOWN_TIMEOUT"
+
+    @default("shutdown_timeout")
+    def _shutdown_timeout_default(self) -> Any:
+        return env_default(self, "shutdown_timeout")
+
+    log_json = Bool(
+        False,
+        help="Log JSON lines (time, level, logger, message) for log aggregation instead of "
+        "Jupyter's text format (JKP_LOG_JSON env var)",
+    ).tag(config=True)
+    log_json_env = "JKP_LOG_JSON"
+
+    @default("log_json")
+    def _log_json_default(self) -> Any:
+        return env_default(self, "log_json")
+
     gateway = Instance(GatewayClient, allow_none=True)
     store = Instance(RedisStore, allow_none=True)
     pool_manager = Instance(PoolManager, allow_none=True)
@@ -126,13 +151,28 @@ class JKPManagerApp(JupyterApp):
         except (EnvValueError, TraitError) as e:
             self.log.critical("Bad configuration: %s", e)
             self.exit(1)
+        self.init_logging()
         self.init_webapp()
+
+    def init_logging(self) -> None:
+        """Switch to JSON lines when asked; tornado's own loggers then log through ours."""
+        if self.log_json:
+            for handler in self.log.handlers:
+                handler.setFormatter(JSONFormatter())
+        for name in ("tornado.access", "tornado.application", "tornado.general"):
+            logger = logging.getLogger(name)
+            logger.parent = self.log
+            logger.propagate = True
 
     def init_configurables(self) -> None:
         self.gateway = GatewayClient(parent=self, log=self.log)
         self.store = RedisStore(parent=self, log=self.log)
         self.pool_manager = PoolManager(
-            parent=self, log=self.log, gateway=self.gateway, store=self.store.pool()
+            parent=self,
+            log=self.log,
+            gateway=self.gateway,
+            store=self.store.pool(),
+            metrics=Metrics(),
         )
 
     def check_config(self) -> None:
@@ -195,9 +235,13 @@ class JKPManagerApp(JupyterApp):
             )
 
     async def stop_services(self) -> None:
-        """Stop listening and the background work; the pool stays in Redis for the next start."""
+        """Stop gracefully: refuse new connections and pops, let pops in flight finish (up to
+        shutdown_timeout), stop the background work. The pool stays in Redis for the next start.
+        """
         if self.http_server is not None:
             self.http_server.stop()
+        await self.pool_manager.close(self.shutdown_timeout)
+        if self.http_server is not None:
             await self.http_server.close_all_connections()
         await self.pool_manager.stop()
         await self.store.close()

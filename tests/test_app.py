@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from jkp._version import __version__
 from jkp.app import JKPManagerApp
 from jkp.services.gateway import GatewayClient
 from jkp.services.pool import PoolManager
@@ -249,3 +250,53 @@ def test_readme_documents_every_variable():
         for attr, env_name in vars(cls).items():
             if attr.endswith("_env") and isinstance(env_name, str):
                 assert f"`{env_name}`" in readme or env_name in readme, env_name
+
+
+def test_json_log_lines(tmp_path):
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "JUPYTER_CONFIG_DIR": str(tmp_path),
+        "JKP_LOG_JSON": "true",
+        "JKP_MAX_PENDING_KERNELS": "abc",
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "jkp"], env=env, capture_output=True, text=True, timeout=60
+    )
+    # Bad configuration is found before logging is switched to JSON; a good one logs JSON.
+    assert result.returncode == 1
+    env["JKP_MAX_PENDING_KERNELS"] = "0"
+    env["JKP_SERVER_PORT"] = "0"
+    env["JKP_REDIS_PORT"] = "1"
+    env["JKP_EG_ENDPOINT"] = "http://127.0.0.1:1"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "jkp"], env=env, stderr=subprocess.PIPE, text=True
+    )
+    first = json.loads(proc.stderr.readline())
+    proc.terminate()
+    proc.wait(timeout=15)
+    assert first["level"] == "INFO" and first["logger"] == "JKPManagerApp"
+    assert "listening on" in first["message"] and first["time"].endswith("+00:00")
+
+
+def test_generate_config_writes_every_option(tmp_path):
+    env = {"PATH": "/usr/bin:/bin", "JUPYTER_CONFIG_DIR": str(tmp_path)}
+    result = subprocess.run(
+        [sys.executable, "-m", "jkp", "--generate-config", "-y"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    written = (tmp_path / "jkpmanager_config.py").read_text()
+    for cls in (JKPManagerApp, GatewayClient, RedisStore, PoolManager):
+        for name in cls.class_own_traits(config=True):
+            assert f"c.{cls.__name__}.{name} = " in written, f"{cls.__name__}.{name}"
+    assert "# c.PoolManager.max_pending_kernels = 10" in written
+
+
+def test_version():
+    result = subprocess.run(
+        [sys.executable, "-m", "jkp", "--version"], capture_output=True, text=True, timeout=60
+    )
+    assert result.stdout.strip() == __version__

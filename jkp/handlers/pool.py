@@ -6,7 +6,7 @@ from redis.exceptions import RedisError
 
 from jkp.handlers.base import APIHandler, api_error
 from jkp.services.gateway import GatewayError
-from jkp.services.pool import PoolEmptyError, SetUpError, UserDirectoryError
+from jkp.services.pool import PoolEmptyError, SetUpError, ShuttingDownError, UserDirectoryError
 from jkp.user import InvalidUserId, validate_user_id
 
 
@@ -23,6 +23,8 @@ class PopKernelHandler(APIHandler):
             raise api_error(400, str(e), "Invalid userId") from e
         try:
             model = await self.pool.pop(user_id)
+        except ShuttingDownError as e:
+            raise api_error(503, str(e), "Shutting down") from e
         except PoolEmptyError as e:
             raise api_error(503, f"No kernel available: {e}", "Pool empty") from e
         except UserDirectoryError as e:

@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import Awaitable
 from pathlib import Path
 
+from prometheus_client import CONTENT_TYPE_LATEST
 from redis.exceptions import RedisError
 
 from jkp.handlers.base import APIHandler, api_error
@@ -69,6 +70,18 @@ class PoolStatusHandler(APIHandler):
         self.write_json(status)
 
 
+class MetricsHandler(APIHandler):
+    """Prometheus metrics; the pool's gauges are read from Redis at each scrape."""
+
+    async def get(self) -> None:
+        try:
+            await self.pool.status()
+        except RedisError:
+            pass  # the gauges keep their last values; jkp_dependency_errors tells why
+        self.set_header("Content-Type", CONTENT_TYPE_LATEST)
+        self.finish(self.pool.metrics.exposition())
+
+
 class SpecHandler(APIHandler):
     """The OpenAPI 3 description of jkp's API, shipped in the package."""
 
@@ -82,4 +95,5 @@ default_handlers = [
     (r"/api/ready", ReadyHandler),
     (r"/api/pool", PoolStatusHandler),
     (r"/api/spec.yaml", SpecHandler),
+    (r"/metrics", MetricsHandler),
 ]

@@ -24,9 +24,15 @@ class GatewayError(Exception):
     (connection refused, timeout).
     """
 
-    def __init__(self, message: str, status: int | None = None):
+    def __init__(self, message: str, status: int | None = None, refused: bool = False):
         super().__init__(message)
         self.status = status
+        self.refused = refused
+
+    @property
+    def outcome_unknown(self) -> bool:
+        """True when EG may have acted on the request anyway: it was sent, no answer came."""
+        return self.status is None and not self.refused
 
     @property
     def unreachable(self) -> bool:
@@ -192,6 +198,8 @@ class GatewayClient(LoggingConfigurable):
             raise GatewayError(
                 f"EG {method} {path}: {e.code} {_eg_reason(e.response.body)}", e.code
             ) from e
+        except ConnectionRefusedError as e:
+            raise GatewayError(f"EG {method} {path}: {e}", refused=True) from e
         except OSError as e:
             raise GatewayError(f"EG {method} {path}: {e}") from e
         return json.loads(response.body) if response.body else None

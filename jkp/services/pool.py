@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import os
 import socket
+import time
 import uuid
 from typing import Any
 
@@ -14,6 +16,7 @@ from traitlets import Float, Instance, Int, TraitError, Unicode, default, valida
 from traitlets.config import LoggingConfigurable
 
 from jkp.services.gateway import GatewayClient, GatewayError, KernelReplyError
+from jkp.services.metrics import Metrics
 from jkp.services.store import Claim, PoolStore
 from jkp.traits import env_default
 from jkp.user import enter_user_dir_code, validate_user_id
@@ -27,6 +30,7 @@ _KERNEL_ENV_FORBIDDEN = ("$", "`", "\n", "\r")
 _KERNEL_ENV_MAX_LENGTH = 4096
 _STOP_RECANCEL_INTERVAL = 0.5
 _CLAIM_LEASE_MARGIN = 5.0
+_LAST_ERRORS_KEPT = 10
 # A replica's activation turn lasts this share of the interval, so the next sweep is not skipped.
 _ACTIVATION_TURN_SHARE = 0.8
 # Pause of the background loops while Redis or EG fail: doubles from the first, up to the cap.
@@ -44,6 +48,10 @@ class UserDirectoryError(Exception):
     """The user's directory leads outside working_dir (e.g. a symlink planted in the share)."""
 
 
+class ShuttingDownError(Exception):
+    """jkp is stopping and takes no new pops."""
+
+
 class SetUpError(Exception):
     """Kernels keep failing the set-up for this user; each one was shut down."""
 
@@ -59,6 +67,7 @@ class PoolManager(LoggingConfigurable):
 
     gateway = Instance(GatewayClient)
     store = Instance(PoolStore)
+    metrics = Instance(Metrics, args=())
 
     max_pending_kernels = Int(
         10, help="Idle kernels kept ready (JKP_MAX_PENDING_KERNELS env var)", min=0
@@ -242,6 +251,12 @@ class PoolManager(LoggingConfigurable):
         # Replaced each time a kernel is pooled, so every waiter on the old one wakes.
         self._kernel_pooled = asyncio.Event()
         self._stopping = False
+        self._closing = False
+        self._active_pops = 0
+        self._no_active_pops = asyncio.Event()
+        self._last_errors: collections.deque[dict[str, Any]] = collections.deque(
+            maxlen=_LAST_ERRORS_KEPT
+        )
         self.replica_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self._start_failures = 0
         self._next_start_at = 0.0
@@ -316,8 +331,45 @@ class PoolManager(LoggingConfigurable):
         """Hand one idle kernel to ``user_id``, in ``<working_dir>/<user_id>``; its EG model.
 
         Raises PoolEmptyError when no kernel is ready within ``pop_timeout``, GatewayError
-        when EG fails (the kernel taken goes back to the pool), RedisError when Redis does.
+        when EG fails (the kernel taken goes back to the pool), RedisError when Redis does,
+        ShuttingDownError once ``close()`` was called.
         """
+        loop = asyncio.get_running_loop()
+        started, outcome = loop.time(), "error"
+        self._active_pops += 1
+        try:
+            if self._closing:
+                raise ShuttingDownError("jkp is shutting down")
+            model = await self._pop(user_id)
+            outcome = "served"
+            return model
+        except PoolEmptyError:
+            outcome = "pool_empty"
+            raise
+        except RedisError:
+            self.metrics.errors.labels("redis").inc()
+            raise
+        except GatewayError:
+            self.metrics.errors.labels("gateway").inc()
+            raise
+        finally:
+            self.metrics.pops.labels(outcome).inc()
+            self.metrics.pop_duration.labels(outcome).observe(loop.time() - started)
+            self._active_pops -= 1
+            if not self._active_pops:
+                self._no_active_pops.set()
+
+    async def close(self, timeout: float) -> None:
+        """Refuse new pops and wait up to ``timeout`` seconds for those in flight."""
+        self._closing = True
+        if self._active_pops:
+            self._no_active_pops.clear()
+            try:
+                await asyncio.wait_for(self._no_active_pops.wait(), timeout)
+            except TimeoutError:
+                self.log.warning("%d pops still running after %gs", self._active_pops, timeout)
+
+    async def _pop(self, user_id: str) -> dict[str, Any]:
         validate_user_id(user_id)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.pop_timeout
@@ -456,8 +508,14 @@ class PoolManager(LoggingConfigurable):
 
     async def _start_kernel(self, kernel_id: str) -> None:
         """Start one kernel (its id already leased in Redis) and pool it once it answers."""
+        started = asyncio.get_running_loop().time()
+        # Until EG answered the start request, a kernel may still appear after we give up on
+        # it: shutting it down then could come too early (404) and leak it. Such a kernel keeps
+        # its lease instead, and whichever replica reconciles after the lease expires removes it.
+        requested = False
         try:
             await self.gateway.start_kernel(self.kernel_name, self.kernel_start_env(kernel_id))
+            requested = True
             self.log.info("Kernel %s started on EG", kernel_id)
             await self.gateway.kernel_info(kernel_id, self.kernel_ready_timeout)
             model = await self._reported_model(kernel_id)
@@ -466,9 +524,14 @@ class PoolManager(LoggingConfigurable):
                 self._retire_soon(kernel_id, "lease expired")
                 return
         except asyncio.CancelledError:
-            await self._abandon_start(kernel_id, "jkp is stopping")
+            if requested:
+                await self._abandon_start(kernel_id, "jkp is stopping")
+            else:
+                self._keep_lease(kernel_id, "jkp stopped during its start request")
             raise
         except (GatewayError, RedisError) as e:
+            self.metrics.kernel_starts.labels("failed").inc()
+            self._count_error(e)
             self._start_failures += 1
             backoff = self._start_backoff()
             self._next_start_at = asyncio.get_running_loop().time() + backoff
@@ -479,12 +542,17 @@ class PoolManager(LoggingConfigurable):
                 backoff,
                 e,
             )
-            await self._abandon_start(kernel_id, "start failed")
+            if requested or not (isinstance(e, GatewayError) and e.outcome_unknown):
+                await self._abandon_start(kernel_id, "start failed")
+            else:
+                self._keep_lease(kernel_id, "its start request got no answer")
             return
         finally:
             self.refill()
         self._start_failures = 0
         self._next_start_at = 0.0
+        self.metrics.kernel_starts.labels("ready").inc()
+        self.metrics.start_duration.observe(asyncio.get_running_loop().time() - started)
         self.log.info("Kernel %s is ready and pooled", kernel_id)
         self._kernel_pooled.set()
         self._kernel_pooled = asyncio.Event()
@@ -503,6 +571,15 @@ class PoolManager(LoggingConfigurable):
                 break
             await self.gateway.kernel_info(kernel_id, self.kernel_request_timeout)
         return model
+
+    def _keep_lease(self, kernel_id: str, why: str) -> None:
+        self.log.warning(
+            "Kernel %s may yet start on EG (%s): it stays recorded until its lease expires in "
+            "%.0fs, then a reconcile removes it",
+            kernel_id,
+            why,
+            self._start_lease,
+        )
 
     async def _abandon_start(self, kernel_id: str, reason: str) -> None:
         try:
@@ -529,8 +606,10 @@ class PoolManager(LoggingConfigurable):
         try:
             await self.gateway.shutdown_kernel(kernel_id)
             await self.store.forget_retired(kernel_id)
+            self.metrics.kernels_removed.labels(reason).inc()
             self.log.info("Kernel %s removed (%s)", kernel_id, reason)
         except (GatewayError, RedisError) as e:
+            self._count_error(e)
             self.log.warning("Kernel %s not removed yet (%s): %s", kernel_id, reason, e)
 
     async def reconcile(self) -> None:
@@ -580,9 +659,11 @@ class PoolManager(LoggingConfigurable):
         kernel_id = json.loads(model_json)["id"]
         try:
             await self.gateway.kernel_info(kernel_id, self.kernel_request_timeout)
+            self.metrics.activations.labels("ok").inc()
             self.log.debug("Kernel %s activated", kernel_id)
             return
         except GatewayError as e:
+            self.metrics.activations.labels("failed").inc()
             failure = e
         try:
             alive = await self.gateway.get_kernel(kernel_id) is not None
@@ -603,6 +684,15 @@ class PoolManager(LoggingConfigurable):
         if self._failing.get(component) is None:
             self.log.error("%s is failing: %s", component, error)
         self._failing[component] = str(error)
+        self._count_error(error)
+
+    def _count_error(self, error: Exception) -> None:
+        """Count a failed call to Redis or EG, and keep it among the last errors shown."""
+        dependency = "redis" if isinstance(error, RedisError) else "gateway"
+        self.metrics.errors.labels(dependency).inc()
+        self._last_errors.append(
+            {"time": time.time(), "dependency": dependency, "message": str(error)}
+        )
 
     def _recovered(self, component: str) -> None:
         if self._failing.pop(component, None) is not None:
@@ -611,10 +701,12 @@ class PoolManager(LoggingConfigurable):
     async def status(self) -> dict[str, Any]:
         """This pool as Redis holds it, and what this replica saw failing last."""
         counts = await self.store.counts()
+        self.metrics.set_pool_counts(self.max_pending_kernels, counts)
         return {
             "replica": self.replica_id,
             "kernel_name": self.kernel_name,
             "target": self.max_pending_kernels,
             **counts,
             "errors": dict(self._failing),
+            "last_errors": list(self._last_errors),
         }

@@ -40,3 +40,55 @@ async def test_pool_status_counts_kernels(redis_server, gateway, jkp_factory):
     assert body["idle"] + body["starting"] == 2
     assert body["replica"] == jkp.pool.replica_id
     assert body["kernel_name"] == "python_kubernetes"
+
+
+def _metric(text, name, labels=""):
+    """The value of one sample in Prometheus' text format."""
+    for line in text.splitlines():
+        if line.startswith(f"{name}{labels} ") or line.startswith(f"{name}{{{labels}}} "):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"{name}{labels} not in metrics")
+
+
+async def test_metrics_count_pops_starts_and_pool_size(redis_server, gateway, jkp_factory):
+    jkp = await jkp_factory(
+        redis_server, gateway, "--max-pending-kernels=2", "--PoolManager.pop_timeout=0.5"
+    )
+    await jkp.wait_for_idle(2)
+    assert (await jkp.pop("zt"))[0] == 200
+    await jkp.wait_for_idle(2)
+    await jkp.request("POST", "/api/kernels/pop/", '{"userId": "../x"}')  # 400: not a pop
+    redis_server.kill()
+    assert (await jkp.pop("zt"))[0] == 503
+    redis_server.start()
+
+    from tornado.httpclient import AsyncHTTPClient
+
+    response = await AsyncHTTPClient().fetch(jkp.url + "/metrics")
+    assert response.headers["Content-Type"].startswith("text/plain")
+    text = response.body.decode()
+    assert _metric(text, "jkp_pops_total", 'outcome="served"') == 1
+    assert _metric(text, "jkp_pops_total", 'outcome="error"') == 1
+    assert _metric(text, "jkp_pop_duration_seconds_count", 'outcome="served"') == 1
+    assert _metric(text, "jkp_kernel_starts_total", 'outcome="ready"') == 3
+    assert _metric(text, "jkp_kernel_start_duration_seconds_count") == 3
+    assert _metric(text, "jkp_dependency_errors_total", 'dependency="redis"') >= 1
+    assert _metric(text, "jkp_target_kernels") == 2
+    assert "jkp_idle_kernels " in text and "jkp_starting_kernels " in text
+
+
+async def test_metrics_report_the_pool_gauges(redis_server, gateway, jkp_factory):
+    jkp = await jkp_factory(redis_server, gateway, "--max-pending-kernels=2")
+    await jkp.wait_for_idle(2)
+    from tornado.httpclient import AsyncHTTPClient
+
+    text = (await AsyncHTTPClient().fetch(jkp.url + "/metrics")).body.decode()
+    assert _metric(text, "jkp_idle_kernels") == 2
+    assert _metric(text, "jkp_starting_kernels") == 0
+
+
+async def test_metrics_need_the_token(redis_server, gateway, jkp_factory):
+    jkp = await jkp_factory(
+        redis_server, gateway, "--max-pending-kernels=0", "--JKPManagerApp.auth_token=t0k"
+    )
+    assert (await jkp.request("GET", "/metrics"))[0] == 401
