@@ -244,6 +244,7 @@ class JKPManagerApp(JupyterApp):
         if self.http_server is not None:
             await self.http_server.close_all_connections()
         await self.pool_manager.stop()
+        self.gateway.close()
         await self.store.close()
 
     async def _serve(self) -> None:

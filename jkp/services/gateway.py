@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 from typing import Any
 from urllib.parse import quote, urlsplit
 
@@ -11,7 +12,7 @@ from jupyter_client.jsonutil import json_default
 from jupyter_client.session import Session
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 from tornado.websocket import WebSocketClientConnection, WebSocketError, websocket_connect
-from traitlets import Bool, Dict, Float, TraitError, Unicode, default, validate
+from traitlets import Bool, Dict, Float, Int, TraitError, Unicode, default, validate
 from traitlets.config import LoggingConfigurable
 
 from jkp.traits import env_default
@@ -147,10 +148,23 @@ class GatewayClient(LoggingConfigurable):
         help="Extra HTTP headers sent with every REST and websocket request to EG",
     ).tag(config=True)
 
+    max_open_channels = Int(
+        200,
+        help="Websockets to idle kernels kept open, so that a pop or activation need not set "
+        "one up; each costs EG a few sockets (JKP_MAX_KERNEL_CONNECTIONS env var)",
+        min=0,
+    ).tag(config=True)
+    max_open_channels_env = "JKP_MAX_KERNEL_CONNECTIONS"
+
+    @default("max_open_channels")
+    def _max_open_channels_default(self) -> Any:
+        return env_default(self, "max_open_channels")
+
     def __init__(self, **kwargs: Any):
         super().__init__(**kwargs)
         # Builds message headers and ids; EG re-signs messages with the kernel's own key.
         self._session = Session(username="jkp")
+        self._channels: dict[str, KernelChannel] = {}
 
     def _request_options(self) -> dict[str, Any]:
         """What every REST and websocket request to EG carries: headers, auth, TLS."""
@@ -231,14 +245,20 @@ class GatewayClient(LoggingConfigurable):
             if e.status != 404:
                 raise
 
-    async def kernel_info(self, kernel_id: str, timeout: float) -> dict[str, Any]:
+    async def kernel_info(
+        self, kernel_id: str, timeout: float, keep_open: bool = True
+    ) -> dict[str, Any]:
         """Send a kernel_info_request over the websocket; returns the reply content.
 
         This is also the keep-alive: the kernel's answer on IOPub resets EG's idle-cull timer.
+        With ``keep_open`` the websocket stays open for the next request (a pop or the next
+        activation), sparing EG's connection set-up (~10 ms with its own kernel_info round).
         """
-        return await self._shell_request(kernel_id, "kernel_info_request", {}, timeout)
+        return await self._shell_request(kernel_id, "kernel_info_request", {}, timeout, keep_open)
 
-    async def execute(self, kernel_id: str, code: str, timeout: float) -> dict[str, Any]:
+    async def execute(
+        self, kernel_id: str, code: str, timeout: float, keep_open: bool = False
+    ) -> dict[str, Any]:
         """Run ``code`` silently in the kernel and return the execute_reply content.
 
         Raises KernelReplyError when the reply's status is not ``ok``.
@@ -251,60 +271,171 @@ class GatewayClient(LoggingConfigurable):
             "allow_stdin": False,
             "stop_on_error": True,
         }
-        reply = await self._shell_request(kernel_id, "execute_request", content, timeout)
+        reply = await self._shell_request(kernel_id, "execute_request", content, timeout, keep_open)
         if reply.get("status") != "ok":
             raise KernelReplyError(
                 f"{reply.get('ename', 'error')}: {reply.get('evalue', reply.get('status'))}", reply
             )
         return reply
 
+    def close_channel(self, kernel_id: str) -> None:
+        """Close the websocket kept open to a kernel, if any (it was handed out or removed)."""
+        channel = self._channels.pop(kernel_id, None)
+        if channel is not None:
+            channel.close()
+
+    def close(self) -> None:
+        """Close every websocket kept open."""
+        for kernel_id in list(self._channels):
+            self.close_channel(kernel_id)
+
     async def _shell_request(
-        self, kernel_id: str, msg_type: str, content: dict[str, Any], timeout: float
+        self,
+        kernel_id: str,
+        msg_type: str,
+        content: dict[str, Any],
+        timeout: float,
+        keep_open: bool,
     ) -> dict[str, Any]:
-        """Open the kernel's websocket, send one shell request, return its reply's content."""
+        """Send one shell request on the kernel's websocket and return its reply's content."""
         msg = self._session.msg(msg_type, content)
         msg["channel"] = "shell"
-        msg_id = msg["header"]["msg_id"]
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        channel = self._channels.pop(kernel_id, None)
+        try:
+            if channel is None or channel.closed:
+                channel = await self._connect(kernel_id, timeout)
+            reply = await channel.request(msg, max(deadline - loop.time(), 0.001))
+        except BaseException:
+            if channel is not None:
+                channel.close()  # in an unknown state: never reuse it
+            raise
+        if keep_open and len(self._channels) < self.max_open_channels:
+            self._channels[kernel_id] = channel
+        else:
+            channel.close()
+        return reply
+
+    async def _connect(self, kernel_id: str, timeout: float) -> KernelChannel:
         request = HTTPRequest(
             f"{self.ws_url}/api/kernels/{quote(kernel_id)}/channels",
             request_timeout=timeout,
             **self._request_options(),
         )
-        conn: WebSocketClientConnection | None = None
         try:
             async with asyncio.timeout(timeout):
                 conn = await websocket_connect(request)
-                await conn.write_message(json.dumps(msg, default=json_default))
-                reply_content, idle = None, False
-                # Done once the reply came and the kernel went idle again (in either order), so
-                # the model EG reports next is no longer "starting" or "busy" from this request.
-                while reply_content is None or not idle:
-                    raw = await conn.read_message()
-                    if raw is None:
-                        raise GatewayError(
-                            f"EG closed the websocket of kernel {kernel_id} "
-                            f"before the {msg_type} reply"
-                        )
-                    if isinstance(raw, bytes):
-                        continue  # binary frames carry buffers, never a reply or a status
-                    message = json.loads(raw)
-                    if message.get("parent_header", {}).get("msg_id") != msg_id:
-                        continue
-                    if message.get("channel") == "shell":
-                        reply_content = message.get("content", {})
-                    elif message.get("msg_type") == "status":
-                        idle = message.get("content", {}).get("execution_state") == "idle"
-                return reply_content
         except TimeoutError as e:
-            raise GatewayError(f"no {msg_type} reply from kernel {kernel_id} in {timeout}s") from e
+            raise GatewayError(f"no websocket to kernel {kernel_id} in {timeout}s") from e
         except HTTPClientError as e:
             status = None if e.code == 599 else e.code
             raise GatewayError(f"EG websocket of kernel {kernel_id}: {e}", status) from e
         except (OSError, WebSocketError) as e:
             raise GatewayError(f"EG websocket of kernel {kernel_id}: {e}") from e
+        return KernelChannel(kernel_id, conn)
+
+
+class KernelChannel:
+    """One open websocket to a kernel through EG; replies are matched to requests by msg_id.
+
+    A reader task reads every frame as it comes (re-arming TCP_QUICKACK before each read) and
+    completes the request whose reply and idle status both arrived.
+    """
+
+    def __init__(self, kernel_id: str, conn: WebSocketClientConnection):
+        self.kernel_id = kernel_id
+        self._conn = conn
+        self._waiters: dict[str, _ReplyWaiter] = {}
+        self._reader = asyncio.create_task(self._read(), name=f"jkp-ws-{kernel_id}")
+
+    @property
+    def closed(self) -> bool:
+        return self._reader.done()
+
+    async def request(self, msg: dict[str, Any], timeout: float) -> dict[str, Any]:
+        """Send ``msg``; its reply's content once the kernel is idle again after it."""
+        waiter = _ReplyWaiter()
+        msg_id = msg["header"]["msg_id"]
+        self._waiters[msg_id] = waiter
+        try:
+            async with asyncio.timeout(timeout):
+                await self._conn.write_message(json.dumps(msg, default=json_default))
+                return await waiter.done
+        except TimeoutError as e:
+            raise GatewayError(
+                f"no {msg['header']['msg_type']} reply from kernel {self.kernel_id} in "
+                f"{timeout:.3g}s"
+            ) from e
+        except (OSError, WebSocketError) as e:
+            raise GatewayError(f"EG websocket of kernel {self.kernel_id}: {e}") from e
         finally:
-            if conn is not None:
-                conn.close()
+            self._waiters.pop(msg_id, None)
+
+    async def _read(self) -> None:
+        try:
+            while True:
+                _ack_quickly(self._conn)
+                raw = await self._conn.read_message()
+                if raw is None:
+                    return
+                if isinstance(raw, bytes):
+                    continue  # binary frames carry buffers, never a reply or a status
+                message = json.loads(raw)
+                waiter = self._waiters.get(message.get("parent_header", {}).get("msg_id"))
+                if waiter is not None:
+                    waiter.feed(message)
+        except ValueError:
+            pass  # not JSON: not EG; the requests waiting fail below
+        finally:
+            error = GatewayError(f"EG closed the websocket of kernel {self.kernel_id}")
+            for waiter in self._waiters.values():
+                waiter.fail(error)
+
+    def close(self) -> None:
+        self._conn.close()
+        self._reader.cancel()
+
+
+class _ReplyWaiter:
+    """Collects a request's shell reply and the kernel's return to idle, in either order, so
+    the model EG reports next is no longer "starting" or "busy" from this request."""
+
+    def __init__(self) -> None:
+        self.done: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._reply: dict[str, Any] | None = None
+        self._idle = False
+
+    def feed(self, message: dict[str, Any]) -> None:
+        if message.get("channel") == "shell":
+            self._reply = message.get("content", {})
+        elif message.get("msg_type") == "status":
+            self._idle = message.get("content", {}).get("execution_state") == "idle"
+        if self._reply is not None and self._idle and not self.done.done():
+            self.done.set_result(self._reply)
+
+    def fail(self, error: Exception) -> None:
+        if not self.done.done():
+            self.done.set_exception(error)
+
+
+def _ack_quickly(conn: WebSocketClientConnection) -> None:
+    """Ask Linux to acknowledge the next segment at once (TCP_QUICKACK resets after use).
+
+    EG never sets TCP_NODELAY on kernel websockets, so after its first small frame Nagle holds
+    the next ones until our ACK, which delayed ACK postpones by ~40 ms: a reply would wait.
+    """
+    if _TCP_QUICKACK is None or conn.protocol is None:
+        return
+    sock = conn.protocol.stream.socket
+    if sock is not None:
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, _TCP_QUICKACK, 1)
+        except OSError:
+            pass  # not a TCP socket: nothing to speed up
+
+
+_TCP_QUICKACK = getattr(socket, "TCP_QUICKACK", None)
 
 
 def _eg_reason(body: bytes | None) -> str:

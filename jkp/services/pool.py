@@ -24,7 +24,8 @@ from jkp.user import enter_user_dir_code, validate_user_id
 # How often a pop waiting on an empty pool looks again for a kernel another replica pooled.
 _EMPTY_POOL_POLL = 0.1
 _START_BACKOFF_BASE = 1.0
-_IDLE_REPORT_ATTEMPTS = 5
+_IDLE_REPORT_ATTEMPTS = 6
+_IDLE_REPORT_PAUSE = 0.05
 # What EG refuses in a KERNEL_* value (it would answer 400 to every start).
 _KERNEL_ENV_FORBIDDEN = ("$", "`", "\n", "\r")
 _KERNEL_ENV_MAX_LENGTH = 4096
@@ -407,16 +408,19 @@ class PoolManager(LoggingConfigurable):
         raised; when EG fails the kernel goes back to the pool and GatewayError is raised.
         """
         kernel_id = claim.kernel_id
+        timeout = self.kernel_request_timeout
+        # The liveness check and the set-up run side by side: a pop then costs the longer of
+        # the two, not their sum. A kernel found gone stops the set-up.
+        check = asyncio.ensure_future(self.gateway.get_kernel(kernel_id, timeout))
+        set_up = asyncio.ensure_future(
+            self.gateway.execute(kernel_id, enter_user_dir_code(self.working_dir, user_id), timeout)
+        )
         try:
-            model = await self.gateway.get_kernel(kernel_id, self.kernel_request_timeout)
+            model = await check
             if model is not None:
-                await self.gateway.execute(
-                    kernel_id,
-                    enter_user_dir_code(self.working_dir, user_id),
-                    self.kernel_request_timeout,
-                )
+                await set_up
                 # EG's model after the set-up: last_activity and execution_state as they are now.
-                model = await self.gateway.get_kernel(kernel_id, self.kernel_request_timeout)
+                model = await self.gateway.get_kernel(kernel_id, timeout)
         except KernelReplyError as e:
             self.log.error("Kernel %s failed set-up for user %s: %s", kernel_id, user_id, e)
             if await self.store.retire_claim(claim):
@@ -428,7 +432,14 @@ class PoolManager(LoggingConfigurable):
                 await self.store.release(claim)
                 raise
             model = None
+        finally:
+            for task in (check, set_up):
+                if not task.done():
+                    task.cancel()
+                elif not task.cancelled():
+                    task.exception()  # retrieved: the outcome is handled above
         if model is None:
+            self.gateway.close_channel(kernel_id)
             self.log.info("Kernel %s is gone from EG; taking the next", kernel_id)
             if await self.store.retire_claim(claim):
                 await self.store.forget_retired(kernel_id)
@@ -563,12 +574,13 @@ class PoolManager(LoggingConfigurable):
         EG's activity watcher subscribes to the kernel's IOPub late and can miss the first
         status messages, reporting "starting" until the kernel publishes again: nudge it.
         """
-        for _ in range(_IDLE_REPORT_ATTEMPTS):
+        for attempt in range(_IDLE_REPORT_ATTEMPTS):
             model = await self.gateway.get_kernel(kernel_id)
             if model is None:
                 raise GatewayError(f"kernel {kernel_id} exited right after starting", 404)
             if model.get("execution_state") == "idle":
                 break
+            await asyncio.sleep(_IDLE_REPORT_PAUSE * 2**attempt)  # the watcher's subscription
             await self.gateway.kernel_info(kernel_id, self.kernel_request_timeout)
         return model
 
@@ -604,6 +616,7 @@ class PoolManager(LoggingConfigurable):
         When EG cannot be reached it stays in the retiring set and the next reconcile retries.
         """
         try:
+            self.gateway.close_channel(kernel_id)
             await self.gateway.shutdown_kernel(kernel_id)
             await self.store.forget_retired(kernel_id)
             self.metrics.kernels_removed.labels(reason).inc()
@@ -619,6 +632,7 @@ class PoolManager(LoggingConfigurable):
             if await self.gateway.get_kernel(kernel_id) is None:
                 if await self.store.retire_idle(kernel_id, model_json):
                     self.log.info("Idle kernel %s is gone from EG; dropped", kernel_id)
+                    self.gateway.close_channel(kernel_id)
                     await self.store.forget_retired(kernel_id)
         for kernel_id in await self.store.expired_starting_ids():
             if await self.store.retire_starting(kernel_id):
