@@ -385,8 +385,10 @@ class EnterpriseGateway(_Server):
         certfile: str | None = None,
         keyfile: str | None = None,
         cafile: str | None = None,
+        kernel_argv: list[str] | None = None,
     ):
         super().__init__(workdir, port)
+        self.kernel_argv = kernel_argv
         self.auth_token = auth_token
         self.certfile, self.keyfile, self.cafile = certfile, keyfile, cafile
         self.kernel_name = kernel_name
@@ -422,7 +424,9 @@ class EnterpriseGateway(_Server):
         # Not resolved: the venv's python symlink is what makes it the venv.
         python = str(self.eg_venv / "bin" / "python")
         spec = {
-            "argv": [python, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+            # Tests may give another command, e.g. a kernel that dies at once.
+            "argv": self.kernel_argv
+            or [python, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
             "display_name": f"Python 3 (local, as {self.kernel_name})",
             "language": "python",
         }

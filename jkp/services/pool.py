@@ -24,6 +24,8 @@ from jkp.user import enter_user_dir_code, validate_user_id
 # How often a pop waiting on an empty pool looks again for a kernel another replica pooled.
 _EMPTY_POOL_POLL = 0.1
 _START_BACKOFF_BASE = 1.0
+# How often EG is asked whether a kernel that has not answered yet still exists.
+_READY_CHECK_INTERVAL = 2.0
 _IDLE_REPORT_ATTEMPTS = 6
 _IDLE_REPORT_PAUSE = 0.05
 # What EG refuses in a KERNEL_* value (it would answer 400 to every start).
@@ -528,7 +530,7 @@ class PoolManager(LoggingConfigurable):
             await self.gateway.start_kernel(self.kernel_name, self.kernel_start_env(kernel_id))
             requested = True
             self.log.info("Kernel %s started on EG", kernel_id)
-            await self.gateway.kernel_info(kernel_id, self.kernel_ready_timeout)
+            await self._wait_until_ready(kernel_id)
             model = await self._reported_model(kernel_id)
             if not await self.store.finish_start(kernel_id, model):
                 self.log.warning("Lease of kernel %s expired before it was ready", kernel_id)
@@ -567,6 +569,28 @@ class PoolManager(LoggingConfigurable):
         self.log.info("Kernel %s is ready and pooled", kernel_id)
         self._kernel_pooled.set()
         self._kernel_pooled = asyncio.Event()
+
+    async def _wait_until_ready(self, kernel_id: str) -> None:
+        """Wait for the new kernel's first kernel_info_reply, up to kernel_ready_timeout.
+
+        EG may give up on a kernel that keeps dying while it starts (it restarts it a few times,
+        then drops it) without closing our websocket: asking EG every few seconds whether it
+        still has the kernel ends such a wait early instead of after the whole timeout.
+        """
+        answered = asyncio.ensure_future(
+            self.gateway.kernel_info(kernel_id, self.kernel_ready_timeout)
+        )
+        try:
+            while True:
+                done, _ = await asyncio.wait({answered}, timeout=_READY_CHECK_INTERVAL)
+                if done:
+                    answered.result()
+                    return
+                if await self.gateway.get_kernel(kernel_id) is None:
+                    raise GatewayError(f"kernel {kernel_id} died while starting", 404)
+        finally:
+            if not answered.done():
+                answered.cancel()
 
     async def _reported_model(self, kernel_id: str) -> dict[str, Any]:
         """EG's model of a kernel that just answered, once EG itself has seen it idle.
