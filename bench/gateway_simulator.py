@@ -6,9 +6,11 @@ on 2 cores. Tests must never use it in place of the real EG: it runs no code, ch
 than EG does, and differs from EG wherever EG's behaviour is not needed for load.
 
     python bench/gateway_simulator.py --port 0 --ip 127.0.0.1 [--kernel-name python_kubernetes]
-                                      [--latency-ms 0] [--cull-idle-timeout 0]
+                                      [--latency-ms 0] [--cull-idle-timeout 0] [--stats]
 
 prints ``listening on http://<ip>:<port>`` once it listens and serves until SIGINT/SIGTERM.
+``--stats`` adds ``GET /bench/stats``: request counts, open websockets, and the recent bursts of
+kernel_info requests (e.g. one activation sweep of jkp), as bench/run.py reads them.
 Needs only tornado and the standard library.
 """
 
@@ -16,10 +18,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import json
 import logging
 import signal
 import sys
+import time
 import uuid
 from datetime import datetime, timezone
 from http.client import responses
@@ -95,6 +99,69 @@ class Simulator:
             if idle > self.cull_idle_timeout and not kernel.sockets:
                 log.info("culling kernel %s, idle %.0fs", kernel.id, idle)
                 self.remove(kernel.id)
+
+
+class Stats:
+    """Opt-in (--stats): what the benchmark cannot ask jkp, seen from the gateway's side.
+
+    kernel_info requests separated by less than ``gap`` seconds form one burst, so a burst that
+    follows a quiet pool is one activation sweep. ``max_in_flight`` is the most requests received
+    and not yet answered at once during it: the sweep's concurrency, visible only with
+    ``--latency-ms`` > 0 (without latency every request is answered before the next is read).
+    """
+
+    def __init__(self, gap: float):
+        self.gap = gap
+        self.requests: collections.Counter[str] = collections.Counter()
+        self.sockets: set[ChannelsHandler] = set()
+        self.in_flight = 0
+        self.burst: dict | None = None
+        self.bursts: collections.deque[dict] = collections.deque(maxlen=20)
+
+    def opened(self, ws: ChannelsHandler) -> None:
+        self.sockets.add(ws)
+        if self.burst is not None:
+            self.burst["max_open"] = max(self.burst["max_open"], len(self.sockets))
+
+    def closed(self, ws: ChannelsHandler) -> None:
+        self.sockets.discard(ws)
+
+    def request(self, msg_type: str, kernel_id: str) -> None:
+        self.requests[msg_type] += 1
+        self.in_flight += 1
+        if msg_type != "kernel_info_request":
+            return
+        now = time.time()
+        self._close_burst(now)
+        if self.burst is None:
+            self.burst = {"first": now, "count": 0, "kernels": set(), "max_in_flight": 0,
+                          "max_open": len(self.sockets)}  # fmt: skip
+        burst = self.burst
+        burst.update(last=now, count=burst["count"] + 1)
+        burst["max_in_flight"] = max(burst["max_in_flight"], self.in_flight)
+        burst["kernels"].add(kernel_id)
+
+    def answered(self) -> None:
+        self.in_flight -= 1
+
+    def _close_burst(self, now: float) -> None:
+        if self.burst is not None and now - self.burst["last"] > self.gap:
+            burst = self.burst
+            self.bursts.append({**burst, "kernels": len(burst["kernels"])})
+            self.burst = None
+
+    def report(self) -> dict:
+        now = time.time()
+        self._close_burst(now)
+        current = self.burst and {**self.burst, "kernels": len(self.burst["kernels"])}
+        return {
+            "now": now,
+            "requests": dict(self.requests),
+            "open_websockets": len(self.sockets),
+            "in_flight": self.in_flight,
+            "bursts": list(self.bursts),  # completed ones, oldest first
+            "current_burst": current,
+        }
 
 
 class JSONErrors:
@@ -175,6 +242,11 @@ class KernelsHandler(BaseHandler):
         self.write_json(kernel.model())
 
 
+class StatsHandler(BaseHandler):
+    def get(self) -> None:
+        self.write_json(self.settings["stats"].report())
+
+
 class KernelHandler(BaseHandler):
     def get(self, kernel_id: str) -> None:
         self.write_json(self.kernel(kernel_id).model())
@@ -201,9 +273,13 @@ class ChannelsHandler(JSONErrors, WebSocketHandler):
 
     def open(self, kernel_id: str) -> None:
         self.kernel.sockets.add(self)
+        if self.settings["stats"]:
+            self.settings["stats"].opened(self)
 
     def on_close(self) -> None:
         self.kernel.sockets.discard(self)
+        if self.settings["stats"]:
+            self.settings["stats"].closed(self)
 
     async def on_message(self, raw: str | bytes) -> None:
         # Tornado awaits this before reading the next frame: one request at a time per socket.
@@ -217,6 +293,18 @@ class ChannelsHandler(JSONErrors, WebSocketHandler):
         self.kernel.last_activity = utcnow()
         if reply_type is None or request.get("channel", "shell") != "shell":
             return  # nothing else is needed by jkp; a real kernel would answer or ignore
+        stats: Stats | None = self.settings["stats"]
+        if stats is None:
+            await self.reply(request, reply_type)
+            return
+        stats.request(header["msg_type"], self.kernel.id)
+        try:
+            await self.reply(request, reply_type)
+        finally:
+            stats.answered()
+
+    async def reply(self, request: dict, reply_type: str) -> None:
+        header = request["header"]
         if self.settings["simulator"].latency:
             await asyncio.sleep(self.settings["simulator"].latency)
         if reply_type == "kernel_info_reply":
@@ -269,16 +357,20 @@ class ChannelsHandler(JSONErrors, WebSocketHandler):
         self.write_message(json.dumps(message))
 
 
-def make_app(sim: Simulator) -> Application:
+def make_app(sim: Simulator, stats: Stats | None = None) -> Application:
     kernel = r"/api/kernels/(?P<kernel_id>[^/]+)"
+    routes = [
+        (r"/api/?", ApiHandler),
+        (r"/api/kernels/?", KernelsHandler),
+        (kernel + "/?", KernelHandler),
+        (kernel + "/channels", ChannelsHandler),
+    ]
+    if stats is not None:
+        routes.append((r"/bench/stats", StatsHandler))
     return Application(
-        [
-            (r"/api/?", ApiHandler),
-            (r"/api/kernels/?", KernelsHandler),
-            (kernel + "/?", KernelHandler),
-            (kernel + "/channels", ChannelsHandler),
-        ],
+        routes,
         simulator=sim,
+        stats=stats,
         log_function=lambda handler: None,  # no access log: it would dominate the CPU at scale
     )
 
@@ -287,7 +379,8 @@ async def serve(args: argparse.Namespace) -> None:
     sim = Simulator(args.kernel_name, args.latency_ms / 1000, args.cull_idle_timeout)
     # A deep backlog so hundreds of simultaneous websocket connects are not dropped and retried.
     sockets = bind_sockets(args.port, address=args.ip, backlog=2048)
-    server = HTTPServer(make_app(sim))
+    stats = Stats(args.stats_gap) if args.stats else None
+    server = HTTPServer(make_app(sim, stats))
     server.add_sockets(sockets)
     if args.cull_idle_timeout > 0:
         interval = max(1.0, min(args.cull_idle_timeout / 2, 30.0))
@@ -316,6 +409,13 @@ def main(argv: list[str] | None = None) -> None:
         type=float,
         default=0.0,
         help="seconds idle (and unconnected) before a kernel is culled; 0: never",
+    )
+    parser.add_argument("--stats", action="store_true", help="serve GET /bench/stats")
+    parser.add_argument(
+        "--stats-gap",
+        type=float,
+        default=1.0,
+        help="seconds without a kernel_info request that end a burst in the stats",
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")

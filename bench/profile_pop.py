@@ -1,0 +1,114 @@
+"""Where a pop's time goes: per-step timings and a pyinstrument profile of jkp during pops.
+
+    .venv/bin/python bench/profile_pop.py [--pops 30] [--gap 1.0] [--html PATH]
+
+Starts a real Redis and a real Enterprise Gateway (dev/localstack.py) and jkp in this process,
+fills a pool, then pops one kernel at a time, ``--gap`` seconds apart so that the refill after
+each pop is over before the next one (this measures the pop itself, not the refill's load on a
+small machine). Prints the median and p95 of each step, and pyinstrument's view of jkp's own
+Python time during the pops.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import functools
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "dev"))
+
+import localstack  # noqa: E402
+from pyinstrument import Profiler  # noqa: E402
+
+from jkp.app import JKPManagerApp  # noqa: E402
+
+# The steps of a pop, in order: (object attribute, method, label).
+STEPS = [
+    ("store", "claim", "claim (Redis script: RPOP + record)"),
+    ("gateway", "get_kernel", "GET /api/kernels/{id} (check, then model)"),
+    ("gateway", "execute", "execute_request: make + enter user dir"),
+    ("store", "hand_over", "hand over (Redis script)"),
+    ("pool", "pop", "whole pop, inside jkp"),
+]
+
+
+def _time_calls(obj, name, samples):
+    """Wrap ``obj.name`` so every call's duration (ms) lands in ``samples``."""
+    method = getattr(obj, name)
+
+    @functools.wraps(method)
+    async def timed(*args, **kwargs):
+        started = time.perf_counter()
+        try:
+            return await method(*args, **kwargs)
+        finally:
+            samples.append((time.perf_counter() - started) * 1000)
+
+    setattr(obj, name, timed)
+
+
+def _summary(values):
+    values = sorted(values)
+    p95 = values[max(0, round(0.95 * len(values)) - 1)]
+    return f"{statistics.median(values):7.2f} {p95:7.2f} {len(values):5d}"
+
+
+async def main(pops: int, gap: float, html: str | None) -> None:
+    work = Path(tempfile.mkdtemp(prefix="jkp-profile-"))
+    redis_server = localstack.RedisServer(work / "redis").start()
+    gateway = localstack.EnterpriseGateway(work / "eg").start()
+    (work / "shared").mkdir()
+    app = JKPManagerApp()
+    app.initialize(
+        [
+            f"--port={localstack.free_port()}",
+            f"--RedisStore.redis_url={redis_server.url}",
+            f"--GatewayClient.url={gateway.url}",
+            f"--PoolManager.working_dir={work / 'shared'}",
+            "--PoolManager.nfs_volume_server=",
+            f"--max-pending-kernels={min(pops, 8)}",
+            "--PoolManager.activation_interval=0",
+            "--log-level=WARN",
+        ]
+    )
+    await app.start_services()
+    targets = {"store": app.pool_manager.store, "gateway": app.gateway, "pool": app.pool_manager}
+    samples = {label: [] for _, _, label in STEPS}
+    try:
+        while (await app.pool_manager.store.counts())["idle"] < min(pops, 8):
+            await asyncio.sleep(0.2)
+        await asyncio.sleep(1)
+        for attr, name, label in STEPS:
+            _time_calls(targets[attr], name, samples[label])
+        profiler = Profiler(async_mode="enabled")
+        for i in range(pops):
+            profiler.start()
+            await app.pool_manager.pop(f"profile{i}")
+            profiler.stop()
+            await asyncio.sleep(gap)
+    finally:
+        await app.stop_services()
+        gateway.stop()
+        redis_server.stop()
+    print(f"{'step':48} {'p50 ms':>7} {'p95 ms':>7} {'calls':>5}")
+    for label, values in samples.items():
+        print(f"{label:48} {_summary(values)}")
+    print("\njkp's Python time during the pops (pyinstrument):")
+    print(profiler.output_text(unicode=True, color=False, show_all=False))
+    if html:
+        Path(html).write_text(profiler.output_html())
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pops", type=int, default=30)
+    parser.add_argument("--gap", type=float, default=1.0, help="seconds between pops")
+    parser.add_argument("--html", help="also write pyinstrument's HTML report here")
+    args = parser.parse_args()
+    asyncio.run(main(args.pops, args.gap, args.html))
