@@ -51,6 +51,6 @@ c.PoolManager.max_pending_kernels = 10
 # c.PoolManager.pop_timeout = 10
 # Kubernetes pods may take a while to pull their image and start. (JKP_KERNEL_READY_TIMEOUT)
 # c.PoolManager.kernel_ready_timeout = 300
-# c.PoolManager.kernel_request_timeout = 5  # (JKP_KERNEL_REQUEST_TIMEOUT)
+# c.PoolManager.kernel_request_timeout = 2  # (JKP_KERNEL_REQUEST_TIMEOUT)
 # c.PoolManager.max_concurrent_starts = 4  # (JKP_MAX_CONCURRENT_STARTS)
 # c.PoolManager.max_start_backoff = 60  # (JKP_MAX_START_BACKOFF)

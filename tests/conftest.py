@@ -190,6 +190,16 @@ async def wait_until(predicate, timeout, what):
 
 
 @pytest.fixture
+async def redis_client(redis_server):
+    """A client of the test's Redis, for looking at jkp's keys directly."""
+    import redis.asyncio as redis
+
+    client = redis.Redis.from_url(redis_server.url, decode_responses=True)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
 def shared_dir(tmp_path):
     """The working_dir of the kernels: the share users' directories are made in."""
     path = tmp_path / "shared"

@@ -18,16 +18,9 @@ from tests.conftest import wait_until
 
 KEY = "test:kernels:idle"
 # Short leases so a dead replica's work expires within the test: a start may take
-# kernel_ready_timeout + 2 * request_timeout = 20 s, a pop 3 * kernel_request_timeout + 5 = 20 s.
+# kernel_ready_timeout + 2 * request_timeout = 20 s, a pop 3 * kernel_request_timeout + 5 = 11 s.
 LEASES = ("--GatewayClient.request_timeout=5", "--PoolManager.kernel_ready_timeout=10")
 FAST_CHECKS = ("--PoolManager.check_task_interval=1", "--PoolManager.max_start_backoff=2")
-
-
-@pytest.fixture
-async def redis_client(redis_server):
-    client = redis.Redis.from_url(redis_server.url, decode_responses=True)
-    yield client
-    await client.aclose()
 
 
 async def settled(client, target):

@@ -7,17 +7,9 @@ import signal
 import time
 
 import pytest
-import redis.asyncio as redis
 
 from tests.conftest import wait_until
 from tests.test_chaos import KEY, _count, _kernel_pid
-
-
-@pytest.fixture
-async def redis_client(redis_server):
-    client = redis.Redis.from_url(redis_server.url, decode_responses=True)
-    yield client
-    await client.aclose()
 
 
 async def _exit_code(proc, timeout):

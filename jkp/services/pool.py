@@ -24,8 +24,8 @@ from jkp.user import enter_user_dir_code, validate_user_id
 # How often a pop waiting on an empty pool looks again for a kernel another replica pooled.
 _EMPTY_POOL_POLL = 0.1
 _START_BACKOFF_BASE = 1.0
-# How often EG is asked whether a kernel that has not answered yet still exists.
-_READY_CHECK_INTERVAL = 2.0
+# How long each try of a new kernel's first kernel_info_request lasts.
+_READY_RETRY_INTERVAL = 3.0
 _IDLE_REPORT_ATTEMPTS = 6
 _IDLE_REPORT_PAUSE = 0.05
 # What EG refuses in a KERNEL_* value (it would answer 400 to every start).
@@ -209,7 +209,7 @@ class PoolManager(LoggingConfigurable):
         return env_default(self, "kernel_ready_timeout")
 
     kernel_request_timeout = Float(
-        5.0,
+        2.0,
         help="Seconds EG and a pooled kernel have to answer each request of a pop (check, "
         "set-up) or an activation; a pop fails with 503 rather than wait longer on a hung EG "
         "(JKP_KERNEL_REQUEST_TIMEOUT env var)",
@@ -573,24 +573,23 @@ class PoolManager(LoggingConfigurable):
     async def _wait_until_ready(self, kernel_id: str) -> None:
         """Wait for the new kernel's first kernel_info_reply, up to kernel_ready_timeout.
 
-        EG may give up on a kernel that keeps dying while it starts (it restarts it a few times,
-        then drops it) without closing our websocket: asking EG every few seconds whether it
-        still has the kernel ends such a wait early instead of after the whole timeout.
+        The request is sent again every few seconds, on a fresh websocket: a kernel that died
+        while starting and that EG restarted never answers the first one. Between tries EG is
+        asked whether it still has the kernel: it drops one that keeps dying, and then the wait
+        ends at once instead of after the whole timeout.
         """
-        answered = asyncio.ensure_future(
-            self.gateway.kernel_info(kernel_id, self.kernel_ready_timeout)
-        )
-        try:
-            while True:
-                done, _ = await asyncio.wait({answered}, timeout=_READY_CHECK_INTERVAL)
-                if done:
-                    answered.result()
-                    return
-                if await self.gateway.get_kernel(kernel_id) is None:
-                    raise GatewayError(f"kernel {kernel_id} died while starting", 404)
-        finally:
-            if not answered.done():
-                answered.cancel()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.kernel_ready_timeout
+        while True:
+            try_for = min(_READY_RETRY_INTERVAL, max(deadline - loop.time(), 0.1))
+            try:
+                await self.gateway.kernel_info(kernel_id, try_for)
+                return
+            except GatewayError as e:
+                if e.status == 404 or loop.time() >= deadline:
+                    raise
+            if await self.gateway.get_kernel(kernel_id) is None:
+                raise GatewayError(f"kernel {kernel_id} died while starting", 404)
 
     async def _reported_model(self, kernel_id: str) -> dict[str, Any]:
         """EG's model of a kernel that just answered, once EG itself has seen it idle.
