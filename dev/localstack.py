@@ -386,9 +386,13 @@ class EnterpriseGateway(_Server):
         keyfile: str | None = None,
         cafile: str | None = None,
         kernel_argv: list[str] | None = None,
+        client_cert: str | None = None,
+        client_key: str | None = None,
     ):
         super().__init__(workdir, port)
         self.kernel_argv = kernel_argv
+        # What this helper presents to a gateway that requires client certificates.
+        self.client_cert, self.client_key = client_cert, client_key
         self.auth_token = auth_token
         self.certfile, self.keyfile, self.cafile = certfile, keyfile, cafile
         self.kernel_name = kernel_name
@@ -417,6 +421,8 @@ class EnterpriseGateway(_Server):
             import ssl
 
             context = ssl.create_default_context(cafile=self.cafile)
+            if self.client_cert:
+                context.load_cert_chain(self.client_cert, self.client_key)
         return http_request(method, self.url + path, body, timeout, headers, context)
 
     def _write_kernel_spec(self) -> None:

@@ -61,3 +61,40 @@ async def test_https_eg_with_unknown_ca_is_refused(
     status, body = await jkp.request("GET", "/api/ready")
     assert status == 503 and "gateway" in body["message"]
     assert gateway.list_kernel_ids() == []
+
+
+async def test_eg_requiring_a_client_certificate(
+    redis_server, gateway_factory, jkp_factory, tmp_path
+):
+    ca = trustme.CA()
+    server, client = ca.issue_cert("127.0.0.1"), ca.issue_cert("jkp@example.org")
+    files = {name: str(tmp_path / f"{name}.pem") for name in ("ca", "cert", "key", "ccert", "ckey")}
+    ca.cert_pem.write_to_path(files["ca"])
+    server.cert_chain_pems[0].write_to_path(files["cert"])
+    server.private_key_pem.write_to_path(files["key"])
+    client.cert_chain_pems[0].write_to_path(files["ccert"])
+    client.private_key_pem.write_to_path(files["ckey"])
+    gateway = gateway_factory(
+        certfile=files["cert"],
+        keyfile=files["key"],
+        cafile=files["ca"],
+        extra_args=[f"--EnterpriseGatewayApp.client_ca={files['ca']}"],
+        client_cert=files["ccert"],
+        client_key=files["ckey"],
+    )
+    without = await jkp_factory(
+        redis_server, gateway, "--max-pending-kernels=0", f"--GatewayClient.ca_certs={files['ca']}"
+    )
+    assert (await without.request("GET", "/api/ready"))[0] == 503
+    await without.stop()
+    jkp = await jkp_factory(
+        redis_server,
+        gateway,
+        "--max-pending-kernels=1",
+        f"--GatewayClient.ca_certs={files['ca']}",
+        f"--GatewayClient.client_cert={files['ccert']}",
+        f"--GatewayClient.client_key={files['ckey']}",
+    )
+    await jkp.wait_for_idle(1)
+    status, model = await jkp.pop("zt")
+    assert status == 200
