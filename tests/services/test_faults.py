@@ -5,7 +5,9 @@ import os
 import signal
 import time
 
-from tests.conftest import wait_until
+import pytest
+
+from tests.conftest import localstack, wait_until
 
 
 async def timed_pop(jkp, user_id="zt"):
@@ -142,3 +144,57 @@ async def test_redis_restart_with_aof_keeps_the_accounting(redis_factory, gatewa
 
 async def _ready(jkp):
     return (await jkp.request("GET", "/api/ready"))[0] == 200
+
+
+class _FailingGateway:
+    """A stand-in for an EG that answers every request with 500, as EG does on internal errors.
+
+    Fault injection only: the kernels stay on the real EG, and the pool is in the real Redis.
+    """
+
+    def __init__(self, status):
+        from tornado import web
+
+        class Failing(web.RequestHandler):
+            def prepare(self):
+                self.set_status(status)
+                self.finish({"message": "injected failure", "reason": "Injected"})
+
+        self.app = web.Application([(r".*", Failing)])
+        self.port = localstack.free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.server = self.app.listen(self.port, "127.0.0.1")
+        self.auth_token = ""
+
+    def stop(self):
+        self.server.stop()
+
+
+@pytest.mark.parametrize("eg_status, jkp_status", [(500, 502), (503, 502), (403, 502)])
+async def test_eg_erroring_pop_answers_502_and_the_pool_is_kept(
+    redis_server, gateway, jkp_factory, eg_status, jkp_status
+):
+    filler = await jkp_factory(redis_server, gateway, "--max-pending-kernels=2")
+    pooled = await filler.wait_for_idle(2)
+    await filler.stop()
+    failing = _FailingGateway(eg_status)
+    try:
+        jkp = await jkp_factory(
+            redis_server,
+            failing,
+            "--max-pending-kernels=2",
+            "--PoolManager.check_task_interval=0.2",
+        )
+        await asyncio.sleep(1)  # reconciles against the failing EG: nothing may be dropped
+        status, body, took = await timed_pop(jkp)
+        assert status == jkp_status and body["reason"] == "Gateway error"
+        assert str(eg_status) in body["message"]
+        assert took < 2
+        assert sorted(await jkp.idle_ids()) == sorted(pooled)
+        await jkp.stop()
+    finally:
+        failing.stop()
+    # EG healthy again: the same kernels are served.
+    healthy = await jkp_factory(redis_server, gateway, "--max-pending-kernels=2")
+    status, model = await healthy.pop("zt")
+    assert status == 200 and model["id"] in pooled
