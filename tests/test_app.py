@@ -58,12 +58,9 @@ DEFAULTS = {
 
 
 @pytest.fixture(autouse=True)
-def clean_env(monkeypatch, tmp_path):
-    for name in list(__import__("os").environ):
-        if name.startswith("JKP_"):
-            monkeypatch.delenv(name)
-    # No user config file from ~/.jupyter may leak into these tests.
-    monkeypatch.setenv("JUPYTER_CONFIG_DIR", str(tmp_path / "jupyter-config"))
+def in_tmp_dir(monkeypatch, tmp_path):
+    """No jkpmanager_config.py of the working directory may be loaded (conftest isolates the
+    environment and ~/.jupyter)."""
     monkeypatch.chdir(tmp_path)
 
 

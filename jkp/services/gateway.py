@@ -35,11 +35,6 @@ class GatewayError(Exception):
         """True when EG may have acted on the request anyway: it was sent, no answer came."""
         return self.status is None and not self.refused
 
-    @property
-    def unreachable(self) -> bool:
-        """True when EG did not answer at all, or answered with a server-side failure."""
-        return self.status is None or self.status >= 500
-
 
 class KernelReplyError(GatewayError):
     """The kernel answered a request with ``status: error``."""

@@ -5,6 +5,7 @@ import json
 import pytest
 
 from jkp.app import JKPManagerApp
+from tests.conftest import _ListHandler
 
 TOKEN = "jkp-t0ken-value"
 
@@ -118,15 +119,6 @@ def test_start_up_warns_when_exposed_without_token(ip, token, warned, caplog):
     app = JKPManagerApp()
     app.initialize([f"--ip={ip}", f"--JKPManagerApp.auth_token={token}"])
     records = []
-    app.log.addHandler(_Collect(records))
+    app.log.addHandler(_ListHandler(records))
     app.warn_if_exposed()
-    assert any("WITHOUT authentication" in m for m in records) == warned
-
-
-class _Collect(__import__("logging").Handler):
-    def __init__(self, records):
-        super().__init__()
-        self.records = records
-
-    def emit(self, record):
-        self.records.append(record.getMessage())
+    assert any("WITHOUT authentication" in r.getMessage() for r in records) == warned
