@@ -54,3 +54,5 @@ c.PoolManager.max_pending_kernels = 10
 # c.PoolManager.kernel_request_timeout = 2  # (JKP_KERNEL_REQUEST_TIMEOUT)
 # c.PoolManager.max_concurrent_starts = 4  # (JKP_MAX_CONCURRENT_STARTS)
 # c.PoolManager.max_start_backoff = 60  # (JKP_MAX_START_BACKOFF)
+# Replacements start this long after a burst's first pop, so the burst has EG to itself.
+# c.PoolManager.refill_delay = 1  # (JKP_REFILL_DELAY)

@@ -25,6 +25,19 @@ finally:
     del __jkp_enter_user_dir
 """
 
+# Run once in each new kernel before it is pooled: a fresh IPython kernel's first execute
+# pays one-time costs (a few ms), which then fall on the pool, not on the pop's set-up.
+# Same shape as the set-up and, like it, leaves nothing in the user's namespace.
+WARM_UP_CODE = """\
+def __jkp_warm_up():
+    import os
+    os.path.realpath(os.getcwd())
+try:
+    __jkp_warm_up()
+finally:
+    del __jkp_warm_up
+"""
+
 
 class InvalidUserId(ValueError):
     """The userId is not one safe path segment."""

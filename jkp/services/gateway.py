@@ -368,6 +368,7 @@ class KernelChannel:
             self._waiters.pop(msg_id, None)
 
     async def _read(self) -> None:
+        why = f"EG closed the websocket of kernel {self.kernel_id}"
         try:
             while True:
                 _ack_quickly(self._conn)
@@ -377,15 +378,19 @@ class KernelChannel:
                 if isinstance(raw, bytes):
                     continue  # binary frames carry buffers, never a reply or a status
                 message = json.loads(raw)
+                if _kernel_ended(message):
+                    why = f"kernel {self.kernel_id} shut down or died"
+                    return
                 waiter = self._waiters.get(message.get("parent_header", {}).get("msg_id"))
                 if waiter is not None:
                     waiter.feed(message)
         except ValueError:
             pass  # not JSON: not EG; the requests waiting fail below
         finally:
-            error = GatewayError(f"EG closed the websocket of kernel {self.kernel_id}")
+            error = GatewayError(why)
             for waiter in self._waiters.values():
                 waiter.fail(error)
+            self._conn.close()
 
     def close(self) -> None:
         self._conn.close()
@@ -412,6 +417,20 @@ class _ReplyWaiter:
     def fail(self, error: Exception) -> None:
         if not self.done.done():
             self.done.set_exception(error)
+
+
+def _kernel_ended(message: dict[str, Any]) -> bool:
+    """Whether ``message`` says the kernel is shutting down or dead.
+
+    EG keeps a kernel's websockets open after the kernel is shut down (deleted, culled), and
+    they then fall silent: a request sent on one would wait for its whole timeout.
+    """
+    if message.get("msg_type") == "shutdown_reply":
+        return True
+    return (
+        message.get("msg_type") == "status"
+        and message.get("content", {}).get("execution_state") == "dead"
+    )
 
 
 def _ack_quickly(conn: WebSocketClientConnection) -> None:

@@ -19,7 +19,7 @@ from jkp.services.gateway import GatewayClient, GatewayError, KernelReplyError
 from jkp.services.metrics import Metrics
 from jkp.services.store import Claim, PoolStore
 from jkp.traits import env_default
-from jkp.user import enter_user_dir_code, validate_user_id
+from jkp.user import WARM_UP_CODE, enter_user_dir_code, validate_user_id
 
 # How often a pop waiting on an empty pool looks again for a kernel another replica pooled.
 _EMPTY_POOL_POLL = 0.1
@@ -233,6 +233,19 @@ class PoolManager(LoggingConfigurable):
     def _max_concurrent_starts_default(self) -> Any:
         return env_default(self, "max_concurrent_starts")
 
+    refill_delay = Float(
+        1.0,
+        help="Seconds after a pop before its replacement kernel is started, so that a burst of "
+        "pops is served before kernel starts load EG (and, on a small machine, the CPU); a "
+        "pop waiting on an empty pool starts one at once (JKP_REFILL_DELAY env var)",
+        min=0,
+    ).tag(config=True)
+    refill_delay_env = "JKP_REFILL_DELAY"
+
+    @default("refill_delay")
+    def _refill_delay_default(self) -> Any:
+        return env_default(self, "refill_delay")
+
     max_start_backoff = Float(
         60.0,
         help="Upper bound in seconds of the pause between failed kernel starts "
@@ -263,6 +276,8 @@ class PoolManager(LoggingConfigurable):
         self.replica_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self._start_failures = 0
         self._next_start_at = 0.0
+        # Set by the first pop after the pool was last topped up: no start before then.
+        self._refill_at: float | None = None
         self._failing: dict[str, str] = {}
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -290,6 +305,17 @@ class PoolManager(LoggingConfigurable):
 
     def refill(self) -> None:
         """Ask the fill loop to top the pool up now."""
+        self._refill_at = None
+        self._wake_filler.set()
+
+    def _refill_later(self) -> None:
+        """A pop took a kernel: top the pool up ``refill_delay`` after the burst's first pop.
+
+        The delay is fixed, not pushed back by later pops, so a steady stream of pops cannot
+        hold refills off for longer.
+        """
+        if self._refill_at is None:
+            self._refill_at = asyncio.get_running_loop().time() + self.refill_delay
         self._wake_filler.set()
 
     # -- what a start request sends -------------------------------------------------------
@@ -379,13 +405,14 @@ class PoolManager(LoggingConfigurable):
         failures = 0
         while True:
             claim = await self.store.claim(user_id)
-            self.refill()
             if claim is None:
+                self.refill()  # a user is waiting: start a kernel now
                 remaining = deadline - loop.time()
                 if remaining <= 0:
                     raise PoolEmptyError(f"no idle kernel within {self.pop_timeout:g}s")
                 await self._wait_for_kernel(min(remaining, _EMPTY_POOL_POLL))
                 continue
+            self._refill_later()
             try:
                 model = await self._set_up(claim, user_id)
             except KernelReplyError as e:
@@ -404,48 +431,57 @@ class PoolManager(LoggingConfigurable):
             self.log.warning("Claim on kernel %s expired during set-up", claim.kernel_id)
 
     async def _set_up(self, claim: Claim, user_id: str) -> dict[str, Any] | None:
-        """Check a claimed kernel and move it into the user's dir; its model, or None if gone.
+        """Move a claimed kernel into the user's dir; its model, or None if it is gone.
 
         A kernel whose set-up fails is shut down, never handed out, and KernelReplyError
         raised; when EG fails the kernel goes back to the pool and GatewayError is raised.
         """
         kernel_id = claim.kernel_id
-        timeout = self.kernel_request_timeout
-        # The liveness check and the set-up run side by side: a pop then costs the longer of
-        # the two, not their sum. A kernel found gone stops the set-up.
-        check = asyncio.ensure_future(self.gateway.get_kernel(kernel_id, timeout))
-        set_up = asyncio.ensure_future(
-            self.gateway.execute(kernel_id, enter_user_dir_code(self.working_dir, user_id), timeout)
-        )
         try:
-            model = await check
-            if model is not None:
-                await set_up
+            if await self._enter_user_dir(kernel_id, user_id):
                 # EG's model after the set-up: last_activity and execution_state as they are now.
-                model = await self.gateway.get_kernel(kernel_id, timeout)
+                model = await self.gateway.get_kernel(kernel_id, self.kernel_request_timeout)
+            else:
+                model = None
         except KernelReplyError as e:
             self.log.error("Kernel %s failed set-up for user %s: %s", kernel_id, user_id, e)
             if await self.store.retire_claim(claim):
                 self._retire_soon(kernel_id, "failed set-up")
             raise
-        except GatewayError as e:
-            if e.status != 404:
-                # EG is down or erroring: the kernel is not at fault, keep it for the next pop.
-                await self.store.release(claim)
-                raise
-            model = None
-        finally:
-            for task in (check, set_up):
-                if not task.done():
-                    task.cancel()
-                elif not task.cancelled():
-                    task.exception()  # retrieved: the outcome is handled above
+        except GatewayError:
+            # EG is down or erroring: the kernel is not at fault, keep it for the next pop.
+            await self.store.release(claim)
+            raise
         if model is None:
             self.gateway.close_channel(kernel_id)
             self.log.info("Kernel %s is gone from EG; taking the next", kernel_id)
             if await self.store.retire_claim(claim):
                 await self.store.forget_retired(kernel_id)
         return model
+
+    async def _enter_user_dir(self, kernel_id: str, user_id: str) -> bool:
+        """Run the set-up in the kernel; False if the kernel turns out to be gone from EG.
+
+        No liveness check comes first, as it would cost EG and jkp a request per pop: a kernel
+        gone from EG fails the set-up's websocket (see KernelChannel), and only then is EG
+        asked, in what is left of the request timeout. None is left after a timeout, when EG
+        or the kernel hangs.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.kernel_request_timeout
+        code = enter_user_dir_code(self.working_dir, user_id)
+        try:
+            await self.gateway.execute(kernel_id, code, self.kernel_request_timeout)
+            return True
+        except KernelReplyError:
+            raise
+        except GatewayError as e:
+            if e.status == 404:
+                return False
+            remaining = deadline - loop.time()
+            if remaining <= 0 or await self.gateway.get_kernel(kernel_id, remaining) is not None:
+                raise
+            return False
 
     async def _wait_for_kernel(self, timeout: float) -> None:
         try:
@@ -475,8 +511,9 @@ class PoolManager(LoggingConfigurable):
                 self._failed("gateway", e)
             now = loop.time()
             delay = next_check - now
-            if self._next_start_at > now:
-                delay = min(delay, self._next_start_at - now)
+            for start_at in (self._next_start_at, self._refill_at):
+                if start_at is not None and start_at > now:
+                    delay = min(delay, start_at - now)
             if self._failing:
                 failed_rounds += 1
                 delay = min(
@@ -505,8 +542,13 @@ class PoolManager(LoggingConfigurable):
 
     async def _start_missing(self) -> None:
         """Start kernels while the pool (idle + starting, across replicas) is below target."""
-        if asyncio.get_running_loop().time() < self._next_start_at:
+        now = asyncio.get_running_loop().time()
+        if now < self._next_start_at:
             return
+        if self._refill_at is not None:
+            if now < self._refill_at:
+                return
+            self._refill_at = None
         while not self._stopping and len(self._starts) < self.max_concurrent_starts:
             kernel_id = str(uuid.uuid4())
             if not await self.store.reserve_start(
@@ -531,6 +573,9 @@ class PoolManager(LoggingConfigurable):
             requested = True
             self.log.info("Kernel %s started on EG", kernel_id)
             await self._wait_until_ready(kernel_id)
+            await self.gateway.execute(
+                kernel_id, WARM_UP_CODE, self.kernel_request_timeout, keep_open=True
+            )
             model = await self._reported_model(kernel_id)
             if not await self.store.finish_start(kernel_id, model):
                 self.log.warning("Lease of kernel %s expired before it was ready", kernel_id)
@@ -561,7 +606,7 @@ class PoolManager(LoggingConfigurable):
                 self._keep_lease(kernel_id, "its start request got no answer")
             return
         finally:
-            self.refill()
+            self._wake_filler.set()  # a start slot is free
         self._start_failures = 0
         self._next_start_at = 0.0
         self.metrics.kernel_starts.labels("ready").inc()

@@ -55,6 +55,38 @@ async def test_pool_refills_after_pop(redis_server, gateway, jkp_factory):
     assert sorted(gateway.list_kernel_ids()) == sorted([*after, model["id"]])
 
 
+async def test_refill_waits_refill_delay_after_a_burst_of_pops(redis_server, gateway, jkp_factory):
+    jkp = await jkp_factory(
+        redis_server, gateway, "--max-pending-kernels=3", "--PoolManager.refill_delay=5"
+    )
+    await jkp.wait_for_idle(3)
+    for user in ("a", "b"):
+        assert (await jkp.pop(user))[0] == 200
+    # Within the delay no replacement is started: the burst has EG to itself.
+    counts = await jkp.store.counts()
+    assert (counts["idle"], counts["starting"], counts["handed"]) == (1, 0, 2)
+    assert len(gateway.list_kernel_ids()) == 3
+    # After it, both are replaced.
+    await jkp.wait_for_idle(3, timeout=60)
+    assert len(gateway.list_kernel_ids()) == 5
+
+
+async def test_pop_on_an_empty_pool_starts_a_kernel_at_once(redis_server, gateway, jkp_factory):
+    jkp = await jkp_factory(
+        redis_server,
+        gateway,
+        "--max-pending-kernels=1",
+        "--PoolManager.refill_delay=600",
+        "--PoolManager.pop_timeout=60",
+    )
+    await jkp.wait_for_idle(1)
+    assert (await jkp.pop("a"))[0] == 200
+    # The pool is empty and a user waits: no refill_delay for that.
+    status, model = await jkp.pop("b")
+    assert status == 200
+    assert model["id"] in gateway.list_kernel_ids()
+
+
 async def test_empty_pool_answers_503_after_the_timeout(redis_server, gateway, jkp_factory):
     jkp = await jkp_factory(
         redis_server, gateway, "--max-pending-kernels=0", "--PoolManager.pop_timeout=1"

@@ -31,7 +31,9 @@ async def test_not_ready_names_what_is_missing(redis_server, gateway, jkp_factor
 
 
 async def test_pool_status_counts_kernels(redis_server, gateway, jkp_factory):
-    jkp = await jkp_factory(redis_server, gateway, "--max-pending-kernels=2")
+    jkp = await jkp_factory(
+        redis_server, gateway, "--max-pending-kernels=2", "--PoolManager.refill_delay=0"
+    )
     await jkp.wait_for_idle(2)
     assert (await jkp.pop("zt"))[0] == 200
     status, body = await jkp.request("GET", "/api/pool")
