@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import socket
 from typing import Any
@@ -34,6 +35,15 @@ class GatewayError(Exception):
     def outcome_unknown(self) -> bool:
         """True when EG may have acted on the request anyway: it was sent, no answer came."""
         return self.status is None and not self.refused
+
+
+@dataclasses.dataclass(frozen=True)
+class ShellReply:
+    """A kernel's reply to a shell request, once the kernel said it is idle again."""
+
+    content: dict[str, Any]
+    # The kernel's timestamp of that idle status: its last activity, as EG records it.
+    idle_at: str | None
 
 
 class KernelReplyError(GatewayError):
@@ -249,12 +259,13 @@ class GatewayClient(LoggingConfigurable):
         With ``keep_open`` the websocket stays open for the next request (a pop or the next
         activation), sparing EG's connection set-up (~10 ms with its own kernel_info round).
         """
-        return await self._shell_request(kernel_id, "kernel_info_request", {}, timeout, keep_open)
+        reply = await self._shell_request(kernel_id, "kernel_info_request", {}, timeout, keep_open)
+        return reply.content
 
     async def execute(
         self, kernel_id: str, code: str, timeout: float, keep_open: bool = False
-    ) -> dict[str, Any]:
-        """Run ``code`` silently in the kernel and return the execute_reply content.
+    ) -> ShellReply:
+        """Run ``code`` silently in the kernel; its execute_reply once the kernel is idle.
 
         Raises KernelReplyError when the reply's status is not ``ok``.
         """
@@ -267,10 +278,10 @@ class GatewayClient(LoggingConfigurable):
             "stop_on_error": True,
         }
         reply = await self._shell_request(kernel_id, "execute_request", content, timeout, keep_open)
-        if reply.get("status") != "ok":
-            raise KernelReplyError(
-                f"{reply.get('ename', 'error')}: {reply.get('evalue', reply.get('status'))}", reply
-            )
+        status = reply.content.get("status")
+        if status != "ok":
+            ename, evalue = reply.content.get("ename", "error"), reply.content.get("evalue", status)
+            raise KernelReplyError(f"{ename}: {evalue}", reply.content)
         return reply
 
     def close_channel(self, kernel_id: str) -> None:
@@ -291,8 +302,8 @@ class GatewayClient(LoggingConfigurable):
         content: dict[str, Any],
         timeout: float,
         keep_open: bool,
-    ) -> dict[str, Any]:
-        """Send one shell request on the kernel's websocket and return its reply's content."""
+    ) -> ShellReply:
+        """Send one shell request on the kernel's websocket; its reply once the kernel is idle."""
         msg = self._session.msg(msg_type, content)
         msg["channel"] = "shell"
         loop = asyncio.get_running_loop()
@@ -348,8 +359,8 @@ class KernelChannel:
     def closed(self) -> bool:
         return self._reader.done()
 
-    async def request(self, msg: dict[str, Any], timeout: float) -> dict[str, Any]:
-        """Send ``msg``; its reply's content once the kernel is idle again after it."""
+    async def request(self, msg: dict[str, Any], timeout: float) -> ShellReply:
+        """Send ``msg``; its reply once the kernel is idle again after it."""
         waiter = _ReplyWaiter()
         msg_id = msg["header"]["msg_id"]
         self._waiters[msg_id] = waiter
@@ -399,11 +410,12 @@ class KernelChannel:
 
 class _ReplyWaiter:
     """Collects a request's shell reply and the kernel's return to idle, in either order, so
-    the model EG reports next is no longer "starting" or "busy" from this request."""
+    the kernel is known idle, not "starting" or "busy" from this request, when it is done."""
 
     def __init__(self) -> None:
-        self.done: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self.done: asyncio.Future[ShellReply] = asyncio.get_running_loop().create_future()
         self._reply: dict[str, Any] | None = None
+        self._idle_at: str | None = None
         self._idle = False
 
     def feed(self, message: dict[str, Any]) -> None:
@@ -411,8 +423,9 @@ class _ReplyWaiter:
             self._reply = message.get("content", {})
         elif message.get("msg_type") == "status":
             self._idle = message.get("content", {}).get("execution_state") == "idle"
+            self._idle_at = message.get("header", {}).get("date") if self._idle else None
         if self._reply is not None and self._idle and not self.done.done():
-            self.done.set_result(self._reply)
+            self.done.set_result(ShellReply(self._reply, self._idle_at))
 
     def fail(self, error: Exception) -> None:
         if not self.done.done():

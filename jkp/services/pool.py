@@ -15,7 +15,7 @@ from redis.exceptions import RedisError
 from traitlets import Float, Instance, Int, TraitError, Unicode, default, validate
 from traitlets.config import LoggingConfigurable
 
-from jkp.services.gateway import GatewayClient, GatewayError, KernelReplyError
+from jkp.services.gateway import GatewayClient, GatewayError, KernelReplyError, ShellReply
 from jkp.services.metrics import Metrics
 from jkp.services.store import Claim, PoolStore
 from jkp.traits import env_default
@@ -433,16 +433,16 @@ class PoolManager(LoggingConfigurable):
     async def _set_up(self, claim: Claim, user_id: str) -> dict[str, Any] | None:
         """Move a claimed kernel into the user's dir; its model, or None if it is gone.
 
+        The model is the one EG reported when the kernel was pooled, with ``execution_state``
+        and ``last_activity`` as the kernel itself reported them at the end of the set-up:
+        asking EG again would add a round trip to every pop.
+
         A kernel whose set-up fails is shut down, never handed out, and KernelReplyError
         raised; when EG fails the kernel goes back to the pool and GatewayError is raised.
         """
         kernel_id = claim.kernel_id
         try:
-            if await self._enter_user_dir(kernel_id, user_id):
-                # EG's model after the set-up: last_activity and execution_state as they are now.
-                model = await self.gateway.get_kernel(kernel_id, self.kernel_request_timeout)
-            else:
-                model = None
+            reply = await self._enter_user_dir(kernel_id, user_id)
         except KernelReplyError as e:
             self.log.error("Kernel %s failed set-up for user %s: %s", kernel_id, user_id, e)
             if await self.store.retire_claim(claim):
@@ -452,15 +452,20 @@ class PoolManager(LoggingConfigurable):
             # EG is down or erroring: the kernel is not at fault, keep it for the next pop.
             await self.store.release(claim)
             raise
-        if model is None:
+        if reply is None:
             self.gateway.close_channel(kernel_id)
             self.log.info("Kernel %s is gone from EG; taking the next", kernel_id)
             if await self.store.retire_claim(claim):
                 await self.store.forget_retired(kernel_id)
+            return None
+        model = claim.model
+        model["execution_state"] = "idle"
+        if reply.idle_at:
+            model["last_activity"] = reply.idle_at
         return model
 
-    async def _enter_user_dir(self, kernel_id: str, user_id: str) -> bool:
-        """Run the set-up in the kernel; False if the kernel turns out to be gone from EG.
+    async def _enter_user_dir(self, kernel_id: str, user_id: str) -> ShellReply | None:
+        """Run the set-up in the kernel; None if the kernel turns out to be gone from EG.
 
         No liveness check comes first, as it would cost EG and jkp a request per pop: a kernel
         gone from EG fails the set-up's websocket (see KernelChannel), and only then is EG
@@ -471,17 +476,16 @@ class PoolManager(LoggingConfigurable):
         deadline = loop.time() + self.kernel_request_timeout
         code = enter_user_dir_code(self.working_dir, user_id)
         try:
-            await self.gateway.execute(kernel_id, code, self.kernel_request_timeout)
-            return True
+            return await self.gateway.execute(kernel_id, code, self.kernel_request_timeout)
         except KernelReplyError:
             raise
         except GatewayError as e:
             if e.status == 404:
-                return False
+                return None
             remaining = deadline - loop.time()
             if remaining <= 0 or await self.gateway.get_kernel(kernel_id, remaining) is not None:
                 raise
-            return False
+            return None
 
     async def _wait_for_kernel(self, timeout: float) -> None:
         try:

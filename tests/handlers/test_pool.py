@@ -1,11 +1,17 @@
 """POST /api/kernels/pop/ against a real Redis and a real Enterprise Gateway."""
 
+import datetime
 import json
 import time
 
 import pytest
 
-from tests.conftest import run_in_kernel
+from tests.conftest import localstack, run_in_kernel
+
+
+def _when(timestamp):
+    """Seconds since the epoch of an ISO 8601 timestamp as EG and kernels write them."""
+    return datetime.datetime.fromisoformat(timestamp.replace("Z", "+00:00")).timestamp()
 
 
 async def test_pool_fills_with_ready_kernels_on_eg(redis_server, gateway, jkp_factory):
@@ -22,10 +28,17 @@ async def test_pool_fills_with_ready_kernels_on_eg(redis_server, gateway, jkp_fa
 async def test_pop_moves_kernel_into_user_dir(redis_server, gateway, jkp_factory, shared_dir):
     jkp = await jkp_factory(redis_server, gateway, "--max-pending-kernels=1")
     [pooled] = await jkp.wait_for_idle(1)
+    pooled_model = json.loads((await jkp.store.idle_models())[0])
     status, model = await jkp.pop("zt")
     assert status == 200
     assert set(model) == {"id", "name", "last_activity", "execution_state", "connections"}
     assert model["id"] == pooled
+    # Idle again after the set-up, which is its last activity (what EG reports now, too).
+    assert model["execution_state"] == "idle"
+    assert _when(model["last_activity"]) > _when(pooled_model["last_activity"])
+    eg_model = localstack.http_request("GET", f"{gateway.url}/api/kernels/{pooled}")[1]
+    assert eg_model["execution_state"] == "idle"
+    assert abs(_when(eg_model["last_activity"]) - _when(model["last_activity"])) < 1
     cwd = await run_in_kernel(gateway, model["id"], "import os; print(os.getcwd())")
     assert cwd.strip() == str(shared_dir / "zt")
     # The kernel is the user's now: recorded as handed out, never back in the pool.
