@@ -284,6 +284,13 @@ class GatewayClient(LoggingConfigurable):
             raise KernelReplyError(f"{ename}: {evalue}", reply.content)
         return reply
 
+    def wants_channel(self, kernel_id: str) -> bool:
+        """Whether a websocket to this kernel should be opened: none is, and there is room."""
+        channel = self._channels.get(kernel_id)
+        if channel is not None and not channel.closed:
+            return False
+        return len(self._channels) < self.max_open_channels
+
     def close_channel(self, kernel_id: str) -> None:
         """Close the websocket kept open to a kernel, if any (it was handed out or removed)."""
         channel = self._channels.pop(kernel_id, None)

@@ -41,6 +41,8 @@ _FAILING_RETRY_FIRST = 0.5
 _FAILING_RETRY_CAP = 10.0
 # Kernels a single pop may spend on failed set-ups before it gives up.
 _MAX_SET_UP_FAILURES = 3
+# Websockets reconcile opens at the same time to idle kernels without one.
+_CHANNEL_OPENS_AT_ONCE = 8
 
 
 class PoolEmptyError(Exception):
@@ -425,6 +427,9 @@ class PoolManager(LoggingConfigurable):
             if model is None:
                 continue
             if await self.store.hand_over(claim, user_id):
+                # Its set-up closed the websocket it used; a reconcile or activation running
+                # beside the pop may have opened another: a handed-out kernel keeps none.
+                self.gateway.close_channel(claim.kernel_id)
                 self.log.info("Kernel %s handed to user %s", claim.kernel_id, user_id)
                 return model
             # Our claim was taken back by a reconcile while we worked: never hand that out.
@@ -698,7 +703,12 @@ class PoolManager(LoggingConfigurable):
             self.log.warning("Kernel %s not removed yet (%s): %s", kernel_id, reason, e)
 
     async def reconcile(self) -> None:
-        """Make Redis and EG agree: drop dead idle kernels, finish pending removals, trim."""
+        """Make Redis and EG agree: drop dead idle kernels, finish pending removals, trim.
+
+        Also opens websockets to idle kernels this replica has none to (pooled by another
+        replica, or before a restart), so that pops of them need not set one up.
+        """
+        without_channel = []
         for model_json in await self.store.idle_models():
             kernel_id = json.loads(model_json)["id"]
             if await self.gateway.get_kernel(kernel_id) is None:
@@ -706,6 +716,9 @@ class PoolManager(LoggingConfigurable):
                     self.log.info("Idle kernel %s is gone from EG; dropped", kernel_id)
                     self.gateway.close_channel(kernel_id)
                     await self.store.forget_retired(kernel_id)
+            elif self.gateway.wants_channel(kernel_id):
+                without_channel.append(kernel_id)
+        await self._open_channels(without_channel)
         for kernel_id in await self.store.expired_starting_ids():
             if await self.store.retire_starting(kernel_id):
                 await self._retire(kernel_id, "start lease expired")
@@ -716,6 +729,22 @@ class PoolManager(LoggingConfigurable):
             await self._retire(kernel_id, "above max_pending_kernels")
         for kernel_id in await self.store.retiring_ids():
             await self._retire(kernel_id, "pending removal")
+
+    async def _open_channels(self, kernel_ids: list[str]) -> None:
+        """Open a websocket to each kernel (a kernel_info round on it), a few at a time."""
+        semaphore = asyncio.Semaphore(_CHANNEL_OPENS_AT_ONCE)
+
+        async def open_channel(kernel_id: str) -> None:
+            async with semaphore:
+                if not self.gateway.wants_channel(kernel_id):
+                    return  # opened meanwhile, or the limit was reached
+                try:
+                    await self.gateway.kernel_info(kernel_id, self.kernel_request_timeout)
+                except GatewayError as e:
+                    # Not proof the kernel is dead: the next pop or activation will tell.
+                    self.log.debug("No websocket to idle kernel %s: %s", kernel_id, e)
+
+        await asyncio.gather(*(open_channel(k) for k in kernel_ids))
 
     # -- activation ---------------------------------------------------------------------------
 

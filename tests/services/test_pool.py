@@ -39,8 +39,20 @@ async def test_restart_reuses_the_pool(redis_server, gateway, jkp_factory):
     await asyncio.sleep(2)  # let its reconcile and fill run
     assert sorted(await second.wait_for_idle(2)) == sorted(pooled)
     assert sorted(gateway.list_kernel_ids()) == sorted(pooled)
+    # It opened a websocket to each kernel it took over, so no pop has to set one up.
+    await wait_until(lambda: _connections(gateway, pooled) == [1, 1], 10, "websockets opened")
     status, model = await second.pop("zt")
     assert status == 200 and model["id"] in pooled
+    # The handed-out kernel keeps no websocket from jkp.
+    await wait_until(lambda: _connections(gateway, [model["id"]]) == [0], 10, "websocket closed")
+
+
+def _connections(gateway, kernel_ids):
+    """EG's count of open websockets to each kernel."""
+    models = [
+        localstack.http_request("GET", f"{gateway.url}/api/kernels/{k}")[1] for k in kernel_ids
+    ]
+    return [m["connections"] for m in models]
 
 
 async def test_restart_with_smaller_target_shuts_surplus_down(redis_server, gateway, jkp_factory):
