@@ -41,6 +41,9 @@ async def test_pop_moves_kernel_into_user_dir(redis_server, gateway, jkp_factory
     assert abs(_when(eg_model["last_activity"]) - _when(model["last_activity"])) < 1
     cwd = await run_in_kernel(gateway, model["id"], "import os; print(os.getcwd())")
     assert cwd.strip() == str(shared_dir / "zt")
+    # Neither the warm-up before pooling nor the set-up left a name behind.
+    names = await run_in_kernel(gateway, model["id"], "print([n for n in dir() if 'jkp' in n])")
+    assert names.strip() == "[]"
     # The kernel is the user's now: recorded as handed out, never back in the pool.
     assert (await jkp.store.handed_out())[pooled]["user_id"] == "zt"
     assert pooled not in await jkp.idle_ids()
