@@ -377,11 +377,8 @@ class PoolManager(LoggingConfigurable):
         except PoolEmptyError:
             outcome = "pool_empty"
             raise
-        except RedisError:
-            self.metrics.errors.labels("redis").inc()
-            raise
-        except GatewayError:
-            self.metrics.errors.labels("gateway").inc()
+        except (RedisError, GatewayError) as e:
+            self._count_error(e)
             raise
         finally:
             self.metrics.pops.labels(outcome).inc()

@@ -74,6 +74,10 @@ async def test_eg_down_pop_fails_fast_and_keeps_the_kernel(redis_server, gateway
     # EG answers again: the same kernel is served.
     status, model = await jkp.pop("zt")
     assert status == 200 and model["id"] in pooled
+    # Operators see what the failed pop met.
+    status, pool = await jkp.request("GET", "/api/pool")
+    assert [e["dependency"] for e in pool["last_errors"]] == ["gateway"]
+    assert "kernel" in pool["last_errors"][0]["message"]
 
 
 async def test_eg_refusing_starts_backs_off(redis_server, gateway, jkp_factory):
