@@ -297,6 +297,11 @@ class GatewayClient(LoggingConfigurable):
         if channel is not None:
             channel.close()
 
+    def close_channels_except(self, kernel_ids: set[str]) -> None:
+        """Close the websockets kept open to kernels other than ``kernel_ids``."""
+        for kernel_id in [k for k in self._channels if k not in kernel_ids]:
+            self.close_channel(kernel_id)
+
     def close(self) -> None:
         """Close every websocket kept open."""
         for kernel_id in list(self._channels):

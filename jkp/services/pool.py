@@ -263,7 +263,7 @@ class PoolManager(LoggingConfigurable):
     def __init__(self, **kwargs: Any):
         super().__init__(**kwargs)
         self._tasks: dict[str, asyncio.Task] = {}
-        self._starts: set[asyncio.Task] = set()
+        self._starts: dict[str, asyncio.Task] = {}  # by kernel id
         self._retirements: set[asyncio.Task] = set()
         self._wake_filler = asyncio.Event()
         # Replaced each time a kernel is pooled, so every waiter on the old one wakes.
@@ -297,7 +297,9 @@ class PoolManager(LoggingConfigurable):
         self._stopping = True
         # redis-py can swallow a cancellation that lands inside one of its calls: cancel again
         # until every task has really ended (the loops also check _stopping).
-        while pending := [t for t in (*self._tasks.values(), *self._starts) if not t.done()]:
+        while pending := [
+            t for t in (*self._tasks.values(), *self._starts.values()) if not t.done()
+        ]:
             for task in pending:
                 task.cancel()
             await asyncio.wait(pending, timeout=_STOP_RECANCEL_INTERVAL)
@@ -562,8 +564,8 @@ class PoolManager(LoggingConfigurable):
             ):
                 return
             task = asyncio.create_task(self._start_kernel(kernel_id), name=f"jkp-start-{kernel_id}")
-            self._starts.add(task)
-            task.add_done_callback(self._starts.discard)
+            self._starts[kernel_id] = task
+            task.add_done_callback(lambda _, kernel_id=kernel_id: self._starts.pop(kernel_id, None))
             if self._start_failures:
                 return  # after failures, try one at a time until one succeeds
 
@@ -703,11 +705,16 @@ class PoolManager(LoggingConfigurable):
         """Make Redis and EG agree: drop dead idle kernels, finish pending removals, trim.
 
         Also opens websockets to idle kernels this replica has none to (pooled by another
-        replica, or before a restart), so that pops of them need not set one up.
+        replica, or before a restart), so that pops of them need not set one up, and closes
+        those to kernels no longer idle (handed out through another replica): an open websocket
+        would keep EG's culler off the user's kernel.
         """
-        without_channel = []
+        # Read before the idle list: a kernel pooled meanwhile is in one or the other.
+        starting = set(self._starts)
+        idle_ids, without_channel = set(), []
         for model_json in await self.store.idle_models():
             kernel_id = json.loads(model_json)["id"]
+            idle_ids.add(kernel_id)
             if await self.gateway.get_kernel(kernel_id) is None:
                 if await self.store.retire_idle(kernel_id, model_json):
                     self.log.info("Idle kernel %s is gone from EG; dropped", kernel_id)
@@ -715,6 +722,7 @@ class PoolManager(LoggingConfigurable):
                     await self.store.forget_retired(kernel_id)
             elif self.gateway.wants_channel(kernel_id):
                 without_channel.append(kernel_id)
+        self.gateway.close_channels_except(idle_ids | starting)
         await self._open_channels(without_channel)
         for kernel_id in await self.store.expired_starting_ids():
             if await self.store.retire_starting(kernel_id):

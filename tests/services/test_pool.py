@@ -47,6 +47,20 @@ async def test_restart_reuses_the_pool(redis_server, gateway, jkp_factory):
     await wait_until(lambda: _connections(gateway, [model["id"]]) == [0], 10, "websocket closed")
 
 
+async def test_replicas_keep_websockets_to_idle_kernels_only(redis_server, gateway, jkp_factory):
+    fast = ("--max-pending-kernels=2", "--PoolManager.check_task_interval=1")
+    first = await jkp_factory(redis_server, gateway, *fast)
+    pooled = await first.wait_for_idle(2)
+    second = await jkp_factory(redis_server, gateway, *fast)
+    # The second replica opens its own websockets to the kernels the first one pooled.
+    await wait_until(lambda: _connections(gateway, pooled) == [2, 2], 15, "both replicas' sockets")
+    status, model = await first.pop("zt")
+    assert status == 200
+    # Once handed out, no replica keeps one open: it would keep EG's culler off the kernel.
+    await wait_until(lambda: _connections(gateway, [model["id"]]) == [0], 15, "sockets closed")
+    assert second.pool.replica_id != first.pool.replica_id
+
+
 def _connections(gateway, kernel_ids):
     """EG's count of open websockets to each kernel."""
     models = [
