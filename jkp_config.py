@@ -54,5 +54,8 @@ c.PoolManager.max_pending_kernels = 10
 # c.PoolManager.kernel_request_timeout = 2  # (JKP_KERNEL_REQUEST_TIMEOUT)
 # c.PoolManager.max_concurrent_starts = 4  # (JKP_MAX_CONCURRENT_STARTS)
 # c.PoolManager.max_start_backoff = 60  # (JKP_MAX_START_BACKOFF)
+# How often a replica opens websockets to kernels other replicas pooled, and closes those to
+# kernels handed out through them. (JKP_CHANNEL_SYNC_INTERVAL)
+# c.PoolManager.channel_sync_interval = 5
 # Replacements start this long after a burst's first pop, so the burst has EG to itself.
 # c.PoolManager.refill_delay = 1  # (JKP_REFILL_DELAY)

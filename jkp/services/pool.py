@@ -235,6 +235,20 @@ class PoolManager(LoggingConfigurable):
     def _max_concurrent_starts_default(self) -> Any:
         return env_default(self, "max_concurrent_starts")
 
+    channel_sync_interval = Float(
+        5.0,
+        help="Seconds between syncs of this replica's websockets with the idle list: it opens "
+        "one to each kernel another replica pooled, and closes those to kernels handed out "
+        "through another replica; 0 leaves that to the check every check_task_interval "
+        "(JKP_CHANNEL_SYNC_INTERVAL env var)",
+        min=0,
+    ).tag(config=True)
+    channel_sync_interval_env = "JKP_CHANNEL_SYNC_INTERVAL"
+
+    @default("channel_sync_interval")
+    def _channel_sync_interval_default(self) -> Any:
+        return env_default(self, "channel_sync_interval")
+
     refill_delay = Float(
         1.0,
         help="Seconds after a pop before its replacement kernel is started, so that a burst of "
@@ -285,8 +299,12 @@ class PoolManager(LoggingConfigurable):
     # -- lifecycle ------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Start the background tasks: reconcile with EG, fill, check, activate."""
+        """Start the background tasks: reconcile with EG, fill, check, activate, sync."""
         self._tasks["fill"] = asyncio.create_task(self._fill_loop(), name="jkp-fill")
+        if self.channel_sync_interval > 0:
+            self._tasks["channels"] = asyncio.create_task(
+                self._channel_sync_loop(), name="jkp-channels"
+            )
         if self.activation_interval > 0:
             self._tasks["activate"] = asyncio.create_task(
                 self._activation_loop(), name="jkp-activate"
@@ -704,26 +722,20 @@ class PoolManager(LoggingConfigurable):
     async def reconcile(self) -> None:
         """Make Redis and EG agree: drop dead idle kernels, finish pending removals, trim.
 
-        Also opens websockets to idle kernels this replica has none to (pooled by another
-        replica, or before a restart), so that pops of them need not set one up, and closes
-        those to kernels no longer idle (handed out through another replica): an open websocket
-        would keep EG's culler off the user's kernel.
+        Also syncs this replica's websockets with the idle list (see sync_channels).
         """
         # Read before the idle list: a kernel pooled meanwhile is in one or the other.
         starting = set(self._starts)
-        idle_ids, without_channel = set(), []
+        alive = []
         for model_json in await self.store.idle_models():
             kernel_id = json.loads(model_json)["id"]
-            idle_ids.add(kernel_id)
-            if await self.gateway.get_kernel(kernel_id) is None:
-                if await self.store.retire_idle(kernel_id, model_json):
-                    self.log.info("Idle kernel %s is gone from EG; dropped", kernel_id)
-                    self.gateway.close_channel(kernel_id)
-                    await self.store.forget_retired(kernel_id)
-            elif self.gateway.wants_channel(kernel_id):
-                without_channel.append(kernel_id)
-        self.gateway.close_channels_except(idle_ids | starting)
-        await self._open_channels(without_channel)
+            if await self.gateway.get_kernel(kernel_id) is not None:
+                alive.append(kernel_id)
+            elif await self.store.retire_idle(kernel_id, model_json):
+                self.log.info("Idle kernel %s is gone from EG; dropped", kernel_id)
+                self.gateway.close_channel(kernel_id)
+                await self.store.forget_retired(kernel_id)
+        await self._sync_channels(alive, starting)
         for kernel_id in await self.store.expired_starting_ids():
             if await self.store.retire_starting(kernel_id):
                 await self._retire(kernel_id, "start lease expired")
@@ -734,6 +746,32 @@ class PoolManager(LoggingConfigurable):
             await self._retire(kernel_id, "above max_pending_kernels")
         for kernel_id in await self.store.retiring_ids():
             await self._retire(kernel_id, "pending removal")
+
+    # -- websockets to idle kernels ---------------------------------------------------------
+
+    async def _channel_sync_loop(self) -> None:
+        while not self._stopping:
+            await asyncio.sleep(self.channel_sync_interval)
+            try:
+                await self.sync_channels()
+            except RedisError as e:
+                self._failed("redis", e)
+
+    async def sync_channels(self) -> None:
+        """Keep a websocket open to each idle kernel, and none to any other.
+
+        Opens one to each idle kernel this replica has none to (pooled by another replica, or
+        before a restart), so that a pop of it need not set one up; closes those to kernels no
+        longer idle (handed out through another replica), since an open websocket keeps EG's
+        culler off a kernel.
+        """
+        starting = set(self._starts)  # read before the idle list: see reconcile
+        idle_ids = [json.loads(m)["id"] for m in await self.store.idle_models()]
+        await self._sync_channels(idle_ids, starting)
+
+    async def _sync_channels(self, idle_ids: list[str], starting: set[str]) -> None:
+        self.gateway.close_channels_except({*idle_ids, *starting})
+        await self._open_channels([k for k in idle_ids if self.gateway.wants_channel(k)])
 
     async def _open_channels(self, kernel_ids: list[str]) -> None:
         """Open a websocket to each kernel (a kernel_info round on it), a few at a time."""

@@ -48,17 +48,24 @@ async def test_restart_reuses_the_pool(redis_server, gateway, jkp_factory):
 
 
 async def test_replicas_keep_websockets_to_idle_kernels_only(redis_server, gateway, jkp_factory):
-    fast = ("--max-pending-kernels=2", "--PoolManager.check_task_interval=1")
+    fast = (
+        "--max-pending-kernels=2",
+        "--PoolManager.check_task_interval=600",  # not the check: the websocket sync does it
+        "--PoolManager.channel_sync_interval=0.5",
+    )
     first = await jkp_factory(redis_server, gateway, *fast)
     pooled = await first.wait_for_idle(2)
-    second = await jkp_factory(redis_server, gateway, *fast)
+    await jkp_factory(redis_server, gateway, *fast)  # a second replica
     # The second replica opens its own websockets to the kernels the first one pooled.
     await wait_until(lambda: _connections(gateway, pooled) == [2, 2], 15, "both replicas' sockets")
     status, model = await first.pop("zt")
     assert status == 200
     # Once handed out, no replica keeps one open: it would keep EG's culler off the kernel.
     await wait_until(lambda: _connections(gateway, [model["id"]]) == [0], 15, "sockets closed")
-    assert second.pool.replica_id != first.pool.replica_id
+    # Its replacement, pooled by one replica, gets a websocket from the other too.
+    refilled = await first.wait_for_idle(2)
+    assert len(set(refilled) - set(pooled)) == 1
+    await wait_until(lambda: _connections(gateway, refilled) == [2, 2], 15, "replacement's sockets")
 
 
 def _connections(gateway, kernel_ids):
