@@ -456,8 +456,9 @@ class PoolManager(LoggingConfigurable):
         """Move a claimed kernel into the user's dir; its model, or None if it is gone.
 
         The model is the one EG reported when the kernel was pooled, with ``execution_state``
-        and ``last_activity`` as the kernel itself reported them at the end of the set-up:
-        asking EG again would add a round trip to every pop.
+        and ``last_activity`` as the kernel itself reported them at the end of the set-up, and
+        ``connections`` not counting jkp's own websockets: asking EG again would add a round
+        trip to every pop.
 
         A kernel whose set-up fails is shut down, never handed out, and KernelReplyError
         raised; when EG fails the kernel goes back to the pool and GatewayError is raised.
@@ -484,6 +485,9 @@ class PoolManager(LoggingConfigurable):
         model["execution_state"] = "idle"
         if reply.idle_at:
             model["last_activity"] = reply.idle_at
+        # EG counted jkp's own websockets when the kernel was pooled; they close as it is handed
+        # out (another replica's at its next sync), and nobody else has been given its id.
+        model["connections"] = 0
         return model
 
     async def _enter_user_dir(self, kernel_id: str, user_id: str) -> ShellReply | None:

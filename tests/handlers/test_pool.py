@@ -6,7 +6,11 @@ import time
 
 import pytest
 
-from tests.conftest import localstack, run_in_kernel
+from tests.conftest import localstack, run_in_kernel, wait_until
+
+
+def _eg_model(gateway, kernel_id):
+    return localstack.http_request("GET", f"{gateway.url}/api/kernels/{kernel_id}")[1]
 
 
 def _when(timestamp):
@@ -36,9 +40,13 @@ async def test_pop_moves_kernel_into_user_dir(redis_server, gateway, jkp_factory
     # Idle again after the set-up, which is its last activity (what EG reports now, too).
     assert model["execution_state"] == "idle"
     assert _when(model["last_activity"]) > _when(pooled_model["last_activity"])
-    eg_model = localstack.http_request("GET", f"{gateway.url}/api/kernels/{pooled}")[1]
+    eg_model = _eg_model(gateway, pooled)
     assert eg_model["execution_state"] == "idle"
     assert abs(_when(eg_model["last_activity"]) - _when(model["last_activity"])) < 1
+    # jkp held a websocket to the pooled kernel; the user gets it with none left open.
+    assert pooled_model["connections"] == 1 and model["connections"] == 0
+    closed = lambda: _eg_model(gateway, pooled)["connections"] == 0  # noqa: E731
+    await wait_until(closed, 5, "jkp's websocket closed")
     cwd = await run_in_kernel(gateway, model["id"], "import os; print(os.getcwd())")
     assert cwd.strip() == str(shared_dir / "zt")
     # Neither the warm-up before pooling nor the set-up left a name behind.
