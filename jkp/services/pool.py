@@ -739,7 +739,7 @@ class PoolManager(LoggingConfigurable):
                 self.log.info("Idle kernel %s is gone from EG; dropped", kernel_id)
                 self.gateway.close_channel(kernel_id)
                 await self.store.forget_retired(kernel_id)
-        await self._sync_channels(alive, starting)
+        self._sync_channels(alive, starting)
         for kernel_id in await self.store.expired_starting_ids():
             if await self.store.retire_starting(kernel_id):
                 await self._retire(kernel_id, "start lease expired")
@@ -771,11 +771,18 @@ class PoolManager(LoggingConfigurable):
         """
         starting = set(self._starts)  # read before the idle list: see reconcile
         idle_ids = [json.loads(m)["id"] for m in await self.store.idle_models()]
-        await self._sync_channels(idle_ids, starting)
+        self._sync_channels(idle_ids, starting)
 
-    async def _sync_channels(self, idle_ids: list[str], starting: set[str]) -> None:
+    def _sync_channels(self, idle_ids: list[str], starting: set[str]) -> None:
+        """Close the websockets to kernels neither idle nor starting; open the missing ones in
+        a task of their own, so that slow kernels hold up neither the fill loop nor the sync."""
         self.gateway.close_channels_except({*idle_ids, *starting})
-        await self._open_channels([k for k in idle_ids if self.gateway.wants_channel(k)])
+        missing = [k for k in idle_ids if self.gateway.wants_channel(k)]
+        opening = self._tasks.get("open-channels")
+        if missing and (opening is None or opening.done()):  # else the next sync takes them
+            self._tasks["open-channels"] = asyncio.create_task(
+                self._open_channels(missing), name="jkp-open-channels"
+            )
 
     async def _open_channels(self, kernel_ids: list[str]) -> None:
         """Open a websocket to each kernel (a kernel_info round on it), a few at a time."""
