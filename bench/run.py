@@ -93,7 +93,7 @@ class Jkp(Proc):
     def __init__(self, work: Path, name: str, redis: RedisServer, gateway_url: str, key: str,
                  target: int, extra: tuple[str, ...]):  # fmt: skip
         self.port, self.target = free_port(), target
-        self.refill_delay: float | None = None  # as set by the caller, for reuse checks
+        self.extra = extra
         self.url = f"http://{HOST}:{self.port}"
         env = {k: v for k, v in os.environ.items() if not k.startswith("JKP_")}
         env["JUPYTER_CONFIG_DIR"] = str(work / "jupyter-config")  # no ~/.jupyter config
@@ -384,14 +384,11 @@ async def real_stack(args, work: Path, stack: Stack, out: dict) -> None:
     jkp, out["rounds"] = None, {}
     for key, c, n, target, refill_delay in rounds:
         r = {"refill_delay_s": refill_delay}
-        if jkp is None or (jkp.target, jkp.refill_delay) != (target, refill_delay):
+        extra = (*options, f"--PoolManager.refill_delay={refill_delay}")
+        if jkp is None or (jkp.target, jkp.extra) != (target, extra):
             if jkp is not None:
                 stack.remove(jkp)  # full and quiet: the pool stays in Redis for the next one
-            jkp = stack.add(
-                Jkp(work, f"jkp-{key}", redis, eg.url, "bench:real", target,
-                    (*options, f"--PoolManager.refill_delay={refill_delay}"))
-            )  # fmt: skip
-            jkp.refill_delay = refill_delay
+            jkp = stack.add(Jkp(work, f"jkp-{key}", redis, eg.url, "bench:real", target, extra))
             r["fill_s"] = await jkp.wait_full(900)
             log(f"jkp with a pool of {target}: full after {r['fill_s']:.1f}s; 2 warm-up pops")
             warm = await pop_round([jkp.url], 2, 1, f"warm-{target}")

@@ -41,7 +41,7 @@ _FAILING_RETRY_FIRST = 0.5
 _FAILING_RETRY_CAP = 10.0
 # Kernels a single pop may spend on failed set-ups before it gives up.
 _MAX_SET_UP_FAILURES = 3
-# Websockets reconcile opens at the same time to idle kernels without one.
+# Websockets opened at the same time to idle kernels without one (at reconcile and sync).
 _CHANNEL_OPENS_AT_ONCE = 8
 
 
