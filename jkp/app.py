@@ -28,7 +28,9 @@ from jkp.services.pool import PoolManager
 from jkp.services.store import RedisStore
 from jkp.traits import EnvValueError, env_default
 
-_MAX_READ_BODY_BYTES = 1024 * 1024
+# jkp refuses large bodies itself, with a JSON 413, from Content-Length before reading them
+# (APIHandler); tornado's own check, which answers a bare 400, must never come first.
+_TORNADO_MAX_BODY_BYTES = 1 << 62
 
 aliases = {
     **base_aliases,
@@ -216,9 +218,7 @@ class JKPManagerApp(JupyterApp):
 
     async def start_services(self) -> None:
         """Listen, and start the pool's background work."""
-        # Bodies up to 1 MiB are read and then refused with a JSON 413 (APIHandler); the server
-        # drops anything bigger without reading it.
-        self.http_server = HTTPServer(self.web_app, max_body_size=_MAX_READ_BODY_BYTES)
+        self.http_server = HTTPServer(self.web_app, max_body_size=_TORNADO_MAX_BODY_BYTES)
         self.http_server.listen(self.port, self.ip)
         self.pool_manager.start()
         self.log.info("jkp %s listening on http://%s:%d", __version__, self.ip, self.port)

@@ -7,16 +7,24 @@ import re
 
 USER_ID_PATTERN = re.compile(r"[A-Za-z0-9_.@-]{1,128}")
 
+# The name of the error the set-up raises when it refuses the user's directory, so jkp tells a
+# refusal (the kernel is untouched) from the share failing (EACCES, ENOSPC: a PermissionError
+# or OSError of the share, not of the user).
+USER_DIR_REFUSED = "UserDirectoryRefused"
+
 # Runs in the kernel. The user id and working dir arrive only as string literals; the
 # resolved target must be a direct child of the resolved working dir, so neither a crafted id
-# nor a symlink planted in the share can move the kernel elsewhere.
+# nor a symlink planted in the share can move the kernel elsewhere. The check comes before any
+# change, so a refused kernel can go back to the pool.
 _ENTER_USER_DIR = """\
 def __jkp_enter_user_dir(base, user):
     import os
+    class UserDirectoryRefused(Exception):
+        pass
     base = os.path.realpath(base)
     target = os.path.realpath(os.path.join(base, user))
     if os.path.dirname(target) != base:
-        raise PermissionError("user directory %r is not inside %r" % (target, base))
+        raise UserDirectoryRefused("user directory %r is not inside %r" % (target, base))
     os.makedirs(target, exist_ok=True)
     os.chdir(target)
 try:

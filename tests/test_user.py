@@ -111,4 +111,4 @@ def test_set_up_code_refuses_a_symlink_leading_out_of_working_dir(tmp_path):
     os.symlink(outside, share / "zt")
     result = run_in_python(enter_user_dir_code(str(share), "zt"), cwd=tmp_path)
     assert result.returncode != 0
-    assert "PermissionError" in result.stderr
+    assert "UserDirectoryRefused" in result.stderr

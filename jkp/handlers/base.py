@@ -13,7 +13,7 @@ from tornado.log import app_log
 from jkp.services.gateway import GatewayClient
 from jkp.services.pool import PoolManager
 
-# Pop bodies are tiny; anything bigger is refused before it is parsed.
+# Pop bodies are tiny; anything bigger is refused before it is read.
 MAX_BODY_BYTES = 64 * 1024
 _AUTH_SCHEMES = ("token", "bearer")
 
@@ -23,14 +23,21 @@ def api_error(status: int, message: str, reason: str) -> web.HTTPError:
     return web.HTTPError(status, "%s", message, reason=reason)
 
 
+@web.stream_request_body
 class APIHandler(web.RequestHandler):
     """A JSON API handler: every answer, errors included, is a JSON object.
 
     When ``auth_token`` is set, requests must carry ``Authorization: token <t>`` (or
     ``Bearer <t>``) unless the handler sets ``auth_required = False``.
+
+    The body is streamed in, so one over ``MAX_BODY_BYTES`` is refused with a JSON 413 from its
+    ``Content-Length`` before any of it is read, whatever its size (tornado's own limit would
+    answer a bare 400 and reset the connection); a chunked one is dropped once it is too big.
     """
 
     auth_required = True
+    _body: bytearray
+    _body_too_large = False
 
     def set_default_headers(self) -> None:
         self.set_header("Content-Type", "application/json; charset=UTF-8")
@@ -39,10 +46,20 @@ class APIHandler(web.RequestHandler):
     def prepare(self) -> None:
         if self.auth_required and not self.authenticated:
             raise api_error(401, "Missing or invalid Authorization token", "Unauthorized")
-        if len(self.request.body) > MAX_BODY_BYTES:
-            raise api_error(
-                413, f"Request body over {MAX_BODY_BYTES} bytes", "Request body too large"
-            )
+        self._body = bytearray()
+        if int(self.request.headers.get("Content-Length") or 0) > MAX_BODY_BYTES:
+            raise self._body_too_large_error()
+
+    def data_received(self, chunk: bytes) -> None:
+        if self._body_too_large or len(self._body) + len(chunk) > MAX_BODY_BYTES:
+            self._body_too_large = True
+            self._body.clear()
+        else:
+            self._body += chunk
+
+    @staticmethod
+    def _body_too_large_error() -> web.HTTPError:
+        return api_error(413, f"Request body over {MAX_BODY_BYTES} bytes", "Request body too large")
 
     @property
     def authenticated(self) -> bool:
@@ -75,8 +92,10 @@ class APIHandler(web.RequestHandler):
 
     def get_json_body(self) -> dict[str, Any]:
         """The request body as a JSON object; 400 when it is not one."""
+        if self._body_too_large:
+            raise self._body_too_large_error()
         try:
-            body = json.loads(self.request.body or b"")
+            body = json.loads(bytes(self._body))
         except ValueError as e:
             raise api_error(400, "Request body is not valid JSON", "Invalid JSON") from e
         if not isinstance(body, dict):

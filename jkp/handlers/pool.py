@@ -2,16 +2,41 @@
 
 from __future__ import annotations
 
+import asyncio
+import re
+
 from redis.exceptions import RedisError
 
 from jkp.handlers.base import APIHandler, api_error
 from jkp.services.gateway import GatewayError
-from jkp.services.pool import PoolEmptyError, SetUpError, ShuttingDownError, UserDirectoryError
+from jkp.services.handout import (
+    PoolEmptyError,
+    PopAbandonedError,
+    SetUpError,
+    SetUpPausedError,
+    ShuttingDownError,
+    UserDirectoryError,
+)
+from jkp.services.store import IdempotencyConflict
 from jkp.user import InvalidUserId, validate_user_id
 
+# 1 to 128 printable ASCII characters, as the Idempotency-Key draft allows any string.
+IDEMPOTENCY_KEY_PATTERN = re.compile(r"[\x20-\x7e]{1,128}")
 
-class PopKernelHandler(APIHandler):
-    """Hands one warm kernel to a user, already in the user's directory."""
+
+class PopHandler(APIHandler):
+    """Hands one warm kernel to a user, already in the user's directory.
+
+    A caller that hangs up before the answer costs no kernel: tornado does not cancel the
+    handler, so ``on_connection_close`` tells the pool, which stops at its next step.
+    """
+
+    def prepare(self) -> None:
+        super().prepare()
+        self._client_gone = asyncio.Event()
+
+    def on_connection_close(self) -> None:
+        self._client_gone.set()
 
     async def post(self) -> None:
         body = self.get_json_body()
@@ -21,18 +46,38 @@ class PopKernelHandler(APIHandler):
             user_id = validate_user_id(body["userId"])
         except InvalidUserId as e:
             raise api_error(400, str(e), "Invalid userId") from e
+        key = self.request.headers.get("Idempotency-Key")
+        if key is not None and not IDEMPOTENCY_KEY_PATTERN.fullmatch(key):
+            raise api_error(
+                400,
+                "Idempotency-Key must be 1 to 128 printable ASCII characters",
+                "Invalid Idempotency-Key",
+            )
         try:
-            model = await self.pool.pop(user_id)
+            model = await self.pool.pop(user_id, key, self._client_gone)
+        except PopAbandonedError:
+            self.set_status(499, "Client Closed Request")  # for the access log; nobody reads it
+            return
         except ShuttingDownError as e:
             raise api_error(503, str(e), "Shutting down") from e
         except PoolEmptyError as e:
             raise api_error(503, f"No kernel available: {e}", "Pool empty") from e
+        except SetUpPausedError as e:
+            raise api_error(503, f"Not handing out kernels now: {e}", "Set-up paused") from e
+        except IdempotencyConflict as e:
+            raise api_error(409, str(e), "Idempotency-Key conflict") from e
         except UserDirectoryError as e:
             raise api_error(
-                403, f"Cannot set up the user's directory: {e}", "User directory refused"
+                403,
+                f"The user's directory was refused by the confinement check: {e}",
+                "User directory refused",
             ) from e
         except SetUpError as e:
-            raise api_error(500, f"Kernel set-up failed: {e}", "Set-up failed") from e
+            raise api_error(
+                500,
+                f"Kernel set-up failed on the share, not because of the user: {e}",
+                "Set-up failed",
+            ) from e
         except GatewayError as e:
             status = 503 if e.status is None else 502
             raise api_error(status, f"Enterprise Gateway failed: {e}", "Gateway error") from e
@@ -41,4 +86,4 @@ class PopKernelHandler(APIHandler):
         self.write_json(model)
 
 
-default_handlers = [(r"/api/kernels/pop/?", PopKernelHandler)]
+default_handlers = [(r"/api/kernels/pop/?", PopHandler)]

@@ -23,7 +23,11 @@ class Metrics:
             registry=self.registry,
         )
         self.pops = Counter(
-            "jkp_pops", "Pops answered, by outcome", ["outcome"], registry=self.registry
+            "jkp_pops",
+            "Pops by outcome: served, repeated (same Idempotency-Key), pool_empty, abandoned "
+            "(the caller hung up), error",
+            ["outcome"],
+            registry=self.registry,
         )
         self.idle_kernels = Gauge(
             "jkp_idle_kernels", "Idle kernels in the pool (all replicas)", registry=self.registry
@@ -66,7 +70,7 @@ class Metrics:
             ["dependency"],
             registry=self.registry,
         )
-        for outcome in ("served", "pool_empty", "error"):
+        for outcome in ("served", "repeated", "pool_empty", "abandoned", "error"):
             self.pops.labels(outcome)
         for outcome in ("ready", "failed"):
             self.kernel_starts.labels(outcome)

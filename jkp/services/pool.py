@@ -9,17 +9,27 @@ import os
 import socket
 import time
 import uuid
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, TypeVar
 
 from redis.exceptions import RedisError
 from traitlets import Float, Instance, Int, TraitError, Unicode, default, validate
 from traitlets.config import LoggingConfigurable
 
-from jkp.services.gateway import GatewayClient, GatewayError, KernelReplyError, ShellReply
+from jkp.services.gateway import GatewayClient, GatewayError, KernelReplyError
+from jkp.services.handout import (
+    Handout,
+    PoolEmptyError,
+    PopAbandonedError,
+    SetUpError,
+    SetUpGuard,
+    ShuttingDownError,
+    UserDirectoryError,
+)
 from jkp.services.metrics import Metrics
-from jkp.services.store import Claim, PoolStore
+from jkp.services.store import Claim, Idempotency, IdempotencyPending, PoolStore, Replay
 from jkp.traits import env_default
-from jkp.user import WARM_UP_CODE, enter_user_dir_code, validate_user_id
+from jkp.user import USER_DIR_REFUSED, WARM_UP_CODE, enter_user_dir_code, validate_user_id
 
 # How often a pop waiting on an empty pool looks again for a kernel another replica pooled.
 _EMPTY_POOL_POLL = 0.1
@@ -39,26 +49,18 @@ _ACTIVATION_TURN_SHARE = 0.8
 # Pause of the background loops while Redis or EG fail: doubles from the first, up to the cap.
 _FAILING_RETRY_FIRST = 0.5
 _FAILING_RETRY_CAP = 10.0
-# Kernels a single pop may spend on failed set-ups before it gives up.
-_MAX_SET_UP_FAILURES = 3
-# Websockets opened at the same time to idle kernels without one (at reconcile and sync).
-_CHANNEL_OPENS_AT_ONCE = 8
+# Of a set-up's time, the share (up to a cap) kept back to ask EG whose fault a timeout was.
+_VERDICT_TIME_SHARE = 0.25
+_VERDICT_TIME_MAX = 0.5
+# Requests to EG a background sweep (websocket opens, activation, checks) has in flight at once.
+_CHECKS_AT_ONCE = 8
+# Handed-out kernels read from Redis per page of their check.
+_HANDED_PAGE = 100
+# Failed starts in a row after which an empty pool makes the replica not ready.
+_STARTS_FAILING = 2
 
 
-class PoolEmptyError(Exception):
-    """No idle kernel became available within the pop timeout."""
-
-
-class UserDirectoryError(Exception):
-    """The user's directory leads outside working_dir (e.g. a symlink planted in the share)."""
-
-
-class ShuttingDownError(Exception):
-    """jkp is stopping and takes no new pops."""
-
-
-class SetUpError(Exception):
-    """Kernels keep failing the set-up for this user; each one was shut down."""
+T = TypeVar("T")
 
 
 class PoolManager(LoggingConfigurable):
@@ -188,15 +190,27 @@ class PoolManager(LoggingConfigurable):
 
     pop_timeout = Float(
         10.0,
-        help="Seconds a pop waits for a kernel when the pool is empty before answering 503 "
-        "(JKP_POP_TIMEOUT env var)",
-        min=0,
+        help="Seconds a pop may take in all: waiting for a kernel when the pool is empty, and "
+        "setting kernels up; past it the pop answers 503 (JKP_POP_TIMEOUT env var)",
+        min=0.1,
     ).tag(config=True)
     pop_timeout_env = "JKP_POP_TIMEOUT"
 
     @default("pop_timeout")
     def _pop_timeout_default(self) -> Any:
         return env_default(self, "pop_timeout")
+
+    idempotency_ttl = Float(
+        600.0,
+        help="Seconds a pop sent with an Idempotency-Key is remembered: repeating it within "
+        "that time answers the same kernel again (JKP_IDEMPOTENCY_TTL env var)",
+        min=1,
+    ).tag(config=True)
+    idempotency_ttl_env = "JKP_IDEMPOTENCY_TTL"
+
+    @default("idempotency_ttl")
+    def _idempotency_ttl_default(self) -> Any:
+        return env_default(self, "idempotency_ttl")
 
     kernel_ready_timeout = Float(
         300.0,
@@ -212,9 +226,11 @@ class PoolManager(LoggingConfigurable):
 
     kernel_request_timeout = Float(
         2.0,
-        help="Seconds EG and a pooled kernel have to answer each request of a pop (check, "
-        "set-up) or an activation; a pop fails with 503 rather than wait longer on a hung EG "
-        "(JKP_KERNEL_REQUEST_TIMEOUT env var)",
+        help="Seconds EG and a kernel have to answer each request of a pop, a start check or "
+        "an activation. A set-up that times out is then judged by asking EG (in the last "
+        "quarter of this time, at most 0.5 s): a kernel EG still has is shut down and the pop "
+        "takes the next; when EG does not answer either, the kernel goes back to the pool and "
+        "the pop answers 503 (JKP_KERNEL_REQUEST_TIMEOUT env var)",
         min=0.1,
     ).tag(config=True)
     kernel_request_timeout_env = "JKP_KERNEL_REQUEST_TIMEOUT"
@@ -291,10 +307,12 @@ class PoolManager(LoggingConfigurable):
         )
         self.replica_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self._start_failures = 0
+        self._last_start_error = ""
         self._next_start_at = 0.0
         # Set by the first pop after the pool was last topped up: no start before then.
         self._refill_at: float | None = None
         self._failing: dict[str, str] = {}
+        self._set_up_guard = SetUpGuard()
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -378,11 +396,23 @@ class PoolManager(LoggingConfigurable):
 
     # -- pop --------------------------------------------------------------------------------
 
-    async def pop(self, user_id: str) -> dict[str, Any]:
+    async def pop(
+        self,
+        user_id: str,
+        idempotency_key: str | None = None,
+        client_gone: asyncio.Event | None = None,
+    ) -> dict[str, Any]:
         """Hand one idle kernel to ``user_id``, in ``<working_dir>/<user_id>``; its EG model.
 
-        Raises PoolEmptyError when no kernel is ready within ``pop_timeout``, GatewayError
-        when EG fails (the kernel taken goes back to the pool), RedisError when Redis does,
+        Everything it waits on shares one deadline, ``pop_timeout``. With ``idempotency_key``,
+        a pop that repeats an earlier one of the same user gets that pop's model again. When
+        ``client_gone`` is set (the caller hung up), the pop stops at its next step and the
+        kernel goes back to the pool, or is shut down once its set-up has begun.
+
+        Raises PoolEmptyError when no kernel is ready in time, GatewayError when EG fails (the
+        kernel taken goes back to the pool), RedisError when Redis does, UserDirectoryError when
+        the user's directory is refused, SetUpError when the share fails, SetUpPausedError after
+        several such failures in a row, IdempotencyConflict, PopAbandonedError, and
         ShuttingDownError once ``close()`` was called.
         """
         loop = asyncio.get_running_loop()
@@ -391,11 +421,23 @@ class PoolManager(LoggingConfigurable):
         try:
             if self._closing:
                 raise ShuttingDownError("jkp is shutting down")
-            model = await self._pop(user_id)
-            outcome = "served"
+            handout = Handout(
+                user_id=validate_user_id(user_id),
+                deadline=started + self.pop_timeout,
+                client_gone=client_gone or asyncio.Event(),
+                idempotency=(
+                    None
+                    if idempotency_key is None
+                    else Idempotency(idempotency_key, uuid.uuid4().hex)
+                ),
+            )
+            model, outcome = await self._pop(handout)
             return model
         except PoolEmptyError:
             outcome = "pool_empty"
+            raise
+        except PopAbandonedError:
+            outcome = "abandoned"
             raise
         except (RedisError, GatewayError) as e:
             self._count_error(e)
@@ -417,70 +459,94 @@ class PoolManager(LoggingConfigurable):
             except TimeoutError:
                 self.log.warning("%d pops still running after %gs", self._active_pops, timeout)
 
-    async def _pop(self, user_id: str) -> dict[str, Any]:
-        validate_user_id(user_id)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.pop_timeout
-        failures = 0
+    async def _pop(self, handout: Handout) -> tuple[dict[str, Any], str]:
+        """Claim kernels until one is set up for the user; its model and the pop's outcome."""
+        self._set_up_guard.check()
         while True:
-            claim = await self.store.claim(user_id)
-            if claim is None:
-                self.refill()  # a user is waiting: start a kernel now
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    raise PoolEmptyError(f"no idle kernel within {self.pop_timeout:g}s")
-                await self._wait_for_kernel(min(remaining, _EMPTY_POOL_POLL))
-                continue
+            if handout.remaining() <= 0:
+                raise PoolEmptyError(f"no kernel could be set up within {self.pop_timeout:g}s")
+            claim = await self._claim(handout)
+            if isinstance(claim, Replay):
+                self.log.info("Pop repeated with its Idempotency-Key: kernel %s", claim.model["id"])
+                return claim.model, "repeated"
             self._refill_later()
-            try:
-                model = await self._set_up(claim, user_id)
-            except KernelReplyError as e:
-                if e.content.get("ename") == "PermissionError":
-                    raise UserDirectoryError(str(e)) from e
-                failures += 1
-                if failures >= _MAX_SET_UP_FAILURES:
-                    raise SetUpError(f"{failures} kernels failed set-up, last: {e}") from e
-                continue
+            if handout.client_gone.is_set():
+                await self.store.release(claim)  # its set-up had not begun: the pool keeps it
+                handout.check_client()
+            model = await self._set_up(claim, handout)
             if model is None:
-                continue
-            if await self.store.hand_over(claim, user_id):
+                continue  # that kernel is gone or hung: the next one
+            if handout.client_gone.is_set():
+                if await self.store.retire_claim(claim):
+                    self._retire_soon(claim.kernel_id, "caller left during its set-up")
+                handout.check_client()
+            ttl = self.idempotency_ttl
+            if await self.store.hand_over(claim, handout.user_id, model, ttl):
                 # Its set-up closed the websocket it used; a reconcile or activation running
                 # beside the pop may have opened another: a handed-out kernel keeps none.
                 self.gateway.close_channel(claim.kernel_id)
-                self.log.info("Kernel %s handed to user %s", claim.kernel_id, user_id)
-                return model
+                if handout.client_gone.is_set() and await self.store.retire_handed(claim.kernel_id):
+                    self._retire_soon(claim.kernel_id, "caller left during its hand-over")
+                    handout.check_client()
+                self.log.info("Kernel %s handed to user %s", claim.kernel_id, handout.user_id)
+                return model, "served"
             # Our claim was taken back by a reconcile while we worked: never hand that out.
             self.log.warning("Claim on kernel %s expired during set-up", claim.kernel_id)
 
-    async def _set_up(self, claim: Claim, user_id: str) -> dict[str, Any] | None:
-        """Move a claimed kernel into the user's dir; its model, or None if it is gone.
+    async def _claim(self, handout: Handout) -> Claim | Replay:
+        """The next idle kernel for this pop (or an earlier pop's answer to replay); waits for
+        one, up to the pop's deadline, while the pool is empty."""
+        while True:
+            handout.check_client()
+            try:
+                claim = await self.store.claim(
+                    handout.user_id, handout.idempotency, self._claim_lease
+                )
+            except IdempotencyPending:
+                claim = None  # the pop holding the key answers soon, or gives it up
+            else:
+                if claim is not None:
+                    return claim
+                self.refill()  # a user is waiting: start a kernel now
+            remaining = handout.remaining()
+            if remaining <= 0:
+                raise PoolEmptyError(f"no idle kernel within {self.pop_timeout:g}s")
+            await self._wait_for_kernel(min(remaining, _EMPTY_POOL_POLL))
+
+    async def _set_up(self, claim: Claim, handout: Handout) -> dict[str, Any] | None:
+        """Move a claimed kernel into the user's dir; its model, or None to take the next one.
 
         The model is the one EG reported when the kernel was pooled, with ``execution_state``
         and ``last_activity`` as the kernel itself reported them at the end of the set-up, and
         ``connections`` not counting jkp's own websockets: asking EG again would add a round
         trip to every pop.
 
-        A kernel whose set-up fails is shut down, never handed out, and KernelReplyError
-        raised; when EG fails the kernel goes back to the pool and GatewayError is raised.
+        Who is at fault decides what becomes of the kernel. A kernel that EG still has but that
+        did not answer in time, or that EG no longer has, is retired and None returned. When EG
+        itself fails, the kernel goes back to the pool and GatewayError is raised. A refused
+        user directory leaves the kernel untouched: it goes back and UserDirectoryError is
+        raised. Any other error of the set-up is the share's: the kernel is shut down and
+        SetUpError raised at once, rather than spending the pool on a broken share.
         """
         kernel_id = claim.kernel_id
+        code = enter_user_dir_code(self.working_dir, handout.user_id)
+        # Part of the time is kept back for asking EG whose fault a timeout was.
+        budget = handout.timeout(self.kernel_request_timeout)
+        verdict_time = min(_VERDICT_TIME_MAX, budget * _VERDICT_TIME_SHARE)
         try:
-            reply = await self._enter_user_dir(kernel_id, user_id)
+            reply = await self.gateway.execute(kernel_id, code, budget - verdict_time)
         except KernelReplyError as e:
-            self.log.error("Kernel %s failed set-up for user %s: %s", kernel_id, user_id, e)
+            if e.content.get("ename") == USER_DIR_REFUSED:
+                await self.store.release(claim)
+                raise UserDirectoryError(str(e.content.get("evalue", e))) from e
+            self.log.error("Kernel %s failed set-up for user %s: %s", kernel_id, handout.user_id, e)
             if await self.store.retire_claim(claim):
                 self._retire_soon(kernel_id, "failed set-up")
-            raise
-        except GatewayError:
-            # EG is down or erroring: the kernel is not at fault, keep it for the next pop.
-            await self.store.release(claim)
-            raise
-        if reply is None:
-            self.gateway.close_channel(kernel_id)
-            self.log.info("Kernel %s is gone from EG; taking the next", kernel_id)
-            if await self.store.retire_claim(claim):
-                await self.store.forget_retired(kernel_id)
-            return None
+            self._set_up_guard.failed(e)
+            raise SetUpError(str(e)) from e
+        except GatewayError as e:
+            return await self._set_up_failed(claim, e, handout.timeout(verdict_time))
+        self._set_up_guard.succeeded()
         model = claim.model
         model["execution_state"] = "idle"
         if reply.idle_at:
@@ -490,28 +556,34 @@ class PoolManager(LoggingConfigurable):
         model["connections"] = 0
         return model
 
-    async def _enter_user_dir(self, kernel_id: str, user_id: str) -> ShellReply | None:
-        """Run the set-up in the kernel; None if the kernel turns out to be gone from EG.
+    async def _set_up_failed(self, claim: Claim, error: GatewayError, timeout: float) -> None:
+        """Ask EG whether the kernel or EG failed the set-up, and deal with the kernel.
 
-        No liveness check comes first, as it would cost EG and jkp a request per pop: a kernel
-        gone from EG fails the set-up's websocket (see KernelChannel), and only then is EG
-        asked, in what is left of the request timeout. None is left after a timeout, when EG
-        or the kernel hangs.
+        No liveness check comes before a set-up, as it would cost EG and jkp a request per pop:
+        only a failed one asks, in the time kept back for it.
         """
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.kernel_request_timeout
-        code = enter_user_dir_code(self.working_dir, user_id)
-        try:
-            return await self.gateway.execute(kernel_id, code, self.kernel_request_timeout)
-        except KernelReplyError:
-            raise
-        except GatewayError as e:
-            if e.status == 404:
-                return None
-            remaining = deadline - loop.time()
-            if remaining <= 0 or await self.gateway.get_kernel(kernel_id, remaining) is not None:
-                raise
-            return None
+        kernel_id = claim.kernel_id
+        self.gateway.close_channel(kernel_id)
+        gone = error.status == 404
+        if not gone:
+            try:
+                gone = await self.gateway.get_kernel(kernel_id, timeout) is None
+            except GatewayError:
+                # EG is down or erroring: the kernel is not at fault, keep it for the next pop.
+                await self.store.release(claim)
+                raise error from None
+        if gone:
+            self.log.info("Kernel %s is gone from EG; taking the next", kernel_id)
+            if await self.store.retire_claim(claim):
+                await self.store.forget_retired(kernel_id)
+        else:
+            self.log.warning(
+                "Kernel %s did not answer its set-up (%s); shutting it down, taking the next",
+                kernel_id,
+                error,
+            )
+            if await self.store.retire_claim(claim):
+                self._retire_soon(kernel_id, "did not answer its set-up")
 
     async def _wait_for_kernel(self, timeout: float) -> None:
         try:
@@ -613,7 +685,7 @@ class PoolManager(LoggingConfigurable):
                 return
         except asyncio.CancelledError:
             if requested:
-                await self._abandon_start(kernel_id, "jkp is stopping")
+                self._abandon_start_soon(kernel_id, "jkp is stopping")
             else:
                 self._keep_lease(kernel_id, "jkp stopped during its start request")
             raise
@@ -621,6 +693,7 @@ class PoolManager(LoggingConfigurable):
             self.metrics.kernel_starts.labels("failed").inc()
             self._count_error(e)
             self._start_failures += 1
+            self._last_start_error = str(e)
             backoff = self._start_backoff()
             self._next_start_at = asyncio.get_running_loop().time() + backoff
             self.log.error(
@@ -631,13 +704,16 @@ class PoolManager(LoggingConfigurable):
                 e,
             )
             if requested or not (isinstance(e, GatewayError) and e.outcome_unknown):
-                await self._abandon_start(kernel_id, "start failed")
+                # Shielded: stop() cancels until its tasks end, and a half-done abandon would
+                # leave the kernel in the retiring set, running on EG.
+                await asyncio.shield(self._abandon_start_soon(kernel_id, "start failed"))
             else:
                 self._keep_lease(kernel_id, "its start request got no answer")
             return
         finally:
             self._wake_filler.set()  # a start slot is free
         self._start_failures = 0
+        self._last_start_error = ""
         self._next_start_at = 0.0
         self.metrics.kernel_starts.labels("ready").inc()
         self.metrics.start_duration.observe(asyncio.get_running_loop().time() - started)
@@ -663,7 +739,7 @@ class PoolManager(LoggingConfigurable):
             except GatewayError as e:
                 if e.status == 404 or loop.time() >= deadline:
                     raise
-            if await self.gateway.get_kernel(kernel_id) is None:
+            if await self.gateway.get_kernel(kernel_id, self.kernel_request_timeout) is None:
                 raise GatewayError(f"kernel {kernel_id} died while starting", 404)
 
     async def _reported_model(self, kernel_id: str) -> dict[str, Any]:
@@ -673,7 +749,7 @@ class PoolManager(LoggingConfigurable):
         status messages, reporting "starting" until the kernel publishes again: nudge it.
         """
         for attempt in range(_IDLE_REPORT_ATTEMPTS):
-            model = await self.gateway.get_kernel(kernel_id)
+            model = await self.gateway.get_kernel(kernel_id, self.kernel_request_timeout)
             if model is None:
                 raise GatewayError(f"kernel {kernel_id} exited right after starting", 404)
             if model.get("execution_state") == "idle":
@@ -690,6 +766,14 @@ class PoolManager(LoggingConfigurable):
             why,
             self._start_lease,
         )
+
+    def _abandon_start_soon(self, kernel_id: str, reason: str) -> asyncio.Task:
+        """Retire a started kernel in a task of its own, which stop() waits for but does not
+        cancel: a cancelled start would otherwise leave it half retired, running on EG."""
+        task = asyncio.create_task(self._abandon_start(kernel_id, reason))
+        self._retirements.add(task)
+        task.add_done_callback(self._retirements.discard)
+        return task
 
     async def _abandon_start(self, kernel_id: str, reason: str) -> None:
         try:
@@ -750,6 +834,36 @@ class PoolManager(LoggingConfigurable):
             await self._retire(kernel_id, "above max_pending_kernels")
         for kernel_id in await self.store.retiring_ids():
             await self._retire(kernel_id, "pending removal")
+        # Replicas share the handed-out hash: one check per interval is enough.
+        turn = self.check_task_interval * _ACTIVATION_TURN_SHARE
+        if await self.store.take_turn(self.store.keys.handed_check, self.replica_id, turn):
+            await self.check_handed_out()
+
+    async def check_handed_out(self) -> None:
+        """Forget handed-out kernels EG no longer has (shut down by their user, or culled).
+
+        Pages through the hash (HSCAN), so a large one costs Redis no spike.
+        """
+        cursor = 0
+        while True:
+            cursor, kernel_ids = await self.store.handed_page(cursor, _HANDED_PAGE)
+            gone = await self._gone_from_eg(kernel_ids)
+            await self.store.forget_handed(gone)
+            for kernel_id in gone:
+                self.log.info("Handed-out kernel %s is gone from EG; forgotten", kernel_id)
+            if cursor == 0:
+                return
+
+    async def _gone_from_eg(self, kernel_ids: list[str]) -> list[str]:
+        """Those of ``kernel_ids`` that EG no longer has."""
+        gone: list[str] = []
+
+        async def check(kernel_id: str) -> None:
+            if await self.gateway.get_kernel(kernel_id, self.kernel_request_timeout) is None:
+                gone.append(kernel_id)
+
+        await _gather_bounded(check, kernel_ids, _CHECKS_AT_ONCE)
+        return gone
 
     # -- websockets to idle kernels ---------------------------------------------------------
 
@@ -786,19 +900,17 @@ class PoolManager(LoggingConfigurable):
 
     async def _open_channels(self, kernel_ids: list[str]) -> None:
         """Open a websocket to each kernel (a kernel_info round on it), a few at a time."""
-        semaphore = asyncio.Semaphore(_CHANNEL_OPENS_AT_ONCE)
 
         async def open_channel(kernel_id: str) -> None:
-            async with semaphore:
-                if not self.gateway.wants_channel(kernel_id):
-                    return  # opened meanwhile, or the limit was reached
-                try:
-                    await self.gateway.kernel_info(kernel_id, self.kernel_request_timeout)
-                except GatewayError as e:
-                    # Not proof the kernel is dead: the next pop or activation will tell.
-                    self.log.debug("No websocket to idle kernel %s: %s", kernel_id, e)
+            if not self.gateway.wants_channel(kernel_id):
+                return  # opened meanwhile, or the limit was reached
+            try:
+                await self.gateway.kernel_info(kernel_id, self.kernel_request_timeout)
+            except GatewayError as e:
+                # Not proof the kernel is dead: the next pop or activation will tell.
+                self.log.debug("No websocket to idle kernel %s: %s", kernel_id, e)
 
-        await asyncio.gather(*(open_channel(k) for k in kernel_ids))
+        await _gather_bounded(open_channel, kernel_ids, _CHECKS_AT_ONCE)
 
     # -- activation ---------------------------------------------------------------------------
 
@@ -816,13 +928,9 @@ class PoolManager(LoggingConfigurable):
     async def activate_idle_kernels(self) -> None:
         """Send every idle kernel a kernel_info_request; replace those that do not answer."""
         models = await self.store.idle_models()
-        semaphore = asyncio.Semaphore(max(self.max_concurrent_starts, 8))
-
-        async def activate(model_json: str) -> None:
-            async with semaphore:
-                await self._activate(model_json)
-
-        await asyncio.gather(*(activate(m) for m in models))
+        await _gather_bounded(
+            self._activate, models, max(self.max_concurrent_starts, _CHECKS_AT_ONCE)
+        )
 
     async def _activate(self, model_json: str) -> None:
         kernel_id = json.loads(model_json)["id"]
@@ -867,6 +975,19 @@ class PoolManager(LoggingConfigurable):
         if self._failing.pop(component, None) is not None:
             self.log.info("%s is back", component)
 
+    async def unready_reason(self) -> str | None:
+        """Why this replica cannot hand kernels out now, beyond Redis or EG being down; None
+        when it can (or will, once a kernel being started is ready)."""
+        why = self._set_up_guard.why_paused
+        if why is not None:
+            return why
+        if self._start_failures >= _STARTS_FAILING and (await self.store.counts())["idle"] == 0:
+            return (
+                f"the pool is empty and kernel starts keep failing ({self._start_failures} in a "
+                f"row); last: {self._last_start_error}"
+            )
+        return None
+
     async def status(self) -> dict[str, Any]:
         """This pool as Redis holds it, and what this replica saw failing last."""
         counts = await self.store.counts()
@@ -879,3 +1000,16 @@ class PoolManager(LoggingConfigurable):
             "errors": dict(self._failing),
             "last_errors": list(self._last_errors),
         }
+
+
+async def _gather_bounded(
+    work: Callable[[T], Awaitable[None]], items: Iterable[T], at_once: int
+) -> None:
+    """Run ``work`` on every item, at most ``at_once`` at a time."""
+    semaphore = asyncio.Semaphore(at_once)
+
+    async def bounded(item: T) -> None:
+        async with semaphore:
+            await work(item)
+
+    await asyncio.gather(*(bounded(item) for item in items))

@@ -6,8 +6,9 @@ state lives under keys derived from it (see docs/redis.md):
 
 - ``<key>:starting``  sorted set, kernel id -> lease expiry (Redis time): kernels being started
 - ``<key>:claimed``   hash, kernel id -> {model, user_id, claimed_at}: kernels being handed out
-- ``<key>:handed``    hash, kernel id -> {user_id, handed_at}: kernels handed out, never taken back
+- ``<key>:handed``    hash, kernel id -> {user_id, handed_at}: kernels handed out that EG still has
 - ``<key>:retiring``  hash, kernel id -> time: kernels taken out of the pool, to shut down on EG
+- ``<key>:idempotency:<k>``  string with expiry: the pop that used idempotency key ``k``
 
 Every move between them is one Lua script, so a kernel is always in exactly one place.
 """
@@ -46,55 +47,83 @@ redis.call('LPUSH', KEYS[1], ARGV[2])
 return 1
 """
 
+# A pop's claim. With an idempotency key (KEYS[3]) it first looks at the key's record: another
+# user's key is a conflict, a finished pop's model is answered again, another pop still in flight
+# with it is "pending"; else the claim records this pop (ARGV[2]) as the key's owner, until the
+# claim lease (ARGV[3], ms) runs out or the pop ends.
 _CLAIM = (
     _NOW
     + """
+local idem = KEYS[3]
+if idem then
+  local record = redis.call('GET', idem)
+  if record then
+    record = cjson.decode(record)
+    if record['user_id'] ~= ARGV[1] then return {'conflict', ''} end
+    if record['model'] then return {'replay', record['model']} end
+    if record['owner'] ~= ARGV[2] then return {'pending', ''} end
+  end
+end
 local model = redis.call('RPOP', KEYS[1])
-if not model then return false end
+if not model then return {'empty', ''} end
 local id = cjson.decode(model)['id']
 redis.call('HSET', KEYS[2], id, cjson.encode({model = model, user_id = ARGV[1], claimed_at = now}))
-return model
+if idem then
+  redis.call('SET', idem, cjson.encode({user_id = ARGV[1], owner = ARGV[2], kernel_id = id}),
+             'PX', ARGV[3])
+end
+return {'claimed', model}
 """
 )
 
+# The claim becomes a hand-out; an idempotency record (KEYS[3]) keeps the model answered.
 _HAND_OVER = (
     _NOW
     + """
 if redis.call('HDEL', KEYS[1], ARGV[1]) == 0 then return 0 end
 redis.call('HSET', KEYS[2], ARGV[1], cjson.encode({user_id = ARGV[2], handed_at = now}))
+if KEYS[3] then
+  local record = {user_id = ARGV[2], kernel_id = ARGV[1], model = ARGV[3]}
+  redis.call('SET', KEYS[3], cjson.encode(record), 'PX', ARGV[4])
+end
 return 1
 """
 )
 
-_RELEASE = """
-if redis.call('HDEL', KEYS[1], ARGV[1]) == 0 then return 0 end
-redis.call('RPUSH', KEYS[2], ARGV[2])
-return 1
-"""
-
-_RETIRE_CLAIM = (
+# A claim that ends without a hand-out: back to the pop end of the idle list ("release") or to
+# the retiring set ("retire"). The pop's idempotency record goes too, so a retry starts afresh.
+_END_CLAIM = (
     _NOW
     + """
 if redis.call('HDEL', KEYS[1], ARGV[1]) == 0 then return 0 end
-redis.call('HSET', KEYS[2], ARGV[1], now)
+if ARGV[2] == 'release' then
+  redis.call('RPUSH', KEYS[2], ARGV[3])
+else
+  redis.call('HSET', KEYS[2], ARGV[1], now)
+end
+if KEYS[3] then
+  local record = redis.call('GET', KEYS[3])
+  if record and cjson.decode(record)['owner'] == ARGV[4] then redis.call('DEL', KEYS[3]) end
+end
 return 1
 """
 )
 
-_RETIRE_IDLE = (
+# Any other move into the retiring set: from the idle list (ARGV[3] is the stored model), the
+# start leases or the handed-out hash (ARGV[1] names the type of KEYS[1]).
+_RETIRE = (
     _NOW
     + """
-if redis.call('LREM', KEYS[1], 1, ARGV[2]) == 0 then return 0 end
-redis.call('HSET', KEYS[2], ARGV[1], now)
-return 1
-"""
-)
-
-_RETIRE_STARTING = (
-    _NOW
-    + """
-if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then return 0 end
-redis.call('HSET', KEYS[2], ARGV[1], now)
+local removed
+if ARGV[1] == 'list' then
+  removed = redis.call('LREM', KEYS[1], 1, ARGV[3])
+elseif ARGV[1] == 'zset' then
+  removed = redis.call('ZREM', KEYS[1], ARGV[2])
+else
+  removed = redis.call('HDEL', KEYS[1], ARGV[2])
+end
+if removed == 0 then return 0 end
+redis.call('HSET', KEYS[2], ARGV[2], now)
 return 1
 """
 )
@@ -170,6 +199,21 @@ class PoolKeys:
     def activation(self) -> str:
         return f"{self.idle}:activation"
 
+    @property
+    def handed_check(self) -> str:
+        return f"{self.idle}:handed-check"
+
+    def idempotency(self, key: str) -> str:
+        return f"{self.idle}:idempotency:{key}"
+
+
+@dataclass(frozen=True)
+class Idempotency:
+    """A pop's idempotency key, and the pop (``owner``) that holds it while it runs."""
+
+    key: str
+    owner: str
+
 
 @dataclass(frozen=True)
 class Claim:
@@ -177,10 +221,30 @@ class Claim:
 
     kernel_id: str
     model_json: str
+    idempotency: Idempotency | None = None
 
     @property
     def model(self) -> dict[str, Any]:
         return json.loads(self.model_json)
+
+
+@dataclass(frozen=True)
+class Replay:
+    """The model an earlier pop with the same idempotency key and user answered."""
+
+    model_json: str
+
+    @property
+    def model(self) -> dict[str, Any]:
+        return json.loads(self.model_json)
+
+
+class IdempotencyConflict(Exception):
+    """The idempotency key was used by a pop for another user."""
+
+
+class IdempotencyPending(Exception):
+    """Another pop with the same idempotency key is still running."""
 
 
 class PoolStore:
@@ -193,10 +257,8 @@ class PoolStore:
         self._finish_start = client.register_script(_FINISH_START)
         self._claim = client.register_script(_CLAIM)
         self._hand_over = client.register_script(_HAND_OVER)
-        self._release = client.register_script(_RELEASE)
-        self._retire_claim = client.register_script(_RETIRE_CLAIM)
-        self._retire_idle = client.register_script(_RETIRE_IDLE)
-        self._retire_starting = client.register_script(_RETIRE_STARTING)
+        self._end_claim = client.register_script(_END_CLAIM)
+        self._retire = client.register_script(_RETIRE)
         self._trim_surplus = client.register_script(_TRIM_SURPLUS)
         self._expired_starting = client.register_script(_EXPIRED_STARTING)
         self._stale_claims = client.register_script(_STALE_CLAIMS)
@@ -227,42 +289,74 @@ class PoolStore:
     async def retire_starting(self, kernel_id: str) -> bool:
         """Move a kernel whose start failed or whose lease expired to the retiring set."""
         k = self.keys
-        return bool(await self._retire_starting(keys=[k.starting, k.retiring], args=[kernel_id]))
+        return bool(await self._retire(keys=[k.starting, k.retiring], args=["zset", kernel_id]))
 
-    async def claim(self, user_id: str) -> Claim | None:
-        """Take the oldest idle kernel for ``user_id``; None when the pool is empty."""
-        k = self.keys
-        model_json = await self._claim(keys=[k.idle, k.claimed], args=[user_id])
-        if model_json is None:
-            return None
-        if isinstance(model_json, bytes):
-            model_json = model_json.decode()
-        return Claim(json.loads(model_json)["id"], model_json)
+    async def claim(
+        self, user_id: str, idempotency: Idempotency | None = None, lease_seconds: float = 60
+    ) -> Claim | Replay | None:
+        """Take the oldest idle kernel for ``user_id``; None when the pool is empty.
 
-    async def hand_over(self, claim: Claim, user_id: str) -> bool:
-        """Record the claimed kernel as handed to ``user_id``; it never returns to the pool."""
+        With ``idempotency``, a key an earlier pop of this user finished with gives a Replay of
+        its model instead; IdempotencyConflict when another user's pop used the key, and
+        IdempotencyPending while another pop with it runs (at most ``lease_seconds``).
+        """
         k = self.keys
-        return bool(
-            await self._hand_over(keys=[k.claimed, k.handed], args=[claim.kernel_id, user_id])
-        )
+        keys = [k.idle, k.claimed]
+        args: list[Any] = [user_id]
+        if idempotency is not None:
+            keys.append(k.idempotency(idempotency.key))
+            args += [idempotency.owner, int(lease_seconds * 1000)]
+        outcome, model_json = [_text(v) for v in await self._claim(keys=keys, args=args)]
+        if outcome == "claimed":
+            return Claim(json.loads(model_json)["id"], model_json, idempotency)
+        if outcome == "replay":
+            return Replay(model_json)
+        if outcome == "conflict":
+            raise IdempotencyConflict("the Idempotency-Key was used for another userId")
+        if outcome == "pending":
+            raise IdempotencyPending("a pop with this Idempotency-Key is still running")
+        return None
+
+    async def hand_over(
+        self,
+        claim: Claim,
+        user_id: str,
+        model: dict[str, Any] | None = None,
+        ttl_seconds: float = 0,
+    ) -> bool:
+        """Record the claimed kernel as handed to ``user_id``; it never returns to the pool.
+
+        With an idempotency key, ``model`` is kept ``ttl_seconds`` for pops that repeat it.
+        """
+        k = self.keys
+        keys = [k.claimed, k.handed]
+        args: list[Any] = [claim.kernel_id, user_id]
+        if claim.idempotency is not None:
+            keys.append(k.idempotency(claim.idempotency.key))
+            args += [json.dumps(model or claim.model), max(int(ttl_seconds * 1000), 1)]
+        return bool(await self._hand_over(keys=keys, args=args))
 
     async def release(self, claim: Claim) -> bool:
         """Put a claimed kernel back at the pop end of the idle list, untouched."""
-        k = self.keys
-        return bool(
-            await self._release(keys=[k.claimed, k.idle], args=[claim.kernel_id, claim.model_json])
-        )
+        return await self._finish_claim(claim, "release", self.keys.idle)
 
     async def retire_claim(self, claim: Claim) -> bool:
         """Move a claimed kernel that must not be handed out to the retiring set."""
-        k = self.keys
-        return bool(await self._retire_claim(keys=[k.claimed, k.retiring], args=[claim.kernel_id]))
+        return await self._finish_claim(claim, "retire", self.keys.retiring)
+
+    async def _finish_claim(self, claim: Claim, how: str, destination: str) -> bool:
+        keys = [self.keys.claimed, destination]
+        args = [claim.kernel_id, how, claim.model_json, ""]
+        if claim.idempotency is not None:
+            keys.append(self.keys.idempotency(claim.idempotency.key))
+            args[3] = claim.idempotency.owner
+        return bool(await self._end_claim(keys=keys, args=args))
 
     async def retire_idle(self, kernel_id: str, model_json: str) -> bool:
         """Move one idle kernel to the retiring set; False when it was no longer idle."""
         k = self.keys
         return bool(
-            await self._retire_idle(keys=[k.idle, k.retiring], args=[kernel_id, model_json])
+            await self._retire(keys=[k.idle, k.retiring], args=["list", kernel_id, model_json])
         )
 
     async def trim_surplus(self, target: int) -> list[str]:
@@ -292,16 +386,33 @@ class PoolStore:
         flat = await self._stale_claims(keys=[self.keys.claimed], args=[max_age])
         return [Claim(_text(flat[i]), _text(flat[i + 1])) for i in range(0, len(flat), 2)]
 
+    async def take_turn(self, key: str, owner: str, seconds: float) -> bool:
+        """True for one replica per ``seconds`` at ``key``: the one whose turn it is now."""
+        return bool(await self.client.set(key, owner, nx=True, px=int(seconds * 1000)))
+
     async def take_activation_turn(self, owner: str, seconds: float) -> bool:
         """True for one replica per ``seconds``: the one that sweeps the idle kernels now."""
-        return bool(
-            await self.client.set(self.keys.activation, owner, nx=True, px=int(seconds * 1000))
-        )
+        return await self.take_turn(self.keys.activation, owner, seconds)
+
+    async def retire_handed(self, kernel_id: str) -> bool:
+        """Take back a kernel handed out to a caller that left before it got the answer."""
+        k = self.keys
+        return bool(await self._retire(keys=[k.handed, k.retiring], args=["hash", kernel_id]))
 
     async def handed_out(self) -> dict[str, dict[str, Any]]:
-        """Kernel id -> {user_id, handed_at} for every kernel ever handed out."""
+        """Kernel id -> {user_id, handed_at} for every kernel handed out that EG still has."""
         raw = await self.client.hgetall(self.keys.handed)
         return {_text(k): json.loads(v) for k, v in raw.items()}
+
+    async def handed_page(self, cursor: int, count: int) -> tuple[int, list[str]]:
+        """One page of the handed-out kernel ids (HSCAN): the next cursor (0: done) and ids."""
+        cursor, page = await self.client.hscan(self.keys.handed, cursor, count=count)
+        return int(cursor), [_text(k) for k in page]
+
+    async def forget_handed(self, kernel_ids: list[str]) -> None:
+        """Drop handed-out kernels that EG no longer has (shut down by their user, or culled)."""
+        if kernel_ids:
+            await self.client.hdel(self.keys.handed, *kernel_ids)
 
     async def counts(self) -> dict[str, int]:
         """How many kernels are idle, starting (live leases), being handed out, handed out."""

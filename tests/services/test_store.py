@@ -1,11 +1,20 @@
 """Unit tests of the pool's Redis operations on fakeredis; integration tests use a real Redis."""
 
+import asyncio
 import json
 
 import fakeredis
 import pytest
 
-from jkp.services.store import PoolKeys, PoolStore
+from jkp.services.store import (
+    Claim,
+    Idempotency,
+    IdempotencyConflict,
+    IdempotencyPending,
+    PoolKeys,
+    PoolStore,
+    Replay,
+)
 
 
 @pytest.fixture
@@ -102,3 +111,82 @@ async def test_trim_surplus_retires_newest_above_target(store):
     assert [json.loads(m)["id"] for m in await store.idle_models()] == ["k2", "k1"]
     assert sorted(await store.retiring_ids()) == ["k3", "k4"]
     assert await store.trim_surplus(2) == []
+
+
+def key(owner, k="retry-1"):
+    return Idempotency(k, owner)
+
+
+async def test_idempotent_claim_repeats_the_model_handed_out(store):
+    await pooled(store, "k1", "k2")
+    claim = await store.claim("zt", key("pop-a"))
+    answered = {**claim.model, "execution_state": "idle"}
+    assert await store.hand_over(claim, "zt", answered, ttl_seconds=60)
+    repeat = await store.claim("zt", key("pop-b"))
+    assert isinstance(repeat, Replay) and repeat.model == answered
+    # The repeat took no kernel.
+    assert [json.loads(m)["id"] for m in await store.idle_models()] == ["k2"]
+
+
+async def test_idempotency_key_of_another_user_is_a_conflict(store):
+    await pooled(store, "k1", "k2")
+    claim = await store.claim("zt", key("pop-a"))
+    with pytest.raises(IdempotencyConflict):
+        await store.claim("someone-else", key("pop-b"))
+    assert await store.hand_over(claim, "zt", claim.model, ttl_seconds=60)
+    with pytest.raises(IdempotencyConflict):
+        await store.claim("someone-else", key("pop-b"))
+
+
+async def test_idempotency_key_in_use_by_a_running_pop_is_pending(store):
+    await pooled(store, "k1", "k2")
+    first = await store.claim("zt", key("pop-a"))
+    with pytest.raises(IdempotencyPending):
+        await store.claim("zt", key("pop-b"))
+    # The pop holding the key may claim again (its first kernel failed the set-up).
+    assert await store.retire_claim(first)
+    # Ending its claim gave the key up: a retry starts afresh.
+    retry = await store.claim("zt", key("pop-b"))
+    assert isinstance(retry, Claim) and retry.kernel_id == "k2"
+
+
+async def test_released_claim_gives_its_idempotency_key_up(store):
+    await pooled(store, "k1")
+    claim = await store.claim("zt", key("pop-a"))
+    assert await store.release(claim)
+    assert (await store.claim("zt", key("pop-b"))).kernel_id == "k1"
+
+
+async def test_idempotency_record_of_a_running_pop_expires_with_its_lease(store):
+    await pooled(store, "k1", "k2")
+    await store.claim("zt", key("pop-a"), lease_seconds=0.001)
+    await asyncio.sleep(0.01)
+    assert (await store.claim("zt", key("pop-b"))).kernel_id == "k2"
+
+
+async def test_handed_out_kernels_are_read_a_page_at_a_time_and_forgotten(store):
+    ids = [f"k{n}" for n in range(25)]
+    await pooled(store, *ids)
+    for _ in ids:
+        claim = await store.claim("zt")
+        assert await store.hand_over(claim, "zt")
+    seen, cursor = [], 0
+    while True:
+        cursor, page = await store.handed_page(cursor, 10)
+        seen += page
+        if cursor == 0:
+            break
+    assert sorted(set(seen)) == sorted(ids)
+    await store.forget_handed(ids[:20])
+    assert sorted(await store.handed_out()) == sorted(ids[20:])
+    assert (await store.counts())["handed"] == 5
+
+
+async def test_retire_handed_takes_a_kernel_back_for_shutdown(store):
+    await pooled(store, "k1")
+    claim = await store.claim("zt")
+    assert await store.hand_over(claim, "zt")
+    assert await store.retire_handed("k1")
+    assert await store.handed_out() == {}
+    assert await store.retiring_ids() == ["k1"]
+    assert not await store.retire_handed("k1")

@@ -1,0 +1,116 @@
+"""What one pop carries (its user, deadline, caller, idempotency key), its errors, and the guard
+that stops handing out while the share keeps failing set-ups."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+
+from jkp.services.store import Idempotency
+
+# Consecutive set-up failures of the share (not of the user) before hand-outs pause.
+SET_UP_FAILURES_BEFORE_PAUSE = 3
+# The first pause, in seconds; each further failure after a pause doubles it, up to the cap.
+_FIRST_PAUSE = 5.0
+_MAX_PAUSE = 120.0
+# The least time a step of a pop is given, even at its deadline.
+_MIN_STEP_TIME = 0.001
+
+
+class PoolEmptyError(Exception):
+    """No idle kernel became available within the pop timeout."""
+
+
+class UserDirectoryError(Exception):
+    """The user's directory leads outside working_dir (e.g. a symlink planted in the share)."""
+
+
+class ShuttingDownError(Exception):
+    """jkp is stopping and takes no new pops."""
+
+
+class SetUpError(Exception):
+    """The set-up failed for a reason that is not the user's (e.g. the share is read-only or
+    full); the kernel was shut down."""
+
+
+class SetUpPausedError(Exception):
+    """Hand-outs are paused after set-ups kept failing."""
+
+
+class PopAbandonedError(Exception):
+    """The caller hung up before the pop was answered; the kernel was put back or shut down."""
+
+
+@dataclasses.dataclass
+class Handout:
+    """One pop in progress: for whom, until when, and whether its caller is still there."""
+
+    user_id: str
+    deadline: float  # event loop time
+    client_gone: asyncio.Event
+    idempotency: Idempotency | None = None
+
+    def remaining(self) -> float:
+        """Seconds left until the pop's deadline."""
+        return self.deadline - asyncio.get_running_loop().time()
+
+    def timeout(self, seconds: float) -> float:
+        """``seconds``, cut to what is left of the pop's deadline."""
+        return max(min(seconds, self.remaining()), _MIN_STEP_TIME)
+
+    def check_client(self) -> None:
+        """Raise PopAbandonedError once the caller has hung up."""
+        if self.client_gone.is_set():
+            raise PopAbandonedError("the caller closed the connection")
+
+
+class SetUpGuard:
+    """Counts set-ups the share failed in a row; after a few, pauses hand-outs.
+
+    Each failure costs a kernel; a broken share (read-only, full) would otherwise burn the
+    whole pool one pop at a time. The pause grows while failures go on after it.
+    """
+
+    def __init__(self) -> None:
+        self.failures = 0
+        self.last_error = ""
+        self._pause = 0.0
+        self._paused_until = 0.0
+
+    def failed(self, error: Exception) -> None:
+        """Record a set-up the share failed; pause after enough of them in a row."""
+        self.failures += 1
+        self.last_error = str(error)
+        if self.failures >= SET_UP_FAILURES_BEFORE_PAUSE:
+            self._pause = min(_MAX_PAUSE, self._pause * 2 if self._pause else _FIRST_PAUSE)
+            self._paused_until = time.monotonic() + self._pause
+
+    def succeeded(self) -> None:
+        """A set-up succeeded: the share works."""
+        self.failures = 0
+        self._pause = 0.0
+        self._paused_until = 0.0
+
+    @property
+    def paused_for(self) -> float:
+        """Seconds left in the current pause (0 when not paused)."""
+        return max(self._paused_until - time.monotonic(), 0.0)
+
+    @property
+    def why_paused(self) -> str | None:
+        """Why hand-outs are paused now, or None."""
+        left = self.paused_for
+        if not left:
+            return None
+        return (
+            f"hand-outs paused for {left:.0f}s after {self.failures} set-ups in a row failed; "
+            f"last: {self.last_error}"
+        )
+
+    def check(self) -> None:
+        """Raise SetUpPausedError while hand-outs are paused."""
+        why = self.why_paused
+        if why is not None:
+            raise SetUpPausedError(why)
