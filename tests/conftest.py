@@ -132,7 +132,7 @@ class JKP:
         self.store = app.pool_manager.store
         self.stopped = False
 
-    async def request(self, method, path, body=None, headers=None):
+    async def request(self, method, path, body=None, headers=None, **options):
         """(status, decoded JSON body) of one request to jkp."""
         response = await AsyncHTTPClient().fetch(
             HTTPRequest(
@@ -142,6 +142,7 @@ class JKP:
                 headers=headers,
                 allow_nonstandard_methods=True,
                 request_timeout=60,
+                **options,
             ),
             raise_error=False,
         )
@@ -348,3 +349,15 @@ def jkp_process_factory(tmp_path, shared_dir):
             replica.proc.terminate()
     for replica in started:
         replica.proc.wait(timeout=15)
+
+
+def kernel_pid(kernel_id):
+    """The pid of a local kernel EG started: its command line names its connection file."""
+    needle = f"kernel-{kernel_id}.json".encode()
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and needle in (entry / "cmdline").read_bytes():
+                return int(entry.name)
+        except OSError:
+            continue  # the process ended while we looked
+    raise AssertionError(f"no process for kernel {kernel_id}")

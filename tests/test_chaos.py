@@ -8,13 +8,12 @@ import asyncio
 import json
 import os
 import signal
-from pathlib import Path
 
 import pytest
 import redis.asyncio as redis
 from tornado.httpclient import HTTPClientError
 
-from tests.conftest import wait_until
+from tests.conftest import kernel_pid, wait_until
 
 KEY = "test:kernels:idle"
 # Short leases so a dead replica's work expires within the test: a start may take
@@ -71,12 +70,12 @@ async def test_replica_killed_mid_pop_loses_no_kernel(
     [model_json] = await redis_client.lrange(KEY, 0, -1)
     kernel_id = json.loads(model_json)["id"]
     # Freeze the kernel so the pop is caught between taking it and handing it over.
-    kernel_pid = _kernel_pid(kernel_id)
-    os.kill(kernel_pid, signal.SIGSTOP)
+    frozen = kernel_pid(kernel_id)
+    os.kill(frozen, signal.SIGSTOP)
     pop = asyncio.ensure_future(doomed.pop("zt"))
     await wait_until(lambda: _count(redis_client.hlen(f"{KEY}:claimed"), 1), 10, "the claim")
     doomed.kill()
-    os.kill(kernel_pid, signal.SIGCONT)
+    os.kill(frozen, signal.SIGCONT)
     with pytest.raises(HTTPClientError):
         await pop  # the caller saw the replica die: the kernel must never reach anyone
     jkp_process_factory(redis_server, gateway, "--max-pending-kernels=1", *LEASES, *FAST_CHECKS)
@@ -107,10 +106,15 @@ async def test_replicas_crash_and_redis_restart_lose_nothing(
         for _ in range(3)
     ]
     client = redis.Redis.from_url(redis_server.url, decode_responses=True)
+    hung_pid = None
     try:
         await wait_until(lambda: _count(client.llen(KEY), target), 60, "the pool to fill")
         # Exact size: three replicas with target 4 started 4 kernels, not 12.
         assert len(gateway.list_kernel_ids()) == target
+        # A kernel that hangs, at the pop end: whichever pop takes it shuts it down and goes on.
+        hung = json.loads(await client.lindex(KEY, -1))["id"]
+        hung_pid = kernel_pid(hung)
+        os.kill(hung_pid, signal.SIGSTOP)
 
         results = []
         queue = asyncio.Queue()
@@ -132,7 +136,24 @@ async def test_replicas_crash_and_redis_restart_lose_nothing(
             await asyncio.sleep(0.5)
             redis_server.restart()
 
-        await asyncio.gather(chaos(), *(client_loop() for _ in range(concurrency)))
+        async def vanishing_client(n):
+            # Sends a pop and hangs up 5 ms later, mid-pop: it must cost no kernel.
+            await asyncio.sleep(0.3 * n)
+            port = int(replicas[n].url.rsplit(":", 1)[1])
+            body = json.dumps({"userId": f"gone{n}"}).encode()
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(
+                b"POST /api/kernels/pop/ HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s"
+                % (len(body), body)
+            )
+            await asyncio.sleep(0.005)
+            writer.close()
+
+        await asyncio.gather(
+            chaos(),
+            *(client_loop() for _ in range(concurrency)),
+            *(vanishing_client(n) for n in (0, 2)),  # replica 1 is the one killed
+        )
 
         served = [body["id"] for status, body in results if status == 200]
         print(f"chaos: {len(served)} of {pops} served; statuses {sorted(s for s, _ in results)}")
@@ -146,8 +167,14 @@ async def test_replicas_crash_and_redis_restart_lose_nothing(
         assert set(served) <= set(await client.hgetall(f"{KEY}:handed"))
         # Nothing unaccounted: EG runs exactly the pooled plus the handed-out kernels.
         await wait_until(lambda: _eg_runs(gateway, client), 30, "EG to run only accounted kernels")
+        # The hung kernel went to nobody, and is gone from EG.
+        assert hung not in served and hung not in gateway.list_kernel_ids()
     finally:
         await client.aclose()
+        try:
+            os.kill(hung_pid, signal.SIGCONT)
+        except (ProcessLookupError, TypeError):  # gone, or never stopped (None)
+            pass
 
 
 async def _count(awaitable, expected):
@@ -159,15 +186,3 @@ async def _count(awaitable, expected):
 
 async def _eg_runs(gateway, client):
     return sorted(gateway.list_kernel_ids()) == await accounted(client)
-
-
-def _kernel_pid(kernel_id):
-    """The pid of a local kernel EG started: its command line names its connection file."""
-    needle = f"kernel-{kernel_id}.json".encode()
-    for entry in Path("/proc").iterdir():
-        try:
-            if entry.name.isdigit() and needle in (entry / "cmdline").read_bytes():
-                return int(entry.name)
-        except OSError:
-            continue  # the process ended while we looked
-    raise AssertionError(f"no process for kernel {kernel_id}")

@@ -122,3 +122,34 @@ def test_start_up_warns_when_exposed_without_token(ip, token, warned, caplog):
     app.log.addHandler(_ListHandler(records))
     app.warn_if_exposed()
     assert any("WITHOUT authentication" in r.getMessage() for r in records) == warned
+
+
+@pytest.mark.parametrize("size", [2 * 1024 * 1024, 64 * 1024 * 1024])
+async def test_body_of_any_size_is_refused_with_a_json_413(
+    redis_server, gateway, jkp_factory, size
+):
+    jkp = await jkp_factory(redis_server, gateway, "--max-pending-kernels=1")
+    [pooled] = await jkp.wait_for_idle(1)
+    body = json.dumps({"userId": "zt", "padding": "x" * size})
+    status, error = await jkp.request("POST", "/api/kernels/pop/", body)
+    assert status == 413
+    assert error["reason"] == "Request body too large"
+    assert await jkp.idle_ids() == [pooled]
+
+
+async def test_chunked_body_over_the_limit_is_refused_with_a_json_413(
+    redis_server, gateway, jkp_factory
+):
+    jkp = await jkp_factory(redis_server, gateway, "--max-pending-kernels=1")
+    [pooled] = await jkp.wait_for_idle(1)
+
+    async def chunks(write):
+        await write(b'{"userId": "zt", "padding": "')
+        for _ in range(40):
+            await write(b"x" * 4096)
+        await write(b'"}')
+
+    status, error = await jkp.request("POST", "/api/kernels/pop/", body_producer=chunks)
+    assert status == 413
+    assert error["reason"] == "Request body too large"
+    assert await jkp.idle_ids() == [pooled]

@@ -3,17 +3,32 @@
 import asyncio
 import json
 
+import pytest
+
 from tests.conftest import localstack, wait_until
 
 
+@pytest.mark.parametrize("activation", ["on", "off"])
 async def test_activation_keeps_pooled_kernels_alive_through_eg_culling(
-    redis_server, gateway_factory, jkp_factory
+    redis_server, gateway_factory, jkp_factory, activation
 ):
     gateway = gateway_factory(cull_idle_timeout=4, cull_interval=1)
     jkp = await jkp_factory(
-        redis_server, gateway, "--max-pending-kernels=2", "--PoolManager.activation_interval=1"
+        redis_server,
+        gateway,
+        "--max-pending-kernels=2",
+        f"--PoolManager.activation_interval={1 if activation == 'on' else 0}",
+        # An open websocket alone keeps EG's culler off a kernel: keep none, so only the
+        # activation pings can.
+        "--GatewayClient.max_open_channels=0",
     )
     pooled = await jkp.wait_for_idle(2)
+    if activation == "off":
+        # The control: without pings, EG culls the pooled kernels too.
+        await wait_until(
+            lambda: not set(pooled) & set(gateway.list_kernel_ids()), 30, "EG to cull them"
+        )
+        return
     # A kernel nobody pings, started beside the pool: EG's culler must take it.
     status, unpinged = localstack.http_request(
         "POST",

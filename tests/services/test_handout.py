@@ -1,0 +1,263 @@
+"""Handing kernels out when things go wrong, against a real Redis and a real EG: a hung kernel,
+callers that hang up, retried pops, a broken share, kernels EG shut down after the hand-out."""
+
+import asyncio
+import json
+import os
+import re
+import signal
+import subprocess
+import time
+
+import pytest
+from tornado.httpclient import AsyncHTTPClient
+
+from jkp.services.handout import SET_UP_FAILURES_BEFORE_PAUSE, SetUpGuard, SetUpPausedError
+from tests.conftest import kernel_pid, localstack, wait_until
+
+
+async def pop_end_kernel(jkp):
+    """The id of the kernel the next pop takes."""
+    return json.loads((await jkp.store.idle_models())[-1])["id"]
+
+
+async def pops_counted(jkp, outcome):
+    """jkp_pops_total for ``outcome``, as a Prometheus scrape reads it."""
+    response = await AsyncHTTPClient().fetch(jkp.url + "/metrics")
+    text = response.body.decode()
+    return float(re.search(rf'^jkp_pops_total{{outcome="{outcome}"}} (\S+)$', text, re.M)[1])
+
+
+async def settled(jkp, target):
+    counts = await jkp.store.counts()
+    retiring = await jkp.store.retiring_ids()
+    return (counts["idle"], counts["starting"], counts["claimed"], retiring) == (target, 0, 0, [])
+
+
+async def test_hung_kernel_at_the_pop_end_is_shut_down_and_pops_go_on(
+    redis_server, gateway, jkp_factory
+):
+    jkp = await jkp_factory(redis_server, gateway, "--max-pending-kernels=3")
+    await jkp.wait_for_idle(3)
+    hung = await pop_end_kernel(jkp)
+    pid = kernel_pid(hung)
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        answers, took = [], []
+        for n in range(3):
+            started = time.monotonic()
+            answers.append(await jkp.pop(f"user{n}"))
+            took.append(time.monotonic() - started)
+        print(f"pops with a hung kernel at the pop end: {[round(t, 3) for t in took]} s")
+        assert [status for status, _ in answers] == [200, 200, 200]
+        served = [model["id"] for _, model in answers]
+        assert hung not in served and len(set(served)) == 3
+        # It left the pool at once, and EG shuts it down.
+        assert hung not in await jkp.idle_ids()
+        await wait_until(lambda: hung not in gateway.list_kernel_ids(), 30, "hung kernel shut down")
+    finally:
+        try:
+            os.kill(pid, signal.SIGCONT)
+        except ProcessLookupError:
+            pass
+    assert took[0] < 2.5  # the set-up's timeout plus asking EG, not a hang
+    assert hung not in await jkp.store.handed_out()
+
+
+async def test_callers_that_hang_up_mid_pop_cost_no_kernel(redis_server, gateway, jkp_factory):
+    jkp = await jkp_factory(redis_server, gateway, "--max-pending-kernels=3")
+    await jkp.wait_for_idle(3)
+    port = int(jkp.url.rsplit(":", 1)[1])
+    body = json.dumps({"userId": "gone"}).encode()
+    request = (
+        b"POST /api/kernels/pop/ HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+    )
+
+    async def hang_up_after_sending():
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(request)
+        await writer.drain()
+        await asyncio.sleep(0.005)
+        writer.close()
+
+    await asyncio.gather(*(hang_up_after_sending() for _ in range(3)))
+    await wait_until(lambda: pops_counted_is(jkp, "abandoned", 3), 15, "3 abandoned pops")
+    # Nobody got an answer, so nobody holds a kernel: EG runs exactly the pool.
+    await wait_until(lambda: settled(jkp, 3), 60, "the pool to settle")
+    assert await jkp.store.handed_out() == {}
+    await wait_until(lambda: _eg_runs_only(gateway, jkp), 30, "EG to run only the pooled kernels")
+
+
+async def pops_counted_is(jkp, outcome, count):
+    return await pops_counted(jkp, outcome) == count
+
+
+async def _eg_runs_only(gateway, jkp):
+    return sorted(gateway.list_kernel_ids()) == sorted(await jkp.idle_ids())
+
+
+async def test_caller_that_hangs_up_while_waiting_leaves_the_kernel_in_the_pool(
+    redis_server, gateway, jkp_factory
+):
+    jkp = await jkp_factory(
+        redis_server,
+        gateway,
+        "--max-pending-kernels=1",
+        "--PoolManager.refill_delay=600",
+        "--PoolManager.pop_timeout=30",
+    )
+    await jkp.wait_for_idle(1)
+    status, first = await jkp.pop("first")
+    assert status == 200
+    # The pool is empty: this caller waits (which starts a kernel), then gives up.
+    port = int(jkp.url.rsplit(":", 1)[1])
+    body = json.dumps({"userId": "gone"}).encode()
+    _, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(
+        b"POST /api/kernels/pop/ HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: %d\r\n\r\n%s"
+        % (len(body), body)
+    )
+    await writer.drain()
+    await asyncio.sleep(0.05)
+    writer.close()
+    await wait_until(lambda: pops_counted_is(jkp, "abandoned", 1), 10, "the abandoned pop")
+    # The kernel started for it stays in the pool, set up for nobody.
+    [kept] = await jkp.wait_for_idle(1, timeout=30)
+    assert list(await jkp.store.handed_out()) == [first["id"]]
+    assert sorted(gateway.list_kernel_ids()) == sorted([first["id"], kept])
+
+
+async def test_pop_repeated_with_its_idempotency_key_gets_the_same_kernel(
+    redis_server, gateway, jkp_factory
+):
+    jkp = await jkp_factory(redis_server, gateway, "--max-pending-kernels=3")
+    await jkp.wait_for_idle(3)
+
+    async def pop(user_id, key):
+        return await jkp.request(
+            "POST",
+            "/api/kernels/pop/",
+            json.dumps({"userId": user_id}),
+            headers={"Idempotency-Key": key},
+        )
+
+    status, first = await pop("zt", "retry-1")
+    assert status == 200
+    status, again = await pop("zt", "retry-1")
+    assert status == 200 and again == first
+    assert list(await jkp.store.handed_out()) == [first["id"]]
+    status, other = await pop("zt", "retry-2")
+    assert status == 200 and other["id"] != first["id"]
+    status, error = await pop("someone-else", "retry-1")
+    assert status == 409 and error["reason"] == "Idempotency-Key conflict"
+    assert sorted(await jkp.store.handed_out()) == sorted([first["id"], other["id"]])
+    # Without the header nothing changes: each pop takes a kernel.
+    assert (await jkp.pop("zt"))[1]["id"] not in (first["id"], other["id"])
+
+
+@pytest.mark.parametrize("key", ["", "k" * 129, "tab\there", "é"])
+async def test_bad_idempotency_key_is_a_400_and_takes_no_kernel(
+    redis_server, gateway, jkp_factory, key
+):
+    jkp = await jkp_factory(redis_server, gateway, "--max-pending-kernels=1")
+    [pooled] = await jkp.wait_for_idle(1)
+    status, error = await jkp.request(
+        "POST",
+        "/api/kernels/pop/",
+        json.dumps({"userId": "zt"}),
+        headers={"Idempotency-Key": key},
+    )
+    assert status == 400 and error["reason"] == "Invalid Idempotency-Key"
+    assert await jkp.idle_ids() == [pooled]
+
+
+async def test_kernel_eg_shut_down_after_the_hand_out_is_forgotten(
+    redis_server, gateway, jkp_factory
+):
+    jkp = await jkp_factory(
+        redis_server, gateway, "--max-pending-kernels=1", "--PoolManager.check_task_interval=1"
+    )
+    await jkp.wait_for_idle(1)
+    status, model = await jkp.pop("zt")
+    assert status == 200
+    assert (await jkp.request("GET", "/api/pool"))[1]["handed"] == 1
+    localstack.http_request("DELETE", f"{gateway.url}/api/kernels/{model['id']}")
+    await wait_until(lambda: _handed_count_is(jkp, 0), 15, "the handed-out kernel forgotten")
+
+
+async def _handed_count_is(jkp, count):
+    return (await jkp.request("GET", "/api/pool"))[1]["handed"] == count
+
+
+class ReadOnly:
+    """Makes a directory read-only even for root (immutable), and writable again after."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __enter__(self):
+        if subprocess.run(["chattr", "+i", str(self.path)], capture_output=True).returncode:
+            if os.geteuid() == 0:
+                pytest.fail("cannot make the share read-only: chattr +i failed as root")
+            self.path.chmod(0o555)
+        return self
+
+    def __exit__(self, *exc):
+        subprocess.run(["chattr", "-i", str(self.path)], capture_output=True)
+        self.path.chmod(0o755)
+
+
+async def test_read_only_share_costs_one_kernel_per_pop_then_pauses_hand_outs(
+    redis_server, gateway, jkp_factory, shared_dir
+):
+    jkp = await jkp_factory(
+        redis_server, gateway, "--max-pending-kernels=4", "--PoolManager.refill_delay=600"
+    )
+    pooled = await jkp.wait_for_idle(4)
+    with ReadOnly(shared_dir):
+        for n in range(SET_UP_FAILURES_BEFORE_PAUSE):
+            status, error = await jkp.pop(f"user{n}")
+            assert status == 500 and error["reason"] == "Set-up failed"
+            assert "not because of the user" in error["message"]
+            # One kernel per failed pop, no more.
+            assert len(await jkp.idle_ids()) == len(pooled) - n - 1
+        status, error = await jkp.pop("user-next")
+        assert status == 503 and error["reason"] == "Set-up paused"
+        assert len(await jkp.idle_ids()) == len(pooled) - SET_UP_FAILURES_BEFORE_PAUSE
+        status, ready = await jkp.request("GET", "/api/ready")
+        assert status == 503 and "paused" in ready["message"]
+    assert await jkp.store.handed_out() == {}
+
+
+async def test_ready_is_503_while_starts_fail_and_the_pool_is_empty(
+    redis_server, gateway, jkp_factory
+):
+    # EG refuses kernels for root (403): every start fails.
+    jkp = await jkp_factory(
+        redis_server,
+        gateway,
+        "--max-pending-kernels=1",
+        "--PoolManager.kernel_user_name=root",
+        "--PoolManager.max_start_backoff=0.2",
+    )
+    await wait_until(lambda: len(jkp.logged("Starting kernel")) >= 2, 20, "failed starts")
+    status, ready = await jkp.request("GET", "/api/ready")
+    assert status == 503
+    assert "kernel starts keep failing" in ready["message"] and "403" in ready["message"]
+
+
+def test_set_up_guard_pauses_after_failures_in_a_row_and_the_pause_grows():
+    guard = SetUpGuard()
+    for _ in range(SET_UP_FAILURES_BEFORE_PAUSE - 1):
+        guard.failed(OSError("Read-only file system"))
+    guard.check()  # not yet
+    guard.failed(OSError("Read-only file system"))
+    with pytest.raises(SetUpPausedError, match="Read-only file system"):
+        guard.check()
+    first = guard.paused_for
+    guard.failed(OSError("still read-only"))
+    assert guard.paused_for > first
+    guard.succeeded()
+    guard.check()
+    assert guard.why_paused is None
