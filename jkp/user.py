@@ -72,3 +72,12 @@ def enter_user_dir_code(working_dir: str, user_id: str) -> str:
     return _ENTER_USER_DIR.format(
         working_dir=repr(working_dir), user_id=json.dumps(validate_user_id(user_id))
     )
+
+
+def set_up_not_begun_expression(working_dir: str) -> str:
+    """A Python expression, true in a kernel that no set-up has moved into a user's directory
+    (its current directory is not a direct child of ``working_dir``)."""
+    return (
+        "__import__('os').path.dirname(__import__('os').getcwd()) != "
+        f"__import__('os').path.realpath({working_dir!r})"
+    )

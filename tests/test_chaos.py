@@ -8,12 +8,13 @@ import asyncio
 import json
 import os
 import signal
+import time
 
 import pytest
 import redis.asyncio as redis
-from tornado.httpclient import HTTPClientError
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 
-from tests.conftest import kernel_pid, wait_until
+from tests.conftest import kernel_pid, localstack, wait_until
 
 KEY = "test:kernels:idle"
 # Short leases so a dead replica's work expires within the test: a start may take
@@ -60,6 +61,59 @@ async def test_replica_killed_mid_start_leaves_no_kernel_unaccounted(
         lambda: _eg_runs(gateway, redis_client), 30, "EG to run only accounted kernels"
     )
     assert survivor.proc.poll() is None
+
+
+async def test_replica_killed_mid_start_is_taken_over_within_seconds(
+    redis_server, redis_client, gateway_factory, jkp_process_factory
+):
+    # Every kernel takes 3 s to come up, like a (fast) pod: the kill lands mid-start.
+    python = str(localstack.DEFAULT_EG_VENV / "bin" / "python")
+    gateway = gateway_factory(
+        kernel_argv=[
+            "/bin/sh",
+            "-c",
+            'sleep 3; exec "$1" -m ipykernel_launcher -f "$0"',
+            "{connection_file}",
+            python,
+        ]
+    )
+    pool = ("--max-pending-kernels=3", "--PoolManager.check_task_interval=1")
+    doomed = jkp_process_factory(redis_server, gateway, *pool)
+    await wait_until(lambda: _eg_has(gateway, 3), 30, "3 starts under way on EG")
+    started = sorted(await redis_client.zrange(f"{KEY}:starting", 0, -1))
+    assert len(started) == 3 and await redis_client.llen(KEY) == 0
+    doomed.kill()
+    killed_at = time.monotonic()
+    # Two survivors: they race for each takeover, and exactly one wins it.
+    survivors = [jkp_process_factory(redis_server, gateway, *pool) for _ in range(2)]
+    await wait_until(lambda: settled(redis_client, 3), 60, "the pool full again")
+    full_after = time.monotonic() - killed_at
+    # The dead replica's kernels were adopted, not restarted: their ids are the pool.
+    idle = sorted(json.loads(m)["id"] for m in await redis_client.lrange(KEY, 0, -1))
+    assert idle == started
+    assert sorted(gateway.list_kernel_ids()) == started
+    adopted = [
+        await _metric(s, 'jkp_takeovers_total{kind="start",outcome="adopted"}') for s in survivors
+    ]
+    print(f"takeover: pool full {full_after:.1f}s after SIGKILL; adopted per survivor {adopted}")
+    assert sum(adopted) == 3
+    # Heartbeat TTL (6 s) + a start (~4 s) + the survivors' own start-up: not the 420 s lease.
+    assert full_after < 20
+
+
+def _eg_has(gateway, count):
+    try:
+        return len(gateway.list_kernel_ids()) == count
+    except RuntimeError:  # EG 3.3 cannot list a kernel still starting (no last_activity yet)
+        return False
+
+
+async def _metric(replica, name):
+    response = await AsyncHTTPClient().fetch(replica.url + "/metrics")
+    for line in response.body.decode().splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise AssertionError(f"{name} not in {replica.url}/metrics")
 
 
 async def test_replica_killed_mid_pop_loses_no_kernel(

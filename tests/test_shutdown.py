@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from tests.conftest import wait_until
-from tests.test_chaos import KEY, _count, _kernel_pid
+from tests.conftest import kernel_pid, wait_until
+from tests.test_chaos import KEY, _count
 
 
 async def _exit_code(proc, timeout):
@@ -38,17 +38,20 @@ async def test_stop_signal_exits_0_and_leaves_the_pool_in_redis(
 async def test_pop_in_flight_finishes_before_exit(
     redis_server, redis_client, gateway, jkp_process_factory, shared_dir
 ):
-    jkp = jkp_process_factory(redis_server, gateway, "--max-pending-kernels=1")
+    # A set-up may wait 5 s here, so the held kernel is not judged hung before it resumes.
+    jkp = jkp_process_factory(
+        redis_server, gateway, "--max-pending-kernels=1", "--PoolManager.kernel_request_timeout=5"
+    )
     await wait_until(lambda: _count(redis_client.llen(KEY), 1), 30, "the pool to fill")
     [model_json] = await redis_client.lrange(KEY, 0, -1)
-    kernel_pid = _kernel_pid(json.loads(model_json)["id"])
-    os.kill(kernel_pid, signal.SIGSTOP)  # hold the pop in its set-up
+    held = kernel_pid(json.loads(model_json)["id"])
+    os.kill(held, signal.SIGSTOP)  # hold the pop in its set-up
     pop = asyncio.ensure_future(jkp.pop("zt"))
     await wait_until(lambda: _count(redis_client.hlen(f"{KEY}:claimed"), 1), 10, "the claim")
     jkp.proc.send_signal(signal.SIGTERM)
     await asyncio.sleep(1)
     assert jkp.proc.poll() is None  # still finishing the pop
-    os.kill(kernel_pid, signal.SIGCONT)
+    os.kill(held, signal.SIGCONT)
     status, model = await pop
     assert status == 200
     assert await _exit_code(jkp.proc, 10) == 0

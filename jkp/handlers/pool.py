@@ -12,6 +12,7 @@ from jkp.services.gateway import GatewayError
 from jkp.services.handout import (
     PoolEmptyError,
     PopAbandonedError,
+    ReplicaUnregisteredError,
     SetUpError,
     SetUpPausedError,
     ShuttingDownError,
@@ -60,6 +61,8 @@ class PopHandler(APIHandler):
             return
         except ShuttingDownError as e:
             raise api_error(503, str(e), "Shutting down") from e
+        except ReplicaUnregisteredError as e:
+            raise api_error(503, str(e), "Replica not registered") from e
         except PoolEmptyError as e:
             raise api_error(503, f"No kernel available: {e}", "Pool empty") from e
         except SetUpPausedError as e:

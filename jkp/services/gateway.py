@@ -263,7 +263,12 @@ class GatewayClient(LoggingConfigurable):
         return reply.content
 
     async def execute(
-        self, kernel_id: str, code: str, timeout: float, keep_open: bool = False
+        self,
+        kernel_id: str,
+        code: str,
+        timeout: float,
+        keep_open: bool = False,
+        user_expressions: dict[str, str] | None = None,
     ) -> ShellReply:
         """Run ``code`` silently in the kernel; its execute_reply once the kernel is idle.
 
@@ -273,7 +278,7 @@ class GatewayClient(LoggingConfigurable):
             "code": code,
             "silent": True,
             "store_history": False,
-            "user_expressions": {},
+            "user_expressions": user_expressions or {},
             "allow_stdin": False,
             "stop_on_error": True,
         }
@@ -283,6 +288,15 @@ class GatewayClient(LoggingConfigurable):
             ename, evalue = reply.content.get("ename", "error"), reply.content.get("evalue", status)
             raise KernelReplyError(f"{ename}: {evalue}", reply.content)
         return reply
+
+    async def evaluate(self, kernel_id: str, expression: str, timeout: float) -> str:
+        """The ``text/plain`` value of ``expression`` in the kernel, evaluated as a user
+        expression: it defines no name and leaves no history."""
+        reply = await self.execute(kernel_id, "", timeout, user_expressions={"value": expression})
+        value = reply.content.get("user_expressions", {}).get("value", {})
+        if value.get("status") != "ok":
+            raise KernelReplyError(f"{value.get('ename')}: {value.get('evalue')}", value)
+        return value.get("data", {}).get("text/plain", "")
 
     def wants_channel(self, kernel_id: str) -> bool:
         """Whether a websocket to this kernel should be opened: none is, and there is room."""

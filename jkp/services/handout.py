@@ -30,6 +30,10 @@ class ShuttingDownError(Exception):
     """jkp is stopping and takes no new pops."""
 
 
+class ReplicaUnregisteredError(Exception):
+    """This replica's heartbeat in Redis ran out: others may have taken its work over."""
+
+
 class SetUpError(Exception):
     """The set-up failed for a reason that is not the user's (e.g. the share is read-only or
     full); the kernel was shut down."""

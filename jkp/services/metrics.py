@@ -64,6 +64,13 @@ class Metrics:
             ["reason"],
             registry=self.registry,
         )
+        self.takeovers = Counter(
+            "jkp_takeovers",
+            "Starts and claims of dead replicas taken over by this one, by kind (start, claim) "
+            "and outcome (adopted, released, removed)",
+            ["kind", "outcome"],
+            registry=self.registry,
+        )
         self.errors = Counter(
             "jkp_dependency_errors",
             "Failed calls to a dependency (redis, gateway)",
@@ -76,6 +83,13 @@ class Metrics:
             self.kernel_starts.labels(outcome)
         for outcome in ("ok", "failed"):
             self.activations.labels(outcome)
+        for kind, outcome in (
+            ("start", "adopted"),
+            ("start", "removed"),
+            ("claim", "released"),
+            ("claim", "removed"),
+        ):
+            self.takeovers.labels(kind, outcome)
         for dependency in ("redis", "gateway"):
             self.errors.labels(dependency)
 

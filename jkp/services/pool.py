@@ -9,7 +9,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from typing import Any, TypeVar
 
 from redis.exceptions import RedisError
@@ -21,6 +21,7 @@ from jkp.services.handout import (
     Handout,
     PoolEmptyError,
     PopAbandonedError,
+    ReplicaUnregisteredError,
     SetUpError,
     SetUpGuard,
     ShuttingDownError,
@@ -29,7 +30,13 @@ from jkp.services.handout import (
 from jkp.services.metrics import Metrics
 from jkp.services.store import Claim, Idempotency, IdempotencyPending, PoolStore, Replay
 from jkp.traits import env_default
-from jkp.user import USER_DIR_REFUSED, WARM_UP_CODE, enter_user_dir_code, validate_user_id
+from jkp.user import (
+    USER_DIR_REFUSED,
+    WARM_UP_CODE,
+    enter_user_dir_code,
+    set_up_not_begun_expression,
+    validate_user_id,
+)
 
 # How often a pop waiting on an empty pool looks again for a kernel another replica pooled.
 _EMPTY_POOL_POLL = 0.1
@@ -49,6 +56,8 @@ _ACTIVATION_TURN_SHARE = 0.8
 # Pause of the background loops while Redis or EG fail: doubles from the first, up to the cap.
 _FAILING_RETRY_FIRST = 0.5
 _FAILING_RETRY_CAP = 10.0
+# A replica counts as dead once its heartbeat is this many intervals old.
+_HEARTBEAT_TTL_INTERVALS = 3
 # Of a set-up's time, the share (up to a cap) kept back to ask EG whose fault a timeout was.
 _VERDICT_TIME_SHARE = 0.25
 _VERDICT_TIME_MAX = 0.5
@@ -212,6 +221,20 @@ class PoolManager(LoggingConfigurable):
     def _idempotency_ttl_default(self) -> Any:
         return env_default(self, "idempotency_ttl")
 
+    replica_heartbeat_interval = Float(
+        2.0,
+        help="Seconds between this replica's heartbeats in Redis. A replica whose heartbeat is "
+        "3 intervals old counts as dead: another takes over the kernels it was starting and "
+        "handing out, and it stops starting and handing out itself until it has registered "
+        "again (JKP_REPLICA_HEARTBEAT_INTERVAL env var)",
+        min=0.1,
+    ).tag(config=True)
+    replica_heartbeat_interval_env = "JKP_REPLICA_HEARTBEAT_INTERVAL"
+
+    @default("replica_heartbeat_interval")
+    def _replica_heartbeat_interval_default(self) -> Any:
+        return env_default(self, "replica_heartbeat_interval")
+
     kernel_ready_timeout = Float(
         300.0,
         help="Seconds a new kernel has to answer its first kernel_info_request before it is "
@@ -313,11 +336,15 @@ class PoolManager(LoggingConfigurable):
         self._refill_at: float | None = None
         self._failing: dict[str, str] = {}
         self._set_up_guard = SetUpGuard()
+        # Until when (event loop time) this replica's heartbeat in Redis surely lasts.
+        self._registered_until = 0.0
 
     # -- lifecycle ------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Start the background tasks: reconcile with EG, fill, check, activate, sync."""
+        """Start the background tasks: heartbeat and takeover, reconcile with EG, fill, check,
+        activate, sync."""
+        self._tasks["heartbeat"] = asyncio.create_task(self._heartbeat_loop(), name="jkp-heartbeat")
         self._tasks["fill"] = asyncio.create_task(self._fill_loop(), name="jkp-fill")
         if self.channel_sync_interval > 0:
             self._tasks["channels"] = asyncio.create_task(
@@ -342,6 +369,10 @@ class PoolManager(LoggingConfigurable):
         self._tasks.clear()
         # Shutdowns already under way are allowed to finish so no kernel is left behind.
         await asyncio.gather(*self._retirements, return_exceptions=True)
+        try:
+            await self.store.leave(self.replica_id)  # nothing of ours is left to take over
+        except RedisError as e:
+            self.log.warning("Could not withdraw this replica's heartbeat (it expires): %s", e)
 
     def refill(self) -> None:
         """Ask the fill loop to top the pool up now."""
@@ -461,6 +492,11 @@ class PoolManager(LoggingConfigurable):
 
     async def _pop(self, handout: Handout) -> tuple[dict[str, Any], str]:
         """Claim kernels until one is set up for the user; its model and the pop's outcome."""
+        if not self.registered:
+            raise ReplicaUnregisteredError(
+                "this replica's heartbeat in Redis ran out; it hands nothing out until it has "
+                "registered again"
+            )
         self._set_up_guard.check()
         while True:
             if handout.remaining() <= 0:
@@ -500,7 +536,7 @@ class PoolManager(LoggingConfigurable):
             handout.check_client()
             try:
                 claim = await self.store.claim(
-                    handout.user_id, handout.idempotency, self._claim_lease
+                    handout.user_id, handout.idempotency, self._claim_lease, self.replica_id
                 )
             except IdempotencyPending:
                 claim = None  # the pop holding the key answers soon, or gives it up
@@ -651,17 +687,25 @@ class PoolManager(LoggingConfigurable):
             if now < self._refill_at:
                 return
             self._refill_at = None
-        while not self._stopping and len(self._starts) < self.max_concurrent_starts:
+        while (
+            not self._stopping
+            and self.registered
+            and len(self._starts) < self.max_concurrent_starts
+        ):
             kernel_id = str(uuid.uuid4())
             if not await self.store.reserve_start(
-                kernel_id, self.max_pending_kernels, self._start_lease
+                kernel_id, self.max_pending_kernels, self._start_lease, self.replica_id
             ):
                 return
-            task = asyncio.create_task(self._start_kernel(kernel_id), name=f"jkp-start-{kernel_id}")
-            self._starts[kernel_id] = task
-            task.add_done_callback(lambda _, kernel_id=kernel_id: self._starts.pop(kernel_id, None))
+            self._track_start(kernel_id, self._start_kernel(kernel_id))
             if self._start_failures:
                 return  # after failures, try one at a time until one succeeds
+
+    def _track_start(self, kernel_id: str, start: Coroutine[Any, Any, None]) -> None:
+        """Run a start in a task stop() cancels, counted against max_concurrent_starts."""
+        task = asyncio.create_task(start, name=f"jkp-start-{kernel_id}")
+        self._starts[kernel_id] = task
+        task.add_done_callback(lambda _: self._starts.pop(kernel_id, None))
 
     async def _start_kernel(self, kernel_id: str) -> None:
         """Start one kernel (its id already leased in Redis) and pool it once it answers."""
@@ -674,14 +718,7 @@ class PoolManager(LoggingConfigurable):
             await self.gateway.start_kernel(self.kernel_name, self.kernel_start_env(kernel_id))
             requested = True
             self.log.info("Kernel %s started on EG", kernel_id)
-            await self._wait_until_ready(kernel_id)
-            await self.gateway.execute(
-                kernel_id, WARM_UP_CODE, self.kernel_request_timeout, keep_open=True
-            )
-            model = await self._reported_model(kernel_id)
-            if not await self.store.finish_start(kernel_id, model):
-                self.log.warning("Lease of kernel %s expired before it was ready", kernel_id)
-                self._retire_soon(kernel_id, "lease expired")
+            if not await self._pool_when_ready(kernel_id):
                 return
         except asyncio.CancelledError:
             if requested:
@@ -718,8 +755,30 @@ class PoolManager(LoggingConfigurable):
         self.metrics.kernel_starts.labels("ready").inc()
         self.metrics.start_duration.observe(asyncio.get_running_loop().time() - started)
         self.log.info("Kernel %s is ready and pooled", kernel_id)
+
+    async def _pool_when_ready(self, kernel_id: str) -> bool:
+        """Wait until a started kernel answers, warm it up and pool it.
+
+        False when it is not this replica's to pool any more: its lease expired (the kernel is
+        then shut down), or another replica took the start over (it pools the kernel).
+        """
+        await self._wait_until_ready(kernel_id)
+        await self.gateway.execute(
+            kernel_id, WARM_UP_CODE, self.kernel_request_timeout, keep_open=True
+        )
+        model = await self._reported_model(kernel_id)
+        pooled = await self.store.finish_start(kernel_id, model, self.replica_id)
+        if pooled == 0:
+            self.log.warning("Lease of kernel %s expired before it was ready", kernel_id)
+            self._retire_soon(kernel_id, "lease expired")
+            return False
+        if pooled < 0:
+            self.log.warning("Start of kernel %s was taken over by another replica", kernel_id)
+            self.gateway.close_channel(kernel_id)
+            return False
         self._kernel_pooled.set()
         self._kernel_pooled = asyncio.Event()
+        return True
 
     async def _wait_until_ready(self, kernel_id: str) -> None:
         """Wait for the new kernel's first kernel_info_reply, up to kernel_ready_timeout.
@@ -783,6 +842,106 @@ class PoolManager(LoggingConfigurable):
             return
         if moved:
             await self._retire(kernel_id, reason)
+
+    # -- replicas: heartbeat and takeover ----------------------------------------------------
+
+    @property
+    def registered(self) -> bool:
+        """Whether this replica's heartbeat in Redis surely still lasts: only then may it start
+        and hand out kernels, as no other replica can have taken its work over."""
+        return asyncio.get_running_loop().time() < self._registered_until
+
+    @property
+    def _heartbeat_ttl(self) -> float:
+        return _HEARTBEAT_TTL_INTERVALS * self.replica_heartbeat_interval
+
+    async def _heartbeat_loop(self) -> None:
+        """Refresh this replica's heartbeat; take over the work of replicas whose ran out."""
+        loop = asyncio.get_running_loop()
+        while not self._stopping:
+            sent = loop.time()
+            try:
+                await self.store.beat(self.replica_id, self._heartbeat_ttl)
+                if not self.registered:
+                    self.log.info("Replica %s registered in Redis", self.replica_id)
+                    self._wake_filler.set()
+                # Counted from before the request: Redis set the expiry later than that.
+                self._registered_until = sent + self._heartbeat_ttl
+                await self.take_over_orphans()
+            except RedisError as e:
+                self._failed("redis", e)
+            except GatewayError as e:
+                self._failed("gateway", e)
+            await asyncio.sleep(max(self.replica_heartbeat_interval - (loop.time() - sent), 0))
+
+    async def take_over_orphans(self) -> None:
+        """Take over the starts and claims of replicas whose heartbeat ran out.
+
+        Each is taken by one script, so of several live replicas exactly one takes it.
+        """
+        starts, claims = await self.store.orphans()
+        for kernel_id in starts:
+            if await self.store.take_over_start(kernel_id, self.replica_id, self._start_lease):
+                self.log.warning("Took over the start of kernel %s from a dead replica", kernel_id)
+                self._track_start(kernel_id, self._adopt_start(kernel_id))
+        for kernel_id in claims:
+            claim = await self.store.take_over_claim(kernel_id, self.replica_id)
+            if claim is not None:
+                self.log.warning("Took over the claim on kernel %s from a dead replica", kernel_id)
+                task = asyncio.create_task(self._settle_orphaned_claim(claim))
+                self._retirements.add(task)
+                task.add_done_callback(self._retirements.discard)
+
+    async def _adopt_start(self, kernel_id: str) -> None:
+        """Finish a start a dead replica began: pool the kernel once it answers (a pod start is
+        too much work to throw away); shut it down if EG does not have it or it fails."""
+        outcome = "removed"
+        try:
+            if await self.gateway.get_kernel(kernel_id, self.kernel_request_timeout) is None:
+                await self._abandon_start_soon(kernel_id, "taken over; not on EG")
+            elif await self._pool_when_ready(kernel_id):
+                outcome = "adopted"
+                self.log.info("Kernel %s adopted and pooled", kernel_id)
+            else:
+                return
+        except asyncio.CancelledError:
+            self._abandon_start_soon(kernel_id, "jkp is stopping")
+            raise
+        except (GatewayError, RedisError) as e:
+            self._count_error(e)
+            self.log.warning("Adopted kernel %s did not become ready: %s", kernel_id, e)
+            await asyncio.shield(self._abandon_start_soon(kernel_id, "taken over; failed"))
+        self.metrics.takeovers.labels("start", outcome).inc()
+
+    async def _settle_orphaned_claim(self, claim: Claim) -> None:
+        """End a dead replica's claim: back to the pool if its set-up had not begun (the kernel
+        is not in a user's directory), else shut the kernel down."""
+        try:
+            expression = set_up_not_begun_expression(self.working_dir)
+            untouched = (
+                await self.gateway.evaluate(
+                    claim.kernel_id, expression, self.kernel_request_timeout
+                )
+                == "True"
+            )
+        except GatewayError as e:
+            self.log.warning(
+                "Kernel %s of a dead replica's pop did not answer: %s", claim.kernel_id, e
+            )
+            untouched = False
+        try:
+            if untouched and await self.store.release(claim):
+                self.metrics.takeovers.labels("claim", "released").inc()
+                self.log.info(
+                    "Kernel %s of a dead replica's pop is back in the pool", claim.kernel_id
+                )
+                self._kernel_pooled.set()
+                self._kernel_pooled = asyncio.Event()
+            elif await self.store.retire_claim(claim):
+                self.metrics.takeovers.labels("claim", "removed").inc()
+                await self._retire(claim.kernel_id, "taken over mid-pop")
+        except RedisError as e:
+            self._count_error(e)  # the claim lease is the safety net
 
     # -- removal ----------------------------------------------------------------------------
 
@@ -994,6 +1153,7 @@ class PoolManager(LoggingConfigurable):
         self.metrics.set_pool_counts(self.max_pending_kernels, counts)
         return {
             "replica": self.replica_id,
+            "replicas": await self.store.live_replicas(),
             "kernel_name": self.kernel_name,
             "target": self.max_pending_kernels,
             **counts,

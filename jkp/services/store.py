@@ -31,26 +31,100 @@ from jkp.traits import env_default
 # Redis server time in seconds, so leases do not depend on the replicas' clocks.
 _NOW = "local t = redis.call('TIME'); local now = tonumber(t[1]) + tonumber(t[2]) / 1e6\n"
 
+# Whether a replica's heartbeat (in the sorted set REPLICAS, id -> expiry) has run out.
+_DEAD = """
+local function dead(replicas, replica)
+  local expiry = redis.call('ZSCORE', replicas, replica)
+  return (not expiry) or tonumber(expiry) <= now
+end
+"""
+
+# A place in the pool for a kernel about to be started by replica ARGV[4] (KEYS[3]: owners).
 _RESERVE = (
     _NOW
     + """
 local live = redis.call('ZCOUNT', KEYS[2], '(' .. now, '+inf')
 if redis.call('LLEN', KEYS[1]) + live >= tonumber(ARGV[1]) then return 0 end
 redis.call('ZADD', KEYS[2], now + tonumber(ARGV[3]), ARGV[2])
+if ARGV[4] ~= '' then redis.call('HSET', KEYS[3], ARGV[2], ARGV[4]) end
 return 1
 """
 )
 
+# 1: pooled; 0: the lease is gone (expired and retired); -1: another replica took the start over.
 _FINISH_START = """
-if redis.call('ZREM', KEYS[2], ARGV[1]) == 0 then return 0 end
+if not redis.call('ZSCORE', KEYS[2], ARGV[1]) then return 0 end
+local owner = redis.call('HGET', KEYS[3], ARGV[1])
+if owner and owner ~= ARGV[3] then return -1 end
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('HDEL', KEYS[3], ARGV[1])
 redis.call('LPUSH', KEYS[1], ARGV[2])
 return 1
 """
 
+# Refresh replica ARGV[1]'s heartbeat for ARGV[2] seconds; forget heartbeats long expired.
+_BEAT = (
+    _NOW
+    + """
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - 3600)
+return 1
+"""
+)
+
+# Starts (KEYS[1], owners KEYS[2]) and claims (KEYS[3]) whose replica's heartbeat ran out.
+_ORPHANS = (
+    _NOW
+    + _DEAD
+    + """
+local starts, claims = {}, {}
+for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+  local owner = redis.call('HGET', KEYS[2], id)
+  if owner and dead(KEYS[4], owner) then table.insert(starts, id) end
+end
+local entries = redis.call('HGETALL', KEYS[3])
+for i = 1, #entries, 2 do
+  local replica = cjson.decode(entries[i + 1])['replica']
+  if replica and dead(KEYS[4], replica) then table.insert(claims, entries[i]) end
+end
+return {starts, claims}
+"""
+)
+
+# Replica ARGV[2] takes over the start of kernel ARGV[1] if its starter's heartbeat ran out.
+_TAKE_OVER_START = (
+    _NOW
+    + _DEAD
+    + """
+if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 0 end
+local owner = redis.call('HGET', KEYS[2], ARGV[1])
+if not owner or not dead(KEYS[3], owner) then return 0 end
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[1])
+return 1
+"""
+)
+
+# Replica ARGV[2] takes over the claim on kernel ARGV[1] if its pop's replica's heartbeat ran out.
+_TAKE_OVER_CLAIM = (
+    _NOW
+    + _DEAD
+    + """
+local claim = redis.call('HGET', KEYS[1], ARGV[1])
+if not claim then return false end
+claim = cjson.decode(claim)
+if not claim['replica'] or not dead(KEYS[2], claim['replica']) then return false end
+claim['replica'] = ARGV[2]
+claim['claimed_at'] = now
+redis.call('HSET', KEYS[1], ARGV[1], cjson.encode(claim))
+return claim['model']
+"""
+)
+
 # A pop's claim. With an idempotency key (KEYS[3]) it first looks at the key's record: another
 # user's key is a conflict, a finished pop's model is answered again, another pop still in flight
-# with it is "pending"; else the claim records this pop (ARGV[2]) as the key's owner, until the
-# claim lease (ARGV[3], ms) runs out or the pop ends.
+# with it is "pending"; else the claim records this pop (ARGV[3]) as the key's owner, until the
+# claim lease (ARGV[4], ms) runs out or the pop ends. The claim names its replica (ARGV[2]).
 _CLAIM = (
     _NOW
     + """
@@ -61,41 +135,59 @@ if idem then
     record = cjson.decode(record)
     if record['user_id'] ~= ARGV[1] then return {'conflict', ''} end
     if record['model'] then return {'replay', record['model']} end
-    if record['owner'] ~= ARGV[2] then return {'pending', ''} end
+    if record['owner'] ~= ARGV[3] then return {'pending', ''} end
   end
 end
 local model = redis.call('RPOP', KEYS[1])
 if not model then return {'empty', ''} end
 local id = cjson.decode(model)['id']
-redis.call('HSET', KEYS[2], id, cjson.encode({model = model, user_id = ARGV[1], claimed_at = now}))
+local replica = nil
+if ARGV[2] ~= '' then replica = ARGV[2] end
+local claim = {model = model, user_id = ARGV[1], claimed_at = now, replica = replica}
+redis.call('HSET', KEYS[2], id, cjson.encode(claim))
 if idem then
-  redis.call('SET', idem, cjson.encode({user_id = ARGV[1], owner = ARGV[2], kernel_id = id}),
-             'PX', ARGV[3])
+  redis.call('SET', idem, cjson.encode({user_id = ARGV[1], owner = ARGV[3], kernel_id = id}),
+             'PX', ARGV[4])
 end
 return {'claimed', model}
 """
 )
 
-# The claim becomes a hand-out; an idempotency record (KEYS[3]) keeps the model answered.
+# A claim's replica, or nil when none holds it (a claim of jkp's replicas names its replica).
+_CLAIM_HOLDER = """
+local function held_by(claims, id, replica)
+  local claim = redis.call('HGET', claims, id)
+  if not claim then return false end
+  local holder = cjson.decode(claim)['replica']
+  return replica == '' or not holder or holder == replica
+end
+"""
+
+# Replica ARGV[3]'s claim becomes a hand-out; an idempotency record (KEYS[3]) keeps the model.
 _HAND_OVER = (
     _NOW
+    + _CLAIM_HOLDER
     + """
-if redis.call('HDEL', KEYS[1], ARGV[1]) == 0 then return 0 end
+if not held_by(KEYS[1], ARGV[1], ARGV[3]) then return 0 end
+redis.call('HDEL', KEYS[1], ARGV[1])
 redis.call('HSET', KEYS[2], ARGV[1], cjson.encode({user_id = ARGV[2], handed_at = now}))
 if KEYS[3] then
-  local record = {user_id = ARGV[2], kernel_id = ARGV[1], model = ARGV[3]}
-  redis.call('SET', KEYS[3], cjson.encode(record), 'PX', ARGV[4])
+  local record = {user_id = ARGV[2], kernel_id = ARGV[1], model = ARGV[4]}
+  redis.call('SET', KEYS[3], cjson.encode(record), 'PX', ARGV[5])
 end
 return 1
 """
 )
 
 # A claim that ends without a hand-out: back to the pop end of the idle list ("release") or to
-# the retiring set ("retire"). The pop's idempotency record goes too, so a retry starts afresh.
+# the retiring set ("retire"), if replica ARGV[5] holds it ('' for any). The pop's idempotency
+# record goes too, so a retry starts afresh.
 _END_CLAIM = (
     _NOW
+    + _CLAIM_HOLDER
     + """
-if redis.call('HDEL', KEYS[1], ARGV[1]) == 0 then return 0 end
+if not held_by(KEYS[1], ARGV[1], ARGV[5]) then return 0 end
+redis.call('HDEL', KEYS[1], ARGV[1])
 if ARGV[2] == 'release' then
   redis.call('RPUSH', KEYS[2], ARGV[3])
 else
@@ -110,7 +202,7 @@ return 1
 )
 
 # Any other move into the retiring set: from the idle list (ARGV[3] is the stored model), the
-# start leases or the handed-out hash (ARGV[1] names the type of KEYS[1]).
+# start leases (and their owners, KEYS[3]) or the handed-out hash (ARGV[1] names KEYS[1]'s type).
 _RETIRE = (
     _NOW
     + """
@@ -119,6 +211,7 @@ if ARGV[1] == 'list' then
   removed = redis.call('LREM', KEYS[1], 1, ARGV[3])
 elseif ARGV[1] == 'zset' then
   removed = redis.call('ZREM', KEYS[1], ARGV[2])
+  if KEYS[3] then redis.call('HDEL', KEYS[3], ARGV[2]) end
 else
   removed = redis.call('HDEL', KEYS[1], ARGV[2])
 end
@@ -173,35 +266,25 @@ return stale
 )
 
 
+def _derived_key(suffix: str, what: str) -> property:
+    """A key of the pool named after its idle-list key: ``<idle>:<suffix>``."""
+    return property(lambda keys: f"{keys.idle}:{suffix}", doc=what)
+
+
 @dataclass(frozen=True)
 class PoolKeys:
-    """The Redis keys of one pool, all derived from its idle-list key."""
+    """The Redis keys of one pool, all derived from its idle-list key (see docs/redis.md)."""
 
     idle: str
 
-    @property
-    def starting(self) -> str:
-        return f"{self.idle}:starting"
-
-    @property
-    def claimed(self) -> str:
-        return f"{self.idle}:claimed"
-
-    @property
-    def handed(self) -> str:
-        return f"{self.idle}:handed"
-
-    @property
-    def retiring(self) -> str:
-        return f"{self.idle}:retiring"
-
-    @property
-    def activation(self) -> str:
-        return f"{self.idle}:activation"
-
-    @property
-    def handed_check(self) -> str:
-        return f"{self.idle}:handed-check"
+    starting = _derived_key("starting", "kernel id -> start lease expiry")
+    start_owners = _derived_key("start-owners", "kernel id -> the replica starting it")
+    claimed = _derived_key("claimed", "kernel id -> claim of a pop in progress")
+    handed = _derived_key("handed", "kernel id -> who it was handed to")
+    retiring = _derived_key("retiring", "kernel id -> when it was taken out of the pool")
+    replicas = _derived_key("replicas", "replica id -> heartbeat expiry")
+    activation = _derived_key("activation", "whose turn it is to activate idle kernels")
+    handed_check = _derived_key("handed-check", "whose turn it is to check handed-out kernels")
 
     def idempotency(self, key: str) -> str:
         return f"{self.idle}:idempotency:{key}"
@@ -222,6 +305,8 @@ class Claim:
     kernel_id: str
     model_json: str
     idempotency: Idempotency | None = None
+    # The replica whose pop holds the claim; "" acts on the claim whoever holds it.
+    replica: str = ""
 
     @property
     def model(self) -> dict[str, Any]:
@@ -260,39 +345,107 @@ class PoolStore:
         self._end_claim = client.register_script(_END_CLAIM)
         self._retire = client.register_script(_RETIRE)
         self._trim_surplus = client.register_script(_TRIM_SURPLUS)
+        self._beat = client.register_script(_BEAT)
+        self._orphans = client.register_script(_ORPHANS)
+        self._take_over_start = client.register_script(_TAKE_OVER_START)
+        self._take_over_claim = client.register_script(_TAKE_OVER_CLAIM)
         self._expired_starting = client.register_script(_EXPIRED_STARTING)
         self._stale_claims = client.register_script(_STALE_CLAIMS)
         self._counts = client.register_script(_COUNTS)
 
-    async def reserve_start(self, kernel_id: str, target: int, lease_seconds: float) -> bool:
-        """Record a kernel about to be started, if idle plus starting kernels are below target.
+    async def reserve_start(
+        self, kernel_id: str, target: int, lease_seconds: float, replica: str = ""
+    ) -> bool:
+        """Record a kernel about to be started by ``replica``, if idle plus starting kernels are
+        below target.
 
         The record is a lease: it expires after ``lease_seconds`` so a replica that dies
-        mid-start does not hold a place in the pool forever.
+        mid-start does not hold a place in the pool forever; sooner, once its heartbeat runs
+        out, another replica takes the start over (take_over_start).
         """
         k = self.keys
         return bool(
-            await self._reserve(keys=[k.idle, k.starting], args=[target, kernel_id, lease_seconds])
+            await self._reserve(
+                keys=[k.idle, k.starting, k.start_owners],
+                args=[target, kernel_id, lease_seconds, replica],
+            )
         )
 
-    async def finish_start(self, kernel_id: str, model: dict[str, Any]) -> bool:
+    async def finish_start(self, kernel_id: str, model: dict[str, Any], replica: str = "") -> int:
         """Move a started kernel from its lease into the idle list.
 
-        False when its lease was no longer there (expired and taken over): the caller must then
-        shut the kernel down rather than pool it.
+        1 when pooled; 0 when its lease was no longer there (expired and retired): the caller
+        must then shut the kernel down rather than pool it; -1 when another replica took the
+        start over: the kernel is that replica's to pool.
         """
         k = self.keys
-        return bool(
-            await self._finish_start(keys=[k.idle, k.starting], args=[kernel_id, json.dumps(model)])
+        return int(
+            await self._finish_start(
+                keys=[k.idle, k.starting, k.start_owners],
+                args=[kernel_id, json.dumps(model), replica],
+            )
         )
 
     async def retire_starting(self, kernel_id: str) -> bool:
         """Move a kernel whose start failed or whose lease expired to the retiring set."""
         k = self.keys
-        return bool(await self._retire(keys=[k.starting, k.retiring], args=["zset", kernel_id]))
+        return bool(
+            await self._retire(
+                keys=[k.starting, k.retiring, k.start_owners], args=["zset", kernel_id]
+            )
+        )
+
+    async def beat(self, replica: str, ttl_seconds: float) -> None:
+        """Refresh ``replica``'s heartbeat: it counts as alive for ``ttl_seconds``."""
+        await self._beat(keys=[self.keys.replicas], args=[replica, ttl_seconds])
+
+    async def leave(self, replica: str) -> None:
+        """Withdraw ``replica``'s heartbeat at once (a clean stop)."""
+        await self.client.zrem(self.keys.replicas, replica)
+
+    async def live_replicas(self) -> list[str]:
+        """The replicas whose heartbeat has not run out."""
+        seconds, microseconds = await self.client.time()
+        now = seconds + microseconds / 1e6
+        live = await self.client.zrangebyscore(self.keys.replicas, f"({now}", "+inf")
+        return sorted(_text(r) for r in live)
+
+    async def orphans(self) -> tuple[list[str], list[str]]:
+        """Kernel ids of the starts and of the claims whose replica's heartbeat ran out."""
+        k = self.keys
+        starts, claims = await self._orphans(
+            keys=[k.starting, k.start_owners, k.claimed, k.replicas]
+        )
+        return [_text(i) for i in starts], [_text(i) for i in claims]
+
+    async def take_over_start(self, kernel_id: str, replica: str, lease_seconds: float) -> bool:
+        """Make ``replica`` the starter of a kernel whose starter's heartbeat ran out; True for
+        exactly one replica, however many try."""
+        k = self.keys
+        return bool(
+            await self._take_over_start(
+                keys=[k.starting, k.start_owners, k.replicas],
+                args=[kernel_id, replica, lease_seconds],
+            )
+        )
+
+    async def take_over_claim(self, kernel_id: str, replica: str) -> Claim | None:
+        """Make ``replica`` the holder of a claim whose pop's replica's heartbeat ran out; the
+        claim for exactly one replica, however many try, else None."""
+        k = self.keys
+        model_json = await self._take_over_claim(
+            keys=[k.claimed, k.replicas], args=[kernel_id, replica]
+        )
+        if model_json is None:
+            return None
+        return Claim(kernel_id, _text(model_json), replica=replica)
 
     async def claim(
-        self, user_id: str, idempotency: Idempotency | None = None, lease_seconds: float = 60
+        self,
+        user_id: str,
+        idempotency: Idempotency | None = None,
+        lease_seconds: float = 60,
+        replica: str = "",
     ) -> Claim | Replay | None:
         """Take the oldest idle kernel for ``user_id``; None when the pool is empty.
 
@@ -302,13 +455,13 @@ class PoolStore:
         """
         k = self.keys
         keys = [k.idle, k.claimed]
-        args: list[Any] = [user_id]
+        args: list[Any] = [user_id, replica]
         if idempotency is not None:
             keys.append(k.idempotency(idempotency.key))
             args += [idempotency.owner, int(lease_seconds * 1000)]
         outcome, model_json = [_text(v) for v in await self._claim(keys=keys, args=args)]
         if outcome == "claimed":
-            return Claim(json.loads(model_json)["id"], model_json, idempotency)
+            return Claim(json.loads(model_json)["id"], model_json, idempotency, replica)
         if outcome == "replay":
             return Replay(model_json)
         if outcome == "conflict":
@@ -330,7 +483,7 @@ class PoolStore:
         """
         k = self.keys
         keys = [k.claimed, k.handed]
-        args: list[Any] = [claim.kernel_id, user_id]
+        args: list[Any] = [claim.kernel_id, user_id, claim.replica]
         if claim.idempotency is not None:
             keys.append(k.idempotency(claim.idempotency.key))
             args += [json.dumps(model or claim.model), max(int(ttl_seconds * 1000), 1)]
@@ -346,7 +499,7 @@ class PoolStore:
 
     async def _finish_claim(self, claim: Claim, how: str, destination: str) -> bool:
         keys = [self.keys.claimed, destination]
-        args = [claim.kernel_id, how, claim.model_json, ""]
+        args = [claim.kernel_id, how, claim.model_json, "", claim.replica]
         if claim.idempotency is not None:
             keys.append(self.keys.idempotency(claim.idempotency.key))
             args[3] = claim.idempotency.owner

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from tests.conftest import localstack, wait_until
+from tests.conftest import localstack, run_in_kernel, wait_until
 
 
 @pytest.mark.parametrize("activation", ["on", "off"])
@@ -203,3 +203,36 @@ async def test_kernel_dying_while_it_starts_is_given_up_early(
     await wait_until(lambda: jkp.logged("Starting kernel"), 40, "the failed start to be noticed")
     assert "died while starting" in jkp.logged("Starting kernel")[0]
     assert (await jkp.store.counts())["idle"] == 0
+
+
+async def test_claims_of_a_dead_replica_are_released_or_shut_down_by_what_the_kernel_says(
+    redis_server, gateway, jkp_factory, shared_dir
+):
+    jkp = await jkp_factory(
+        redis_server, gateway, "--max-pending-kernels=2", "--PoolManager.refill_delay=600"
+    )
+    pooled = await jkp.wait_for_idle(2)
+    # A replica that claimed both kernels and died: its heartbeat is already out. One kernel it
+    # had moved into a user's directory; the other's set-up had not begun.
+    await jkp.store.beat("dead-replica", 0.001)
+    untouched = await jkp.store.claim("u1", replica="dead-replica")
+    set_up = await jkp.store.claim("u2", replica="dead-replica")
+    user_dir = shared_dir / "u2"
+    user_dir.mkdir()
+    await run_in_kernel(gateway, set_up.kernel_id, f"import os; os.chdir({str(user_dir)!r})")
+    # Within a heartbeat interval or two, not the claim lease.
+    await wait_until(lambda: _no_orphans(jkp), 10, "the claims taken over")
+    await wait_until(lambda: _idle_is(jkp, [untouched.kernel_id]), 10, "the untouched one back")
+    await wait_until(
+        lambda: set_up.kernel_id not in gateway.list_kernel_ids(), 30, "the set-up one shut down"
+    )
+    assert sorted(pooled) == sorted([untouched.kernel_id, set_up.kernel_id])
+    assert await jkp.store.handed_out() == {}
+
+
+async def _no_orphans(jkp):
+    return await jkp.store.orphans() == ([], [])
+
+
+async def _idle_is(jkp, kernel_ids):
+    return await jkp.idle_ids() == kernel_ids

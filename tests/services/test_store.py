@@ -190,3 +190,52 @@ async def test_retire_handed_takes_a_kernel_back_for_shutdown(store):
     assert await store.handed_out() == {}
     assert await store.retiring_ids() == ["k1"]
     assert not await store.retire_handed("k1")
+
+
+async def test_starts_and_claims_of_a_replica_whose_heartbeat_ran_out_are_orphans(store):
+    await store.beat("alive", 60)
+    await store.beat("dead", 0.001)
+    await pooled(store, "k1", "k2")
+    assert await store.reserve_start("s-alive", 10, 60, "alive")
+    assert await store.reserve_start("s-dead", 10, 60, "dead")
+    await store.claim("zt", replica="alive")
+    await store.claim("zt", replica="dead")
+    await asyncio.sleep(0.01)
+    assert await store.orphans() == (["s-dead"], ["k2"])
+    assert await store.live_replicas() == ["alive"]
+    await store.leave("alive")
+    assert await store.live_replicas() == []
+
+
+async def test_exactly_one_replica_takes_over_an_orphaned_start(store):
+    await store.beat("dead", 0.001)
+    await store.beat("a", 60)
+    await store.beat("b", 60)
+    assert await store.reserve_start("k1", 10, 60, "dead")
+    await asyncio.sleep(0.01)
+    won = await asyncio.gather(
+        store.take_over_start("k1", "a", 60), store.take_over_start("k1", "b", 60)
+    )
+    assert sorted(won) == [False, True]
+    winner = "a" if won[0] else "b"
+    # Only the winner pools it; the dead replica, back, must leave it alone.
+    assert await store.finish_start("k1", {"id": "k1"}, "dead") == -1
+    assert await store.finish_start("k1", {"id": "k1"}, winner) == 1
+    assert await store.orphans() == ([], [])
+
+
+async def test_exactly_one_replica_takes_over_an_orphaned_claim(store):
+    await store.beat("dead", 0.001)
+    await store.beat("a", 60)
+    await store.beat("b", 60)
+    await pooled(store, "k1")
+    orphaned = await store.claim("zt", replica="dead")
+    await asyncio.sleep(0.01)
+    taken = await asyncio.gather(store.take_over_claim("k1", "a"), store.take_over_claim("k1", "b"))
+    [claim] = [c for c in taken if c is not None]
+    assert claim.model_json == orphaned.model_json
+    # The dead replica's pop can neither hand it out nor end it any more.
+    assert not await store.hand_over(orphaned, "zt")
+    assert not await store.retire_claim(orphaned)
+    assert await store.release(claim)
+    assert (await store.claim("zt")).kernel_id == "k1"
