@@ -897,7 +897,7 @@ class PoolManager(LoggingConfigurable):
         too much work to throw away); shut it down if EG does not have it or it fails."""
         outcome = "removed"
         try:
-            if await self.gateway.get_kernel(kernel_id, self.kernel_request_timeout) is None:
+            if not await self._appears_on_eg(kernel_id):
                 await self._abandon_start_soon(kernel_id, "taken over; not on EG")
             elif await self._pool_when_ready(kernel_id):
                 outcome = "adopted"
@@ -911,7 +911,24 @@ class PoolManager(LoggingConfigurable):
             self._count_error(e)
             self.log.warning("Adopted kernel %s did not become ready: %s", kernel_id, e)
             await asyncio.shield(self._abandon_start_soon(kernel_id, "taken over; failed"))
+        finally:
+            self._wake_filler.set()  # a place, or a start slot, is free
         self.metrics.takeovers.labels("start", outcome).inc()
+
+    async def _appears_on_eg(self, kernel_id: str) -> bool:
+        """Whether EG has the kernel, or gets it while a start request to it may still run.
+
+        EG knows a kernel only once its start request is done, and on Kubernetes that takes as
+        long as the pod's launch: a dead replica's request may still be under way. Such a
+        request is given up after ``GatewayClient.request_timeout``, so waiting that long tells.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.gateway.request_timeout
+        while await self.gateway.get_kernel(kernel_id, self.kernel_request_timeout) is None:
+            if loop.time() >= deadline:
+                return False
+            await asyncio.sleep(min(_READY_RETRY_INTERVAL, max(deadline - loop.time(), 0)))
+        return True
 
     async def _settle_orphaned_claim(self, claim: Claim) -> None:
         """End a dead replica's claim: back to the pool if its set-up had not begun (the kernel

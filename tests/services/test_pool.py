@@ -2,6 +2,7 @@
 
 import asyncio
 import json
+import uuid
 
 import pytest
 
@@ -236,3 +237,22 @@ async def _no_orphans(jkp):
 
 async def _idle_is(jkp, kernel_ids):
     return await jkp.idle_ids() == kernel_ids
+
+
+async def test_start_of_a_dead_replica_that_eg_never_got_frees_its_place(
+    redis_server, gateway, jkp_factory, redis_client
+):
+    from jkp.services.store import PoolKeys, PoolStore
+
+    # A replica reserved a place and died before its start request reached EG.
+    ghost = str(uuid.uuid4())
+    store = PoolStore(redis_client, PoolKeys("test:kernels:idle"))
+    assert await store.reserve_start(ghost, 2, 420, "dead-replica")
+    jkp = await jkp_factory(
+        redis_server, gateway, "--max-pending-kernels=2", "--GatewayClient.request_timeout=3"
+    )
+    # Not the 420 s lease: the place is free once a start request would have given up.
+    idle = await jkp.wait_for_idle(2, timeout=20)
+    assert ghost not in idle
+    assert sorted(gateway.list_kernel_ids()) == sorted(idle)
+    assert await jkp.store.orphans() == ([], [])
