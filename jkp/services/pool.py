@@ -1154,6 +1154,8 @@ class PoolManager(LoggingConfigurable):
     async def unready_reason(self) -> str | None:
         """Why this replica cannot hand kernels out now, beyond Redis or EG being down; None
         when it can (or will, once a kernel being started is ready)."""
+        if not self.registered:
+            return "this replica's heartbeat in Redis ran out; it has not registered again yet"
         why = self._set_up_guard.why_paused
         if why is not None:
             return why

@@ -202,3 +202,24 @@ async def test_eg_erroring_pop_answers_502_and_the_pool_is_kept(
     healthy = await jkp_factory(redis_server, gateway, "--max-pending-kernels=2")
     status, model = await healthy.pop("zt")
     assert status == 200 and model["id"] in pooled
+
+
+async def test_replica_cut_off_from_redis_past_its_heartbeat_registers_again(
+    redis_server, gateway, jkp_factory
+):
+    jkp = await jkp_factory(
+        redis_server,
+        gateway,
+        "--max-pending-kernels=1",
+        "--PoolManager.replica_heartbeat_interval=0.3",
+        "--PoolManager.check_task_interval=0.5",
+    )
+    await jkp.wait_for_idle(1)
+    assert jkp.logged("Replica ") and (await jkp.request("GET", "/api/ready"))[0] == 200
+    redis_server.kill()
+    # Past the heartbeat's 0.9 s another replica could have taken its work over: it stops.
+    await wait_until(lambda: not jkp.pool.registered, 5, "the replica to stop counting itself in")
+    redis_server.start()
+    await wait_until(lambda: len(jkp.logged("Replica ")) == 2, 10, "registered again")
+    await jkp.wait_for_idle(1, timeout=15)
+    assert (await jkp.pop("zt"))[0] == 200
