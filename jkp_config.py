@@ -47,10 +47,18 @@ c.PoolManager.max_pending_kernels = 10
 # c.PoolManager.activation_interval = 1200
 # Periodic check that the pool is full and its kernels alive, seconds. (JKP_CHECK_TASK_INTERVAL)
 # c.PoolManager.check_task_interval = 120
-# How long a pop waits on an empty pool before answering 503, seconds. (JKP_POP_TIMEOUT)
+# How long a pop may take in all (an empty pool, set-ups) before answering 503, seconds.
+# (JKP_POP_TIMEOUT)
 # c.PoolManager.pop_timeout = 10
+# How long a pop's Idempotency-Key is remembered, seconds. (JKP_IDEMPOTENCY_TTL)
+# c.PoolManager.idempotency_ttl = 600
+# Heartbeats in Redis, seconds apart; a replica silent for 3 of them has its starts and
+# claims taken over by another. (JKP_REPLICA_HEARTBEAT_INTERVAL)
+# c.PoolManager.replica_heartbeat_interval = 2
 # Kubernetes pods may take a while to pull their image and start. (JKP_KERNEL_READY_TIMEOUT)
 # c.PoolManager.kernel_ready_timeout = 300
+# Each request of a pop or an activation; a set-up that times out is judged by asking EG in
+# its last quarter: a kernel EG still has is hung, shut down, and the next one taken.
 # c.PoolManager.kernel_request_timeout = 2  # (JKP_KERNEL_REQUEST_TIMEOUT)
 # c.PoolManager.max_concurrent_starts = 4  # (JKP_MAX_CONCURRENT_STARTS)
 # c.PoolManager.max_start_backoff = 60  # (JKP_MAX_START_BACKOFF)

@@ -220,7 +220,7 @@ class JKPManagerApp(JupyterApp):
         """Listen, and start the pool's background work."""
         self.http_server = HTTPServer(self.web_app, max_body_size=_TORNADO_MAX_BODY_BYTES)
         self.http_server.listen(self.port, self.ip)
-        self.pool_manager.start()
+        await self.pool_manager.start()
         self.log.info("jkp %s listening on http://%s:%d", __version__, self.ip, self.port)
         self.warn_if_exposed()
 

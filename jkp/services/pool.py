@@ -341,9 +341,13 @@ class PoolManager(LoggingConfigurable):
 
     # -- lifecycle ------------------------------------------------------------------------
 
-    def start(self) -> None:
-        """Start the background tasks: heartbeat and takeover, reconcile with EG, fill, check,
-        activate, sync."""
+    async def start(self) -> None:
+        """Register this replica in Redis, then start the background tasks: heartbeat and
+        takeover, reconcile with EG, fill, check, activate, sync."""
+        try:
+            await self._beat()
+        except RedisError as e:
+            self._failed("redis", e)  # the heartbeat loop keeps trying
         self._tasks["heartbeat"] = asyncio.create_task(self._heartbeat_loop(), name="jkp-heartbeat")
         self._tasks["fill"] = asyncio.create_task(self._fill_loop(), name="jkp-fill")
         if self.channel_sync_interval > 0:
@@ -861,18 +865,22 @@ class PoolManager(LoggingConfigurable):
         while not self._stopping:
             sent = loop.time()
             try:
-                await self.store.beat(self.replica_id, self._heartbeat_ttl)
-                if not self.registered:
-                    self.log.info("Replica %s registered in Redis", self.replica_id)
-                    self._wake_filler.set()
-                # Counted from before the request: Redis set the expiry later than that.
-                self._registered_until = sent + self._heartbeat_ttl
+                await self._beat()
                 await self.take_over_orphans()
             except RedisError as e:
                 self._failed("redis", e)
             except GatewayError as e:
                 self._failed("gateway", e)
             await asyncio.sleep(max(self.replica_heartbeat_interval - (loop.time() - sent), 0))
+
+    async def _beat(self) -> None:
+        sent = asyncio.get_running_loop().time()
+        await self.store.beat(self.replica_id, self._heartbeat_ttl)
+        if not self.registered:
+            self.log.info("Replica %s registered in Redis", self.replica_id)
+            self._wake_filler.set()
+        # Counted from before the request: Redis set the expiry later than that.
+        self._registered_until = sent + self._heartbeat_ttl
 
     async def take_over_orphans(self) -> None:
         """Take over the starts and claims of replicas whose heartbeat ran out.
