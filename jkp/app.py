@@ -217,10 +217,10 @@ class JKPManagerApp(JupyterApp):
         log("%d %s %s %.2fms", status, request.method, request.path, 1000 * request.request_time())
 
     async def start_services(self) -> None:
-        """Listen, and start the pool's background work."""
+        """Start the pool (registered in Redis before the first pop can come), and listen."""
+        await self.pool_manager.start()
         self.http_server = HTTPServer(self.web_app, max_body_size=_TORNADO_MAX_BODY_BYTES)
         self.http_server.listen(self.port, self.ip)
-        await self.pool_manager.start()
         self.log.info("jkp %s listening on http://%s:%d", __version__, self.ip, self.port)
         self.warn_if_exposed()
 

@@ -346,8 +346,8 @@ class PoolManager(LoggingConfigurable):
         takeover, reconcile with EG, fill, check, activate, sync."""
         try:
             await self._beat()
-        except RedisError as e:
-            self._failed("redis", e)  # the heartbeat loop keeps trying
+        except RedisError:
+            pass  # the heartbeat loop tries again at once, and reports it
         self._tasks["heartbeat"] = asyncio.create_task(self._heartbeat_loop(), name="jkp-heartbeat")
         self._tasks["fill"] = asyncio.create_task(self._fill_loop(), name="jkp-fill")
         if self.channel_sync_interval > 0:
