@@ -15,7 +15,7 @@ from jupyter_core.utils import ensure_event_loop
 from tornado import web
 from tornado.httpserver import HTTPServer
 from tornado.log import LogFormatter
-from traitlets import Bool, Float, Instance, Int, TraitError, Unicode, default
+from traitlets import Instance, TraitError, default
 
 from jkp._version import __version__
 from jkp.handlers import pool as pool_handlers
@@ -26,7 +26,7 @@ from jkp.services.gateway import GatewayClient
 from jkp.services.metrics import Metrics
 from jkp.services.pool import PoolManager
 from jkp.services.store import RedisStore
-from jkp.traits import EnvValueError, env_default
+from jkp.traits import EnvBool, EnvFloat, EnvInt, EnvUnicode, EnvValueError, env_name
 
 # jkp refuses large bodies itself, with a JSON 413, from Content-Length before reading them
 # (APIHandler); tornado's own check, which answers a bare 400, must never come first.
@@ -83,58 +83,38 @@ class JKPManagerApp(JupyterApp):
     def _log_datefmt_default(self) -> str:
         return "%Y-%m-%d %H:%M:%S"
 
-    ip = Unicode("127.0.0.1", help="Interface jkp listens on (JKP_SERVER_IP env var)").tag(
+    ip = EnvUnicode("127.0.0.1", env="JKP_SERVER_IP", help="Interface jkp listens on").tag(
         config=True
     )
-    ip_env = "JKP_SERVER_IP"
 
-    @default("ip")
-    def _ip_default(self) -> Any:
-        return env_default(self, "ip")
-
-    port = Int(8080, help="Port jkp listens on (JKP_SERVER_PORT env var)", min=0, max=65535).tag(
+    port = EnvInt(8080, env="JKP_SERVER_PORT", help="Port jkp listens on", min=0, max=65535).tag(
         config=True
     )
-    port_env = "JKP_SERVER_PORT"
 
-    @default("port")
-    def _port_default(self) -> Any:
-        return env_default(self, "port")
-
-    auth_token = Unicode(
+    auth_token = EnvUnicode(
         "",
-        help="Token clients must send as 'Authorization: token <t>' (or 'Bearer <t>') on every "
-        "endpoint but /api/health and /api/ready; empty: no authentication "
-        "(JKP_AUTH_TOKEN env var)",
+        env="JKP_AUTH_TOKEN",
+        help=(
+            "Token clients must send as 'Authorization: token <t>' (or 'Bearer <t>') on "
+            "every endpoint but /api/health and /api/ready; empty: no authentication"
+        ),
     ).tag(config=True)
-    auth_token_env = "JKP_AUTH_TOKEN"
 
-    @default("auth_token")
-    def _auth_token_default(self) -> Any:
-        return env_default(self, "auth_token")
-
-    shutdown_timeout = Float(
+    shutdown_timeout = EnvFloat(
         5.0,
-        help="Seconds pops in flight may take to finish after SIGTERM/SIGINT "
-        "(JKP_SHUTDOWN_TIMEOUT env var)",
+        env="JKP_SHUTDOWN_TIMEOUT",
+        help="Seconds pops in flight may take to finish after SIGTERM/SIGINT",
         min=0,
     ).tag(config=True)
-    shutdown_timeout_env = "JKP_SHUTDOWN_TIMEOUT"
 
-    @default("shutdown_timeout")
-    def _shutdown_timeout_default(self) -> Any:
-        return env_default(self, "shutdown_timeout")
-
-    log_json = Bool(
+    log_json = EnvBool(
         False,
-        help="Log JSON lines (time, level, logger, message) for log aggregation instead of "
-        "Jupyter's text format (JKP_LOG_JSON env var)",
+        env="JKP_LOG_JSON",
+        help=(
+            "Log JSON lines (time, level, logger, message) for log aggregation instead of "
+            "Jupyter's text format"
+        ),
     ).tag(config=True)
-    log_json_env = "JKP_LOG_JSON"
-
-    @default("log_json")
-    def _log_json_default(self) -> Any:
-        return env_default(self, "log_json")
 
     gateway = Instance(GatewayClient, allow_none=True)
     store = Instance(RedisStore, allow_none=True)
@@ -189,9 +169,9 @@ class JKPManagerApp(JupyterApp):
                     setattr(configurable, name, getattr(configurable, name))
                 except TraitError as e:
                     where = f"{type(configurable).__name__}.{name}"
-                    env_name = getattr(configurable, f"{name}_env", None)
-                    if env_name in os.environ:
-                        where += f" (default from {env_name}={os.environ[env_name]!r})"
+                    env = env_name(configurable.traits()[name])
+                    if env in os.environ:
+                        where += f" (default from {env}={os.environ[env]!r})"
                     raise TraitError(f"{where}: {e}") from None
         self.pool_manager.check_kernel_env()
 

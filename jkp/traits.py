@@ -1,9 +1,14 @@
-"""Environment-backed trait defaults.
+"""Environment-backed traits.
 
 Each configurable trait of jkp may take its default from one ``JKP_*`` variable of the
-original Go service, named by the class attribute ``<trait>_env``. The variable is read only
-inside the trait's ``@default`` so the order stays: command line > config file > environment >
-built-in default. A value that does not parse stops start-up with a message that names it.
+original Go service, given once where the trait is declared::
+
+    max_pending_kernels = EnvInt(10, env="JKP_MAX_PENDING_KERNELS", help="...").tag(config=True)
+
+The variable is read only when the trait's default is needed, so the order stays: command line
+> config file > environment > built-in default. Its name is added to the help text (and so to
+``--help-all`` and ``--generate-config``). A value that does not parse stops start-up with a
+message that names it.
 """
 
 from __future__ import annotations
@@ -11,29 +16,55 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from traitlets import TraitError, Unicode
-from traitlets.config import Configurable
+from traitlets import Bool, Float, Int, TraitError, TraitType, Unicode
 
 
 class EnvValueError(ValueError):
     """A ``JKP_*`` environment variable holds a value its trait cannot take."""
 
 
-def env_default(configurable: Configurable, trait_name: str) -> Any:
-    """The default of ``trait_name``: its ``JKP_*`` variable parsed like the trait, if set,
-    else the trait's built-in default.
+class _EnvDefault(TraitType):
+    """A trait whose default comes from an environment variable, when it is set.
 
     Text traits take the variable as it is (an empty value is kept: ``JKP_NFS_VOLUME_SERVER=``
     means no volume); other traits parse it as a command-line value would be.
     """
-    trait = configurable.traits()[trait_name]
-    env_name = getattr(configurable, f"{trait_name}_env")
-    raw = os.environ.get(env_name)
-    if raw is None:
-        return trait.default_value
-    if isinstance(trait, Unicode):
-        return raw
-    try:
-        return trait.from_string(raw.strip())
-    except (ValueError, TraitError):
-        raise EnvValueError(f"{env_name}={raw!r}: expected {trait.info()}") from None
+
+    def __init__(self, *args: Any, env: str, help: str = "", **kwargs: Any):
+        super().__init__(*args, help=f"{help} ({env} env var)", **kwargs)
+        self.metadata["env"] = env
+
+    @property
+    def env(self) -> str:
+        return self.metadata["env"]
+
+    def default(self, obj: Any = None) -> Any:
+        raw = os.environ.get(self.env)
+        if raw is None:
+            return super().default(obj)
+        if isinstance(self, Unicode):
+            return raw
+        try:
+            return self.from_string(raw.strip())
+        except (ValueError, TraitError):
+            raise EnvValueError(f"{self.env}={raw!r}: expected {self.info()}") from None
+
+
+def _env_backed(base: type[TraitType]) -> type[TraitType]:
+    # Named as its base, so that --help-all shows "<Int>", not the subclass.
+    return type(
+        base.__name__,
+        (_EnvDefault, base),
+        {"__doc__": f"A {base.__name__} trait whose default may come from an env variable."},
+    )
+
+
+EnvUnicode = _env_backed(Unicode)
+EnvInt = _env_backed(Int)
+EnvFloat = _env_backed(Float)
+EnvBool = _env_backed(Bool)
+
+
+def env_name(trait: TraitType) -> str | None:
+    """The environment variable a trait's default comes from, if any."""
+    return trait.metadata.get("env")

@@ -12,6 +12,7 @@ from jkp.app import JKPManagerApp
 from jkp.services.gateway import GatewayClient
 from jkp.services.pool import PoolManager
 from jkp.services.store import RedisStore
+from jkp.traits import env_name
 
 # The original Go service's variables and those jkp adds, each the default of one trait.
 EXPECTED_ENV = {
@@ -81,8 +82,8 @@ def configured(app, cls):
 
 def test_defaults_are_the_original_services():
     app = make_app()
-    for env_name, (cls, trait) in EXPECTED_ENV.items():
-        assert getattr(configured(app, cls), trait) == DEFAULTS[env_name], env_name
+    for env, (cls, trait) in EXPECTED_ENV.items():
+        assert getattr(configured(app, cls), trait) == DEFAULTS[env], env
 
 
 def test_every_variable_sets_its_trait(monkeypatch):
@@ -109,23 +110,23 @@ def test_every_variable_sets_its_trait(monkeypatch):
     for name, value in values.items():
         monkeypatch.setenv(name, value)
     app = make_app()
-    for env_name, (cls, trait) in EXPECTED_ENV.items():
+    for env, (cls, trait) in EXPECTED_ENV.items():
         got = getattr(configured(app, cls), trait)
-        assert str(got) == values[env_name] or got == type(got)(values[env_name]), env_name
+        assert str(got) == values[env] or got == type(got)(values[env]), env
 
 
 def test_every_env_name_is_declared_once_and_named_in_help():
     seen = {}
     for cls in (JKPManagerApp, GatewayClient, RedisStore, PoolManager):
-        for attr in vars(cls):
-            env_name = getattr(cls, attr)
-            if attr.endswith("_env") and isinstance(env_name, str):
-                assert env_name not in seen, f"{env_name} declared twice"
-                seen[env_name] = (cls, attr[: -len("_env")])
-                assert f"({env_name} env var)" in cls.class_traits()[seen[env_name][1]].help
+        for name, trait in cls.class_own_traits(config=True).items():
+            env = env_name(trait)
+            if env is not None:
+                assert env not in seen, f"{env} declared twice"
+                seen[env] = (cls, name)
+                assert f"({env} env var)" in trait.help
     assert set(EXPECTED_ENV) <= set(seen)
-    for env_name, owner in EXPECTED_ENV.items():
-        assert seen[env_name] == owner
+    for env, owner in EXPECTED_ENV.items():
+        assert seen[env] == owner
 
 
 def test_command_line_beats_config_file_beats_environment(monkeypatch, tmp_path):
@@ -244,9 +245,9 @@ def test_kernel_values_eg_would_refuse_stop_start_up(env_name, value, kernel_var
 def test_readme_documents_every_variable():
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     for cls in (JKPManagerApp, GatewayClient, RedisStore, PoolManager):
-        for attr, env_name in vars(cls).items():
-            if attr.endswith("_env") and isinstance(env_name, str):
-                assert f"`{env_name}`" in readme or env_name in readme, env_name
+        for trait in cls.class_own_traits(config=True).values():
+            env = env_name(trait)
+            assert env is None or f"`{env}`" in readme, env
 
 
 def test_json_log_lines(tmp_path):

@@ -8,6 +8,7 @@ from jkp.app import JKPManagerApp
 from jkp.services.gateway import GatewayClient
 from jkp.services.pool import PoolManager
 from jkp.services.store import RedisStore
+from jkp.traits import env_name
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy" / "kubernetes"
 # Secrets live in the Secret; files (client certificates) are mounted by whoever needs them.
@@ -21,10 +22,10 @@ NOT_IN_CONFIGMAP = {
 
 def env_names():
     return {
-        value
+        env_name(trait)
         for cls in (JKPManagerApp, GatewayClient, RedisStore, PoolManager)
-        for attr, value in vars(cls).items()
-        if attr.endswith("_env") and isinstance(value, str)
+        for trait in cls.class_own_traits(config=True).values()
+        if env_name(trait) is not None
     }
 
 

@@ -13,10 +13,10 @@ from jupyter_client.jsonutil import json_default
 from jupyter_client.session import Session
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 from tornado.websocket import WebSocketClientConnection, WebSocketError, websocket_connect
-from traitlets import Bool, Dict, Float, Int, TraitError, Unicode, default, validate
+from traitlets import Dict, TraitError, validate
 from traitlets.config import LoggingConfigurable
 
-from jkp.traits import env_default
+from jkp.traits import EnvBool, EnvFloat, EnvInt, EnvUnicode
 
 
 class GatewayError(Exception):
@@ -57,16 +57,14 @@ class KernelReplyError(GatewayError):
 class GatewayClient(LoggingConfigurable):
     """Client of one Enterprise Gateway: kernel lifecycle over REST, requests over websocket."""
 
-    url = Unicode(
+    url = EnvUnicode(
         "http://127.0.0.1:8888",
-        help="Base URL of Enterprise Gateway, http:// or https://; the websocket scheme "
-        "(ws/wss) is derived from it (JKP_EG_ENDPOINT env var)",
+        env="JKP_EG_ENDPOINT",
+        help=(
+            "Base URL of Enterprise Gateway, http:// or https://; the websocket scheme "
+            "(ws/wss) is derived from it"
+        ),
     ).tag(config=True)
-    url_env = "JKP_EG_ENDPOINT"
-
-    @default("url")
-    def _url_default(self) -> Any:
-        return env_default(self, "url")
 
     @validate("url")
     def _url_validate(self, proposal: Any) -> str:
@@ -76,94 +74,58 @@ class GatewayClient(LoggingConfigurable):
             raise TraitError(f"Enterprise Gateway URL must be http(s)://host[:port], got {value!r}")
         return value
 
-    connect_timeout = Float(
-        5.0,
-        help="Seconds to wait for a connection to EG (JKP_EG_CONNECT_TIMEOUT env var)",
+    connect_timeout = EnvFloat(
+        5.0, env="JKP_EG_CONNECT_TIMEOUT", help="Seconds to wait for a connection to EG"
     ).tag(config=True)
-    connect_timeout_env = "JKP_EG_CONNECT_TIMEOUT"
 
-    @default("connect_timeout")
-    def _connect_timeout_default(self) -> Any:
-        return env_default(self, "connect_timeout")
-
-    request_timeout = Float(
-        60.0,
-        help="Seconds to wait for EG to answer a REST request (JKP_EG_REQUEST_TIMEOUT env var)",
+    request_timeout = EnvFloat(
+        60.0, env="JKP_EG_REQUEST_TIMEOUT", help="Seconds to wait for EG to answer a REST request"
     ).tag(config=True)
-    request_timeout_env = "JKP_EG_REQUEST_TIMEOUT"
 
-    @default("request_timeout")
-    def _request_timeout_default(self) -> Any:
-        return env_default(self, "request_timeout")
-
-    auth_token = Unicode(
+    auth_token = EnvUnicode(
         "",
-        help="EG's auth token (its EG_AUTH_TOKEN), sent as 'Authorization: token <t>' on every "
-        "REST and websocket request (JKP_EG_AUTH_TOKEN env var)",
+        env="JKP_EG_AUTH_TOKEN",
+        help=(
+            "EG's auth token (its EG_AUTH_TOKEN), sent as 'Authorization: token <t>' on "
+            "every REST and websocket request"
+        ),
     ).tag(config=True)
-    auth_token_env = "JKP_EG_AUTH_TOKEN"
 
-    @default("auth_token")
-    def _auth_token_default(self) -> Any:
-        return env_default(self, "auth_token")
-
-    ca_certs = Unicode(
+    ca_certs = EnvUnicode(
         "",
-        help="CA bundle (PEM file) to verify an https EG with; empty: the system's "
-        "(JKP_EG_CA_CERTS env var)",
+        env="JKP_EG_CA_CERTS",
+        help="CA bundle (PEM file) to verify an https EG with; empty: the system's",
     ).tag(config=True)
-    ca_certs_env = "JKP_EG_CA_CERTS"
 
-    @default("ca_certs")
-    def _ca_certs_default(self) -> Any:
-        return env_default(self, "ca_certs")
-
-    client_cert = Unicode(
+    client_cert = EnvUnicode(
         "",
-        help="Client certificate (PEM file) for an EG that asks for one "
-        "(JKP_EG_CLIENT_CERT env var)",
+        env="JKP_EG_CLIENT_CERT",
+        help="Client certificate (PEM file) for an EG that asks for one",
     ).tag(config=True)
-    client_cert_env = "JKP_EG_CLIENT_CERT"
 
-    @default("client_cert")
-    def _client_cert_default(self) -> Any:
-        return env_default(self, "client_cert")
-
-    client_key = Unicode(
-        "", help="Private key (PEM file) of client_cert (JKP_EG_CLIENT_KEY env var)"
+    client_key = EnvUnicode(
+        "", env="JKP_EG_CLIENT_KEY", help="Private key (PEM file) of client_cert"
     ).tag(config=True)
-    client_key_env = "JKP_EG_CLIENT_KEY"
 
-    @default("client_key")
-    def _client_key_default(self) -> Any:
-        return env_default(self, "client_key")
-
-    validate_cert = Bool(
+    validate_cert = EnvBool(
         True,
-        help="Verify EG's TLS certificate; turn off only for testing "
-        "(JKP_EG_VALIDATE_CERT env var)",
-    ).tag(config=True)
-    validate_cert_env = "JKP_EG_VALIDATE_CERT"
-
-    @default("validate_cert")
-    def _validate_cert_default(self) -> Any:
-        return env_default(self, "validate_cert")
-
-    headers = Dict(
-        help="Extra HTTP headers sent with every REST and websocket request to EG",
+        env="JKP_EG_VALIDATE_CERT",
+        help="Verify EG's TLS certificate; turn off only for testing",
     ).tag(config=True)
 
-    max_open_channels = Int(
+    headers = Dict(help="Extra HTTP headers sent with every REST and websocket request to EG").tag(
+        config=True
+    )
+
+    max_open_channels = EnvInt(
         200,
-        help="Websockets to idle kernels kept open, so that a pop or activation need not set "
-        "one up; each costs EG a few sockets (JKP_MAX_KERNEL_CONNECTIONS env var)",
+        env="JKP_MAX_KERNEL_CONNECTIONS",
+        help=(
+            "Websockets to idle kernels kept open, so that a pop or activation need not "
+            "set one up; each costs EG a few sockets"
+        ),
         min=0,
     ).tag(config=True)
-    max_open_channels_env = "JKP_MAX_KERNEL_CONNECTIONS"
-
-    @default("max_open_channels")
-    def _max_open_channels_default(self) -> Any:
-        return env_default(self, "max_open_channels")
 
     def __init__(self, **kwargs: Any):
         super().__init__(**kwargs)

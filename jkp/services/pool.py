@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from typing import Any, TypeVar
 
 from redis.exceptions import RedisError
-from traitlets import Float, Instance, Int, TraitError, Unicode, default, validate
+from traitlets import Instance, TraitError, validate
 from traitlets.config import LoggingConfigurable
 
 from jkp.services.gateway import GatewayClient, GatewayError, KernelReplyError
@@ -29,7 +29,7 @@ from jkp.services.handout import (
 )
 from jkp.services.metrics import Metrics
 from jkp.services.store import Claim, Idempotency, IdempotencyPending, PoolStore, Replay
-from jkp.traits import env_default
+from jkp.traits import EnvFloat, EnvInt, EnvUnicode
 from jkp.user import (
     USER_DIR_REFUSED,
     WARM_UP_CODE,
@@ -85,87 +85,49 @@ class PoolManager(LoggingConfigurable):
     store = Instance(PoolStore)
     metrics = Instance(Metrics, args=())
 
-    max_pending_kernels = Int(
-        10, help="Idle kernels kept ready (JKP_MAX_PENDING_KERNELS env var)", min=0
+    max_pending_kernels = EnvInt(
+        10, env="JKP_MAX_PENDING_KERNELS", help="Idle kernels kept ready", min=0
     ).tag(config=True)
-    max_pending_kernels_env = "JKP_MAX_PENDING_KERNELS"
 
-    @default("max_pending_kernels")
-    def _max_pending_kernels_default(self) -> Any:
-        return env_default(self, "max_pending_kernels")
-
-    kernel_name = Unicode(
-        "python_kubernetes", help="EG kernel spec of pooled kernels (JKP_KERNEL_NAME env var)"
+    kernel_name = EnvUnicode(
+        "python_kubernetes", env="JKP_KERNEL_NAME", help="EG kernel spec of pooled kernels"
     ).tag(config=True)
-    kernel_name_env = "JKP_KERNEL_NAME"
 
-    @default("kernel_name")
-    def _kernel_name_default(self) -> Any:
-        return env_default(self, "kernel_name")
-
-    kernel_image = Unicode(
+    kernel_image = EnvUnicode(
         "elyra/kernel-py:3.2.2",
-        help="Kernel pod image, sent as KERNEL_IMAGE (JKP_KERNEL_IMAGE env var)",
+        env="JKP_KERNEL_IMAGE",
+        help="Kernel pod image, sent as KERNEL_IMAGE",
     ).tag(config=True)
-    kernel_image_env = "JKP_KERNEL_IMAGE"
 
-    @default("kernel_image")
-    def _kernel_image_default(self) -> Any:
-        return env_default(self, "kernel_image")
-
-    kernel_namespace = Unicode(
+    kernel_namespace = EnvUnicode(
         "tablegpt-kernels",
-        help="Kubernetes namespace of kernel pods, sent as KERNEL_NAMESPACE "
-        "(JKP_KERNEL_NAMESPACE env var)",
+        env="JKP_KERNEL_NAMESPACE",
+        help="Kubernetes namespace of kernel pods, sent as KERNEL_NAMESPACE",
     ).tag(config=True)
-    kernel_namespace_env = "JKP_KERNEL_NAMESPACE"
 
-    @default("kernel_namespace")
-    def _kernel_namespace_default(self) -> Any:
-        return env_default(self, "kernel_namespace")
-
-    kernel_user_name = Unicode(
+    kernel_user_name = EnvUnicode(
         "jovyan",
-        help="Sent as KERNEL_USERNAME; EG refuses kernels for root and names pods after it "
-        "(JKP_KERNEL_USER_NAME env var)",
+        env="JKP_KERNEL_USER_NAME",
+        help="Sent as KERNEL_USERNAME; EG refuses kernels for root and names pods after it",
     ).tag(config=True)
-    kernel_user_name_env = "JKP_KERNEL_USER_NAME"
 
-    @default("kernel_user_name")
-    def _kernel_user_name_default(self) -> Any:
-        return env_default(self, "kernel_user_name")
-
-    nfs_volume_server = Unicode(
+    nfs_volume_server = EnvUnicode(
         "10.0.0.29",
-        help="NFS server of the shared volume mounted into kernel pods; empty: no volume "
-        "(JKP_NFS_VOLUME_SERVER env var)",
+        env="JKP_NFS_VOLUME_SERVER",
+        help="NFS server of the shared volume mounted into kernel pods; empty: no volume",
     ).tag(config=True)
-    nfs_volume_server_env = "JKP_NFS_VOLUME_SERVER"
 
-    @default("nfs_volume_server")
-    def _nfs_volume_server_default(self) -> Any:
-        return env_default(self, "nfs_volume_server")
-
-    nfs_mount_path = Unicode(
+    nfs_mount_path = EnvUnicode(
         "/data/tablegpt-test/shared/",
-        help="Path exported by the NFS server (JKP_NFS_MOUNT_PATH env var)",
+        env="JKP_NFS_MOUNT_PATH",
+        help="Path exported by the NFS server",
     ).tag(config=True)
-    nfs_mount_path_env = "JKP_NFS_MOUNT_PATH"
 
-    @default("nfs_mount_path")
-    def _nfs_mount_path_default(self) -> Any:
-        return env_default(self, "nfs_mount_path")
-
-    working_dir = Unicode(
+    working_dir = EnvUnicode(
         "/mnt/shared/",
-        help="Where the share is mounted in the kernel; users' directories are made under it "
-        "(JKP_WORKING_DIR env var)",
+        env="JKP_WORKING_DIR",
+        help=("Where the share is mounted in the kernel; users' directories are made under it"),
     ).tag(config=True)
-    working_dir_env = "JKP_WORKING_DIR"
-
-    @default("working_dir")
-    def _working_dir_default(self) -> Any:
-        return env_default(self, "working_dir")
 
     @validate("working_dir")
     def _working_dir_validate(self, proposal: Any) -> str:
@@ -173,145 +135,111 @@ class PoolManager(LoggingConfigurable):
             raise TraitError(f"working_dir must be an absolute path, got {proposal['value']!r}")
         return proposal["value"]
 
-    activation_interval = Float(
+    activation_interval = EnvFloat(
         1200.0,
-        help="Seconds between keep-alive pings of idle kernels; 0 disables them "
-        "(JKP_ACTIVATION_INTERVAL env var)",
+        env="JKP_ACTIVATION_INTERVAL",
+        help="Seconds between keep-alive pings of idle kernels; 0 disables them",
         min=0,
     ).tag(config=True)
-    activation_interval_env = "JKP_ACTIVATION_INTERVAL"
 
-    @default("activation_interval")
-    def _activation_interval_default(self) -> Any:
-        return env_default(self, "activation_interval")
-
-    check_task_interval = Float(
+    check_task_interval = EnvFloat(
         120.0,
-        help="Seconds between checks that the pool is full and its kernels alive "
-        "(JKP_CHECK_TASK_INTERVAL env var)",
+        env="JKP_CHECK_TASK_INTERVAL",
+        help="Seconds between checks that the pool is full and its kernels alive",
         min=0.1,
     ).tag(config=True)
-    check_task_interval_env = "JKP_CHECK_TASK_INTERVAL"
 
-    @default("check_task_interval")
-    def _check_task_interval_default(self) -> Any:
-        return env_default(self, "check_task_interval")
-
-    pop_timeout = Float(
+    pop_timeout = EnvFloat(
         10.0,
-        help="Seconds a pop may take in all: waiting for a kernel when the pool is empty, and "
-        "setting kernels up; past it the pop answers 503 (JKP_POP_TIMEOUT env var)",
+        env="JKP_POP_TIMEOUT",
+        help=(
+            "Seconds a pop may take in all: waiting for a kernel when the pool is empty, "
+            "and setting kernels up; past it the pop answers 503"
+        ),
         min=0.1,
     ).tag(config=True)
-    pop_timeout_env = "JKP_POP_TIMEOUT"
 
-    @default("pop_timeout")
-    def _pop_timeout_default(self) -> Any:
-        return env_default(self, "pop_timeout")
-
-    idempotency_ttl = Float(
+    idempotency_ttl = EnvFloat(
         600.0,
-        help="Seconds a pop sent with an Idempotency-Key is remembered: repeating it within "
-        "that time answers the same kernel again (JKP_IDEMPOTENCY_TTL env var)",
+        env="JKP_IDEMPOTENCY_TTL",
+        help=(
+            "Seconds a pop sent with an Idempotency-Key is remembered: repeating it "
+            "within that time answers the same kernel again"
+        ),
         min=1,
     ).tag(config=True)
-    idempotency_ttl_env = "JKP_IDEMPOTENCY_TTL"
 
-    @default("idempotency_ttl")
-    def _idempotency_ttl_default(self) -> Any:
-        return env_default(self, "idempotency_ttl")
-
-    replica_heartbeat_interval = Float(
+    replica_heartbeat_interval = EnvFloat(
         2.0,
-        help="Seconds between this replica's heartbeats in Redis. A replica whose heartbeat is "
-        "3 intervals old counts as dead: another takes over the kernels it was starting and "
-        "handing out, and it stops starting and handing out itself until it has registered "
-        "again (JKP_REPLICA_HEARTBEAT_INTERVAL env var)",
+        env="JKP_REPLICA_HEARTBEAT_INTERVAL",
+        help=(
+            "Seconds between this replica's heartbeats in Redis. A replica whose "
+            "heartbeat is 3 intervals old counts as dead: another takes over the kernels "
+            "it was starting and handing out, and it stops starting and handing out "
+            "itself until it has registered again"
+        ),
         min=0.1,
     ).tag(config=True)
-    replica_heartbeat_interval_env = "JKP_REPLICA_HEARTBEAT_INTERVAL"
 
-    @default("replica_heartbeat_interval")
-    def _replica_heartbeat_interval_default(self) -> Any:
-        return env_default(self, "replica_heartbeat_interval")
-
-    kernel_ready_timeout = Float(
+    kernel_ready_timeout = EnvFloat(
         300.0,
-        help="Seconds a new kernel has to answer its first kernel_info_request before it is "
-        "shut down and started again (JKP_KERNEL_READY_TIMEOUT env var)",
+        env="JKP_KERNEL_READY_TIMEOUT",
+        help=(
+            "Seconds a new kernel has to answer its first kernel_info_request before it "
+            "is shut down and started again"
+        ),
         min=1,
     ).tag(config=True)
-    kernel_ready_timeout_env = "JKP_KERNEL_READY_TIMEOUT"
 
-    @default("kernel_ready_timeout")
-    def _kernel_ready_timeout_default(self) -> Any:
-        return env_default(self, "kernel_ready_timeout")
-
-    kernel_request_timeout = Float(
+    kernel_request_timeout = EnvFloat(
         2.0,
-        help="Seconds EG and a kernel have to answer each request of a pop, a start check or "
-        "an activation. A set-up that times out is then judged by asking EG (in the last "
-        "quarter of this time, at most 0.5 s): a kernel EG still has is shut down and the pop "
-        "takes the next; when EG does not answer either, the kernel goes back to the pool and "
-        "the pop answers 503 (JKP_KERNEL_REQUEST_TIMEOUT env var)",
+        env="JKP_KERNEL_REQUEST_TIMEOUT",
+        help=(
+            "Seconds EG and a kernel have to answer each request of a pop, a start check "
+            "or an activation. A set-up that times out is then judged by asking EG (in "
+            "the last quarter of this time, at most 0.5 s): a kernel EG still has is shut "
+            "down and the pop takes the next; when EG does not answer either, the kernel "
+            "goes back to the pool and the pop answers 503"
+        ),
         min=0.1,
     ).tag(config=True)
-    kernel_request_timeout_env = "JKP_KERNEL_REQUEST_TIMEOUT"
 
-    @default("kernel_request_timeout")
-    def _kernel_request_timeout_default(self) -> Any:
-        return env_default(self, "kernel_request_timeout")
-
-    max_concurrent_starts = Int(
+    max_concurrent_starts = EnvInt(
         4,
-        help="Kernels this replica starts on EG at the same time "
-        "(JKP_MAX_CONCURRENT_STARTS env var)",
+        env="JKP_MAX_CONCURRENT_STARTS",
+        help="Kernels this replica starts on EG at the same time",
         min=1,
     ).tag(config=True)
-    max_concurrent_starts_env = "JKP_MAX_CONCURRENT_STARTS"
 
-    @default("max_concurrent_starts")
-    def _max_concurrent_starts_default(self) -> Any:
-        return env_default(self, "max_concurrent_starts")
-
-    channel_sync_interval = Float(
+    channel_sync_interval = EnvFloat(
         5.0,
-        help="Seconds between syncs of this replica's websockets with the idle list: it opens "
-        "one to each kernel another replica pooled, and closes those to kernels handed out "
-        "through another replica; 0 leaves that to the check every check_task_interval "
-        "(JKP_CHANNEL_SYNC_INTERVAL env var)",
+        env="JKP_CHANNEL_SYNC_INTERVAL",
+        help=(
+            "Seconds between syncs of this replica's websockets with the idle list: it "
+            "opens one to each kernel another replica pooled, and closes those to kernels "
+            "handed out through another replica; 0 leaves that to the check every "
+            "check_task_interval"
+        ),
         min=0,
     ).tag(config=True)
-    channel_sync_interval_env = "JKP_CHANNEL_SYNC_INTERVAL"
 
-    @default("channel_sync_interval")
-    def _channel_sync_interval_default(self) -> Any:
-        return env_default(self, "channel_sync_interval")
-
-    refill_delay = Float(
+    refill_delay = EnvFloat(
         1.0,
-        help="Seconds after a pop before its replacement kernel is started, so that a burst of "
-        "pops is served before kernel starts load EG (and, on a small machine, the CPU); a "
-        "pop waiting on an empty pool starts one at once (JKP_REFILL_DELAY env var)",
+        env="JKP_REFILL_DELAY",
+        help=(
+            "Seconds after a pop before its replacement kernel is started, so that a "
+            "burst of pops is served before kernel starts load EG (and, on a small "
+            "machine, the CPU); a pop waiting on an empty pool starts one at once"
+        ),
         min=0,
     ).tag(config=True)
-    refill_delay_env = "JKP_REFILL_DELAY"
 
-    @default("refill_delay")
-    def _refill_delay_default(self) -> Any:
-        return env_default(self, "refill_delay")
-
-    max_start_backoff = Float(
+    max_start_backoff = EnvFloat(
         60.0,
-        help="Upper bound in seconds of the pause between failed kernel starts "
-        "(JKP_MAX_START_BACKOFF env var)",
+        env="JKP_MAX_START_BACKOFF",
+        help="Upper bound in seconds of the pause between failed kernel starts",
         min=0,
     ).tag(config=True)
-    max_start_backoff_env = "JKP_MAX_START_BACKOFF"
-
-    @default("max_start_backoff")
-    def _max_start_backoff_default(self) -> Any:
-        return env_default(self, "max_start_backoff")
 
     def __init__(self, **kwargs: Any):
         super().__init__(**kwargs)

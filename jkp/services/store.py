@@ -23,10 +23,10 @@ import redis.asyncio as redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from traitlets import Any as AnyTrait
-from traitlets import Dict, Int, Unicode, default
+from traitlets import Dict, default
 from traitlets.config import LoggingConfigurable
 
-from jkp.traits import env_default
+from jkp.traits import EnvInt, EnvUnicode
 
 # Redis server time in seconds, so leases do not depend on the replicas' clocks.
 _NOW = "local t = redis.call('TIME'); local now = tonumber(t[1]) + tonumber(t[2]) / 1e6\n"
@@ -585,53 +585,31 @@ def _text(value: bytes | str) -> str:
 class RedisStore(LoggingConfigurable):
     """The Redis connection of jkp and the pools stored in it."""
 
-    redis_url = Unicode(
+    redis_url = EnvUnicode(
         "",
-        help="Redis URL, e.g. rediss://:password@host:6380/0; when set it overrides "
-        "redis_host, redis_port and redis_db (JKP_REDIS_URL env var)",
+        env="JKP_REDIS_URL",
+        help=(
+            "Redis URL, e.g. rediss://:password@host:6380/0; when set it overrides "
+            "redis_host, redis_port and redis_db"
+        ),
     ).tag(config=True)
-    redis_url_env = "JKP_REDIS_URL"
 
-    @default("redis_url")
-    def _redis_url_default(self) -> Any:
-        return env_default(self, "redis_url")
+    redis_host = EnvUnicode("127.0.0.1", env="JKP_REDIS_HOST", help="Redis host").tag(config=True)
 
-    redis_host = Unicode("127.0.0.1", help="Redis host (JKP_REDIS_HOST env var)").tag(config=True)
-    redis_host_env = "JKP_REDIS_HOST"
-
-    @default("redis_host")
-    def _redis_host_default(self) -> Any:
-        return env_default(self, "redis_host")
-
-    redis_port = Int(6379, help="Redis port (JKP_REDIS_PORT env var)", min=1, max=65535).tag(
+    redis_port = EnvInt(6379, env="JKP_REDIS_PORT", help="Redis port", min=1, max=65535).tag(
         config=True
     )
-    redis_port_env = "JKP_REDIS_PORT"
 
-    @default("redis_port")
-    def _redis_port_default(self) -> Any:
-        return env_default(self, "redis_port")
+    redis_db = EnvInt(0, env="JKP_REDIS_DB", help="Redis database number", min=0).tag(config=True)
 
-    redis_db = Int(0, help="Redis database number (JKP_REDIS_DB env var)", min=0).tag(config=True)
-    redis_db_env = "JKP_REDIS_DB"
-
-    @default("redis_db")
-    def _redis_db_default(self) -> Any:
-        return env_default(self, "redis_db")
-
-    key = Unicode(
+    key = EnvUnicode(
         "tablegpt-test:kernels:idle",
-        help="Redis key of the idle-kernel list; the pool's other keys are derived from it "
-        "(JKP_REDIS_KEY env var)",
+        env="JKP_REDIS_KEY",
+        help="Redis key of the idle-kernel list; the pool's other keys are derived from it",
     ).tag(config=True)
-    key_env = "JKP_REDIS_KEY"
-
-    @default("key")
-    def _key_default(self) -> Any:
-        return env_default(self, "key")
 
     client_kwargs = Dict(
-        help="Extra keyword arguments for redis.asyncio.Redis (e.g. ssl_ca_certs)",
+        help="Extra keyword arguments for redis.asyncio.Redis (e.g. ssl_ca_certs)"
     ).tag(config=True)
 
     client = AnyTrait(help="The redis.asyncio.Redis client; built from the traits above")
