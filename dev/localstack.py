@@ -388,6 +388,7 @@ class EnterpriseGateway(_Server):
         kernel_argv: list[str] | None = None,
         client_cert: str | None = None,
         client_key: str | None = None,
+        more_kernel_names: tuple[str, ...] = (),
     ):
         super().__init__(workdir, port)
         self.kernel_argv = kernel_argv
@@ -396,6 +397,8 @@ class EnterpriseGateway(_Server):
         self.auth_token = auth_token
         self.certfile, self.keyfile, self.cafile = certfile, keyfile, cafile
         self.kernel_name = kernel_name
+        # Further specs, each a plain local ipykernel like the first (several pools).
+        self.kernel_names = [kernel_name, *more_kernel_names]
         self.cull_idle_timeout = cull_idle_timeout
         self.cull_interval = cull_interval
         self.extra_args = list(extra_args)
@@ -405,8 +408,7 @@ class EnterpriseGateway(_Server):
         self.data_dir = self.workdir / "data"
         self.config_dir = self.workdir / "config"
         self.ipython_dir = self.workdir / "ipython"
-        self.kernel_spec_dir = self.jupyter_path / "kernels" / kernel_name
-        self._write_kernel_spec()
+        self._write_kernel_specs()
 
     @property
     def url(self) -> str:
@@ -425,18 +427,20 @@ class EnterpriseGateway(_Server):
                 context.load_cert_chain(self.client_cert, self.client_key)
         return http_request(method, self.url + path, body, timeout, headers, context)
 
-    def _write_kernel_spec(self) -> None:
-        self.kernel_spec_dir.mkdir(parents=True, exist_ok=True)
+    def _write_kernel_specs(self) -> None:
         # Not resolved: the venv's python symlink is what makes it the venv.
         python = str(self.eg_venv / "bin" / "python")
-        spec = {
-            # Tests may give another command, e.g. a kernel that dies at once.
-            "argv": self.kernel_argv
-            or [python, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-            "display_name": f"Python 3 (local, as {self.kernel_name})",
-            "language": "python",
-        }
-        (self.kernel_spec_dir / "kernel.json").write_text(json.dumps(spec, indent=2) + "\n")
+        for name in self.kernel_names:
+            spec_dir = self.jupyter_path / "kernels" / name
+            spec_dir.mkdir(parents=True, exist_ok=True)
+            spec = {
+                # Tests may give another command, e.g. a kernel that dies at once.
+                "argv": self.kernel_argv
+                or [python, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+                "display_name": f"Python 3 (local, as {name})",
+                "language": "python",
+            }
+            (spec_dir / "kernel.json").write_text(json.dumps(spec, indent=2) + "\n")
 
     def _command(self) -> list[str]:
         exe = self.eg_venv / "bin" / "jupyter-enterprisegateway"
@@ -448,7 +452,7 @@ class EnterpriseGateway(_Server):
             f"--port={self.port}",
             "--port_retries=0",
             "--EnterpriseGatewayApp.list_kernels=True",
-            f"--KernelSpecManager.whitelist=[{self.kernel_name!r}]",
+            f"--KernelSpecManager.whitelist={self.kernel_names!r}",
         ]
         if self.cull_idle_timeout:
             cmd.append(f"--RemoteMappingKernelManager.cull_idle_timeout={self.cull_idle_timeout}")

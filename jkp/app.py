@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
-import os
 import signal
 import sys
 from typing import Any
@@ -25,8 +24,17 @@ from jkp.log import JSONFormatter
 from jkp.services.gateway import GatewayClient
 from jkp.services.metrics import Metrics
 from jkp.services.pool import PoolManager
+from jkp.services.pools import PoolRegistry
 from jkp.services.store import RedisStore
-from jkp.traits import EnvBool, EnvFloat, EnvInt, EnvUnicode, EnvValueError, env_name
+from jkp.traits import (
+    EnvBool,
+    EnvDict,
+    EnvFloat,
+    EnvInt,
+    EnvUnicode,
+    EnvValueError,
+    check_options,
+)
 
 # jkp refuses large bodies itself, with a JSON 413, from Content-Length before reading them
 # (APIHandler); tornado's own check, which answers a bare 400, must never come first.
@@ -116,8 +124,20 @@ class JKPManagerApp(JupyterApp):
         ),
     ).tag(config=True)
 
+    pools = EnvDict(
+        env="JKP_POOLS",
+        help="Warm pools by EG kernel spec name, each a dict of PoolManager options by trait "
+        "name plus 'size' (its max_pending_kernels), e.g. {'python_kubernetes': {'size': 10}, "
+        "'r_kubernetes': {'size': 2, 'kernel_image': 'elyra/kernel-r:3.2.2'}}; options a pool "
+        "does not set come from PoolManager's. Empty: one pool of PoolManager.kernel_name. "
+        "In the environment, JSON",
+    ).tag(config=True)
+
     gateway = Instance(GatewayClient, allow_none=True)
     store = Instance(RedisStore, allow_none=True)
+    metrics = Instance(Metrics, allow_none=True)
+    pool_registry = Instance(PoolRegistry, allow_none=True)
+    # The default pool (kernelName absent), as the design names it.
     pool_manager = Instance(PoolManager, allow_none=True)
     web_app = Instance(web.Application, allow_none=True)
     http_server = Instance(HTTPServer, allow_none=True)
@@ -149,31 +169,22 @@ class JKPManagerApp(JupyterApp):
     def init_configurables(self) -> None:
         self.gateway = GatewayClient(parent=self, log=self.log)
         self.store = RedisStore(parent=self, log=self.log)
-        self.pool_manager = PoolManager(
+        self.metrics = Metrics()
+        self.pool_registry = PoolRegistry(
+            self.pools,
+            gateway=self.gateway,
+            store=self.store,
+            metrics=self.metrics,
             parent=self,
             log=self.log,
-            gateway=self.gateway,
-            store=self.store.pool(),
-            metrics=Metrics(),
         )
+        self.pool_manager = self.pool_registry.default
 
     def check_config(self) -> None:
-        """Read and validate every option once, so a bad value stops start-up now.
-
-        Assigning each value back runs the trait's own validator, which traitlets skips for
-        values that come from a dynamic (environment) default.
-        """
-        for configurable in (self, self.gateway, self.store, self.pool_manager):
-            for name in sorted(configurable.trait_names(config=True)):
-                try:
-                    setattr(configurable, name, getattr(configurable, name))
-                except TraitError as e:
-                    where = f"{type(configurable).__name__}.{name}"
-                    env = env_name(configurable.traits()[name])
-                    if env in os.environ:
-                        where += f" (default from {env}={os.environ[env]!r})"
-                    raise TraitError(f"{where}: {e}") from None
-        self.pool_manager.check_kernel_env()
+        """Read and validate every option once, so a bad value stops start-up now."""
+        for configurable in (self, self.gateway, self.store):
+            check_options(configurable)
+        self.pool_registry.check_config()
 
     def init_webapp(self) -> None:
         handlers = [*pool_handlers.default_handlers, *status_handlers.default_handlers]
@@ -181,7 +192,8 @@ class JKPManagerApp(JupyterApp):
             handlers,
             default_handler_class=NotFoundHandler,
             auth_token=self.auth_token,
-            pool_manager=self.pool_manager,
+            pools=self.pool_registry,
+            metrics=self.metrics,
             gateway=self.gateway,
             store=self.store,
             log_function=self._log_request,
@@ -198,7 +210,12 @@ class JKPManagerApp(JupyterApp):
 
     async def start_services(self) -> None:
         """Start the pool (registered in Redis before the first pop can come), and listen."""
-        await self.pool_manager.start()
+        try:
+            await self.pool_registry.check_kernel_specs()
+        except TraitError as e:
+            self.log.critical("Bad configuration: %s", e)
+            self.exit(1)
+        await self.pool_registry.start()
         self.http_server = HTTPServer(self.web_app, max_body_size=_TORNADO_MAX_BODY_BYTES)
         self.http_server.listen(self.port, self.ip)
         self.log.info("jkp %s listening on http://%s:%d", __version__, self.ip, self.port)
@@ -220,10 +237,10 @@ class JKPManagerApp(JupyterApp):
         """
         if self.http_server is not None:
             self.http_server.stop()
-        await self.pool_manager.close(self.shutdown_timeout)
+        await self.pool_registry.close(self.shutdown_timeout)
         if self.http_server is not None:
             await self.http_server.close_all_connections()
-        await self.pool_manager.stop()
+        await self.pool_registry.stop()
         self.gateway.close()
         await self.store.close()
 

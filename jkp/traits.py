@@ -13,10 +13,12 @@ message that names it.
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any
 
-from traitlets import Bool, Float, Int, TraitError, TraitType, Unicode
+from traitlets import Bool, Dict, Float, Int, TraitError, TraitType, Unicode
+from traitlets.config import Configurable
 
 
 class EnvValueError(ValueError):
@@ -27,7 +29,7 @@ class _EnvDefault(TraitType):
     """A trait whose default comes from an environment variable, when it is set.
 
     Text traits take the variable as it is (an empty value is kept: ``JKP_NFS_VOLUME_SERVER=``
-    means no volume); other traits parse it as a command-line value would be.
+    means no volume); dicts parse it as JSON; other traits as a command-line value would be.
     """
 
     def __init__(self, *args: Any, env: str, help: str = "", **kwargs: Any):
@@ -45,6 +47,8 @@ class _EnvDefault(TraitType):
         if isinstance(self, Unicode):
             return raw
         try:
+            if isinstance(self, Dict):
+                return json.loads(raw)
             return self.from_string(raw.strip())
         except (ValueError, TraitError):
             raise EnvValueError(f"{self.env}={raw!r}: expected {self.info()}") from None
@@ -63,8 +67,27 @@ EnvUnicode = _env_backed(Unicode)
 EnvInt = _env_backed(Int)
 EnvFloat = _env_backed(Float)
 EnvBool = _env_backed(Bool)
+EnvDict = _env_backed(Dict)
 
 
 def env_name(trait: TraitType) -> str | None:
     """The environment variable a trait's default comes from, if any."""
     return trait.metadata.get("env")
+
+
+def check_options(configurable: Configurable, where: str = "") -> None:
+    """Read and validate every option of ``configurable``; TraitError naming the option (and
+    the variable its value came from) when one is bad.
+
+    Assigning each value back runs the trait's own validator, which traitlets skips for values
+    that come from a dynamic (environment) default.
+    """
+    for name in sorted(configurable.trait_names(config=True)):
+        try:
+            setattr(configurable, name, getattr(configurable, name))
+        except TraitError as e:
+            option = f"{where}{type(configurable).__name__}.{name}"
+            env = env_name(configurable.traits()[name])
+            if env in os.environ:
+                option += f" (default from {env}={os.environ[env]!r})"
+            raise TraitError(f"{option}: {e}") from None

@@ -11,7 +11,7 @@ from tornado import web
 from tornado.log import app_log
 
 from jkp.services.gateway import GatewayClient
-from jkp.services.pool import PoolManager
+from jkp.services.pools import PoolRegistry
 
 # Pop bodies are tiny; anything bigger is refused before it is read.
 MAX_BODY_BYTES = 64 * 1024
@@ -83,8 +83,8 @@ class APIHandler(web.RequestHandler):
         ]
 
     @property
-    def pool(self) -> PoolManager:
-        return self.settings["pool_manager"]
+    def pools(self) -> PoolRegistry:
+        return self.settings["pools"]
 
     @property
     def gateway(self) -> GatewayClient:

@@ -18,6 +18,7 @@ from jkp.services.handout import (
     ShuttingDownError,
     UserDirectoryError,
 )
+from jkp.services.pools import UnknownPoolError
 from jkp.services.store import IdempotencyConflict
 from jkp.user import InvalidUserId, validate_user_id
 
@@ -47,6 +48,13 @@ class PopHandler(APIHandler):
             user_id = validate_user_id(body["userId"])
         except InvalidUserId as e:
             raise api_error(400, str(e), "Invalid userId") from e
+        kernel_name = body.get("kernelName")
+        if kernel_name is not None and not isinstance(kernel_name, str):
+            raise api_error(400, "kernelName must be a string", "Invalid kernelName")
+        try:
+            pool = self.pools.get(kernel_name)
+        except UnknownPoolError as e:
+            raise api_error(400, str(e), "Unknown kernelName") from e
         key = self.request.headers.get("Idempotency-Key")
         if key is not None and not IDEMPOTENCY_KEY_PATTERN.fullmatch(key):
             raise api_error(
@@ -55,7 +63,7 @@ class PopHandler(APIHandler):
                 "Invalid Idempotency-Key",
             )
         try:
-            model = await self.pool.pop(user_id, key, self._client_gone)
+            model = await pool.pop(user_id, key, self._client_gone)
         except PopAbandonedError:
             self.set_status(499, "Client Closed Request")  # for the access log; nobody reads it
             return

@@ -43,7 +43,7 @@ class ReadyHandler(APIHandler):
         missing = {"redis": redis_failure, "gateway": gateway_failure}
         missing = {name: failure for name, failure in missing.items() if failure}
         if not missing:
-            pool_failure = await _failure(self.pool.unready_reason())
+            pool_failure = await _failure(self.pools.unready_reason())
             if pool_failure:
                 missing["pool"] = pool_failure
         if missing:
@@ -69,7 +69,7 @@ class PoolStatusHandler(APIHandler):
 
     async def get(self) -> None:
         try:
-            status = await self.pool.status()
+            status = await self.pools.status()
         except RedisError as e:
             raise api_error(503, f"Redis unavailable: {e}", "Store unavailable") from e
         self.write_json(status)
@@ -80,11 +80,11 @@ class MetricsHandler(APIHandler):
 
     async def get(self) -> None:
         try:
-            await self.pool.status()
+            await self.pools.status()
         except RedisError:
             pass  # the gauges keep their last values; jkp_dependency_errors tells why
         self.set_header("Content-Type", CONTENT_TYPE_LATEST)
-        self.finish(self.pool.metrics.exposition())
+        self.finish(self.settings["metrics"].exposition())
 
 
 class SpecHandler(APIHandler):

@@ -189,6 +189,11 @@ class GatewayClient(LoggingConfigurable):
         """EG's version info: proves it answers."""
         return await self._request("GET", "/api")
 
+    async def kernel_specs(self) -> set[str]:
+        """The names of the kernel specs EG offers."""
+        specs = await self._request("GET", "/api/kernelspecs")
+        return set((specs or {}).get("kernelspecs", {}))
+
     async def start_kernel(self, kernel_name: str, env: dict[str, str]) -> dict[str, Any]:
         """Ask EG to start a kernel; returns its model (usually still ``starting``)."""
         return await self._request("POST", "/api/kernels", {"name": kernel_name, "env": env})

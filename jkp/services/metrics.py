@@ -1,6 +1,12 @@
-"""Prometheus metrics of one jkp process, in a registry of its own (no global state)."""
+"""Prometheus metrics of one jkp process, in a registry of its own (no global state).
+
+Every pool metric has a ``pool`` label (the kernel spec's name); a pool counts through its
+``PoolMetrics``, a view of the process's ``Metrics`` with that label already set.
+"""
 
 from __future__ import annotations
+
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -9,89 +15,105 @@ _POP_BUCKETS = (0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 # Local kernels start in ~0.4 s, Kubernetes pods in 10-60 s.
 _START_BUCKETS = (0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300)
 
+# Label values shown at 0 from the start, so a dashboard sees every series.
+_KNOWN_LABELS = {
+    "pops": [(o,) for o in ("served", "repeated", "pool_empty", "abandoned", "error")],
+    "kernel_starts": [("ready",), ("failed",)],
+    "activations": [("ok",), ("failed",)],
+    "errors": [("redis",), ("gateway",)],
+    "takeovers": [("start", "adopted"), ("start", "removed"), ("claim", "released"),
+                  ("claim", "removed")],
+}  # fmt: skip
+
 
 class Metrics:
-    """What jkp counts: pops, kernel starts, activations, the pool's size, Redis and EG errors."""
+    """What jkp counts, per pool: pops, kernel starts, activations, takeovers, the pool's size,
+    Redis and EG errors."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        self.pop_duration = Histogram(
+
+        def family(kind: Any, name: str, what: str, labels: tuple[str, ...] = (), **kw: Any):
+            return kind(name, what, ["pool", *labels], registry=self.registry, **kw)
+
+        self.pop_duration = family(
+            Histogram,
             "jkp_pop_duration_seconds",
             "Time to answer a pop, by outcome",
-            ["outcome"],
+            ("outcome",),
             buckets=_POP_BUCKETS,
-            registry=self.registry,
         )
-        self.pops = Counter(
+        self.pops = family(
+            Counter,
             "jkp_pops",
             "Pops by outcome: served, repeated (same Idempotency-Key), pool_empty, abandoned "
             "(the caller hung up), error",
-            ["outcome"],
-            registry=self.registry,
+            ("outcome",),
         )
-        self.idle_kernels = Gauge(
-            "jkp_idle_kernels", "Idle kernels in the pool (all replicas)", registry=self.registry
+        self.idle_kernels = family(
+            Gauge, "jkp_idle_kernels", "Idle kernels in the pool (all replicas)"
         )
-        self.starting_kernels = Gauge(
-            "jkp_starting_kernels",
-            "Kernels being started (all replicas, unexpired leases)",
-            registry=self.registry,
+        self.starting_kernels = family(
+            Gauge, "jkp_starting_kernels", "Kernels being started (all replicas, unexpired leases)"
         )
-        self.target_kernels = Gauge(
-            "jkp_target_kernels", "max_pending_kernels", registry=self.registry
-        )
-        self.kernel_starts = Counter(
+        self.target_kernels = family(Gauge, "jkp_target_kernels", "The pool's size")
+        self.kernel_starts = family(
+            Counter,
             "jkp_kernel_starts",
             "Kernel starts by this replica, by outcome (ready, failed)",
-            ["outcome"],
-            registry=self.registry,
+            ("outcome",),
         )
-        self.start_duration = Histogram(
+        self.start_duration = family(
+            Histogram,
             "jkp_kernel_start_duration_seconds",
             "Time from the start request until the kernel answered",
             buckets=_START_BUCKETS,
-            registry=self.registry,
         )
-        self.activations = Counter(
+        self.activations = family(
+            Counter,
             "jkp_activations",
             "Keep-alive pings of idle kernels, by outcome (ok, failed)",
-            ["outcome"],
-            registry=self.registry,
+            ("outcome",),
         )
-        self.kernels_removed = Counter(
-            "jkp_kernels_removed",
-            "Kernels shut down by jkp, by reason",
-            ["reason"],
-            registry=self.registry,
+        self.kernels_removed = family(
+            Counter, "jkp_kernels_removed", "Kernels shut down by jkp, by reason", ("reason",)
         )
-        self.takeovers = Counter(
+        self.takeovers = family(
+            Counter,
             "jkp_takeovers",
             "Starts and claims of dead replicas taken over by this one, by kind (start, claim) "
             "and outcome (adopted, released, removed)",
-            ["kind", "outcome"],
-            registry=self.registry,
+            ("kind", "outcome"),
         )
-        self.errors = Counter(
+        self.errors = family(
+            Counter,
             "jkp_dependency_errors",
             "Failed calls to a dependency (redis, gateway)",
-            ["dependency"],
-            registry=self.registry,
+            ("dependency",),
         )
-        for outcome in ("served", "repeated", "pool_empty", "abandoned", "error"):
-            self.pops.labels(outcome)
-        for outcome in ("ready", "failed"):
-            self.kernel_starts.labels(outcome)
-        for outcome in ("ok", "failed"):
-            self.activations.labels(outcome)
-        for kind, outcome in (
-            ("start", "adopted"),
-            ("start", "removed"),
-            ("claim", "released"),
-            ("claim", "removed"),
-        ):
-            self.takeovers.labels(kind, outcome)
-        for dependency in ("redis", "gateway"):
-            self.errors.labels(dependency)
+
+    def pool(self, name: str) -> PoolMetrics:
+        """The metrics of the pool ``name``."""
+        return PoolMetrics(self, name)
+
+    def exposition(self) -> bytes:
+        """The metrics in Prometheus' text format."""
+        return generate_latest(self.registry)
+
+
+class PoolMetrics:
+    """The metrics of one pool: each family of ``Metrics`` with its ``pool`` label set, so
+    ``pool_metrics.pops.labels("served")`` counts that pool's served pops."""
+
+    def __init__(self, metrics: Metrics, pool: str):
+        self.name = pool
+        self._metrics = metrics
+        for family, label_sets in _KNOWN_LABELS.items():
+            for labels in label_sets:
+                getattr(self, family).labels(*labels)
+
+    def __getattr__(self, family: str) -> _PoolFamily:
+        return _PoolFamily(getattr(self._metrics, family), self.name)
 
     def set_pool_counts(self, target: int, counts: dict[str, int]) -> None:
         """Record the pool's size as last read from Redis."""
@@ -99,6 +121,17 @@ class Metrics:
         self.idle_kernels.set(counts["idle"])
         self.starting_kernels.set(counts["starting"])
 
-    def exposition(self) -> bytes:
-        """The metrics in Prometheus' text format."""
-        return generate_latest(self.registry)
+
+class _PoolFamily:
+    """A metric family with the pool label bound: ``labels`` takes the other labels; a family
+    with no other label is used as is (``observe``, ``set``, ``inc``)."""
+
+    def __init__(self, family: Any, pool: str):
+        self._family = family
+        self._pool = pool
+
+    def labels(self, *values: str) -> Any:
+        return self._family.labels(self._pool, *values)
+
+    def __getattr__(self, method: str) -> Any:
+        return getattr(self._family.labels(self._pool), method)

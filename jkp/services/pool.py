@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from typing import Any, TypeVar
 
 from redis.exceptions import RedisError
-from traitlets import Instance, TraitError, validate
+from traitlets import Instance, TraitError, Unicode, default, validate
 from traitlets.config import LoggingConfigurable
 
 from jkp.services.gateway import GatewayClient, GatewayError, KernelReplyError
@@ -27,7 +27,7 @@ from jkp.services.handout import (
     ShuttingDownError,
     UserDirectoryError,
 )
-from jkp.services.metrics import Metrics
+from jkp.services.metrics import Metrics, PoolMetrics
 from jkp.services.store import Claim, Idempotency, IdempotencyPending, PoolStore, Replay
 from jkp.traits import EnvFloat, EnvInt, EnvUnicode
 from jkp.user import (
@@ -72,6 +72,39 @@ _STARTS_FAILING = 2
 T = TypeVar("T")
 
 
+class InitCodeError(GatewayError):
+    """A new kernel failed its pool's init_code."""
+
+
+class StartSlots:
+    """The kernel starts this replica runs at once, across all its pools.
+
+    ``max_concurrent_starts`` bounds a replica, not a pool: EG and the machine carry the starts
+    of every pool. A pool whose start ends frees a slot for all, so all their fillers wake.
+    """
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.used = 0
+        self._wakers: list[Callable[[], None]] = []
+
+    def register(self, wake: Callable[[], None]) -> None:
+        """Call ``wake`` whenever a slot comes free."""
+        self._wakers.append(wake)
+
+    @property
+    def free(self) -> bool:
+        return self.used < self.limit
+
+    def take(self) -> None:
+        self.used += 1
+
+    def give_back(self) -> None:
+        self.used -= 1
+        for wake in self._wakers:
+            wake()
+
+
 class PoolManager(LoggingConfigurable):
     """A pool of idle kernels on EG for one kernel spec, its state kept in Redis.
 
@@ -83,7 +116,21 @@ class PoolManager(LoggingConfigurable):
 
     gateway = Instance(GatewayClient)
     store = Instance(PoolStore)
-    metrics = Instance(Metrics, args=())
+    metrics = Instance(PoolMetrics)
+    start_slots = Instance(StartSlots)
+    replica_id = Unicode(help="This replica's id: host, process and a random part")
+
+    @default("metrics")
+    def _metrics_default(self) -> PoolMetrics:
+        return Metrics().pool(self.kernel_name)
+
+    @default("start_slots")
+    def _start_slots_default(self) -> StartSlots:
+        return StartSlots(self.max_concurrent_starts)
+
+    @default("replica_id")
+    def _replica_id_default(self) -> str:
+        return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
     max_pending_kernels = EnvInt(
         10, env="JKP_MAX_PENDING_KERNELS", help="Idle kernels kept ready", min=0
@@ -157,6 +204,14 @@ class PoolManager(LoggingConfigurable):
             "and setting kernels up; past it the pop answers 503"
         ),
         min=0.1,
+    ).tag(config=True)
+
+    init_code = EnvUnicode(
+        "",
+        env="JKP_INIT_CODE",
+        help="Python run in each new kernel after its warm-up, before it is pooled, to preload "
+        "what its users import anyway (e.g. 'import pandas as pd'); unlike the warm-up, what "
+        "it defines stays. A kernel whose init_code fails is shut down as a failed start",
     ).tag(config=True)
 
     idempotency_ttl = EnvFloat(
@@ -256,7 +311,6 @@ class PoolManager(LoggingConfigurable):
         self._last_errors: collections.deque[dict[str, Any]] = collections.deque(
             maxlen=_LAST_ERRORS_KEPT
         )
-        self.replica_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self._start_failures = 0
         self._last_start_error = ""
         self._next_start_at = 0.0
@@ -264,6 +318,8 @@ class PoolManager(LoggingConfigurable):
         self._refill_at: float | None = None
         self._failing: dict[str, str] = {}
         self._set_up_guard = SetUpGuard()
+        self._init_code_failing = False
+        self.start_slots.register(self._wake_filler.set)
         # Until when (event loop time) this replica's heartbeat in Redis surely lasts.
         self._registered_until = 0.0
 
@@ -619,11 +675,7 @@ class PoolManager(LoggingConfigurable):
             if now < self._refill_at:
                 return
             self._refill_at = None
-        while (
-            not self._stopping
-            and self.registered
-            and len(self._starts) < self.max_concurrent_starts
-        ):
+        while not self._stopping and self.registered and self.start_slots.free:
             kernel_id = str(uuid.uuid4())
             if not await self.store.reserve_start(
                 kernel_id, self.max_pending_kernels, self._start_lease, self.replica_id
@@ -637,7 +689,13 @@ class PoolManager(LoggingConfigurable):
         """Run a start in a task stop() cancels, counted against max_concurrent_starts."""
         task = asyncio.create_task(start, name=f"jkp-start-{kernel_id}")
         self._starts[kernel_id] = task
-        task.add_done_callback(lambda _: self._starts.pop(kernel_id, None))
+        self.start_slots.take()
+
+        def done(_: asyncio.Task) -> None:
+            self._starts.pop(kernel_id, None)
+            self.start_slots.give_back()
+
+        task.add_done_callback(done)
 
     async def _start_kernel(self, kernel_id: str) -> None:
         """Start one kernel (its id already leased in Redis) and pool it once it answers."""
@@ -665,7 +723,9 @@ class PoolManager(LoggingConfigurable):
             self._last_start_error = str(e)
             backoff = self._start_backoff()
             self._next_start_at = asyncio.get_running_loop().time() + backoff
-            self.log.error(
+            # A failing init_code is logged once (see _run_init_code), not once per kernel.
+            log = self.log.debug if isinstance(e, InitCodeError) else self.log.error
+            log(
                 "Starting kernel %s failed (%d in a row; next try in %.0fs): %s",
                 kernel_id,
                 self._start_failures,
@@ -698,6 +758,8 @@ class PoolManager(LoggingConfigurable):
         await self.gateway.execute(
             kernel_id, WARM_UP_CODE, self.kernel_request_timeout, keep_open=True
         )
+        if self.init_code:
+            await self._run_init_code(kernel_id)
         model = await self._reported_model(kernel_id)
         pooled = await self.store.finish_start(kernel_id, model, self.replica_id)
         if pooled == 0:
@@ -711,6 +773,23 @@ class PoolManager(LoggingConfigurable):
         self._kernel_pooled.set()
         self._kernel_pooled = asyncio.Event()
         return True
+
+    async def _run_init_code(self, kernel_id: str) -> None:
+        """Run the pool's init_code in a new kernel; what it defines stays for the user.
+
+        Its failure fails the start; it is logged once until init_code works again, not once
+        per kernel (every kernel of the pool fails it the same way).
+        """
+        try:
+            await self.gateway.execute(
+                kernel_id, self.init_code, self.kernel_ready_timeout, keep_open=True
+            )
+        except KernelReplyError as e:
+            if not self._init_code_failing:
+                self.log.error("init_code of pool %s fails: %s", self.kernel_name, e)
+            self._init_code_failing = True
+            raise InitCodeError(f"init_code failed: {e}") from e
+        self._init_code_failing = False
 
     async def _wait_until_ready(self, kernel_id: str) -> None:
         """Wait for the new kernel's first kernel_info_reply, up to kernel_ready_timeout.

@@ -1,0 +1,153 @@
+"""PoolRegistry: the warm pools of one jkp, one per kernel spec, built from ``pools``."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import uuid
+from typing import Any
+
+from traitlets import TraitError
+from traitlets.config import LoggingConfigurable
+
+from jkp.services.gateway import GatewayClient, GatewayError
+from jkp.services.metrics import Metrics
+from jkp.services.pool import PoolManager
+from jkp.services.store import RedisStore
+from jkp.traits import check_options
+
+# A pool's size is its max_pending_kernels; its name is its kernel_name.
+_SIZE = "size"
+
+
+class UnknownPoolError(LookupError):
+    """No pool serves the kernel spec asked for."""
+
+
+class PoolRegistry(LoggingConfigurable):
+    """The pools of this replica by kernel spec name, and the one a pop without ``kernelName``
+    takes from (the pool named by ``PoolManager.kernel_name``).
+
+    Without ``pools`` there is one pool, named by ``PoolManager.kernel_name`` and sized by
+    ``max_pending_kernels``, at ``RedisStore.key``: as the original service. Other pools keep
+    their state at ``<RedisStore.key>:pool:<name>``. A pool's options override ``PoolManager``'s
+    traits (config file, command line, ``JKP_*`` environment) for that pool only.
+    """
+
+    def __init__(
+        self,
+        pools: dict[str, dict[str, Any]],
+        gateway: GatewayClient,
+        store: RedisStore,
+        metrics: Metrics,
+        **kwargs: Any,
+    ):
+        super().__init__(**kwargs)
+        self.gateway = gateway
+        self.metrics = metrics
+        self.replica_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        default = PoolManager(parent=self.parent, log=self.log, gateway=gateway)
+        self.default_name = default.kernel_name
+        settings = pools or {self.default_name: {}}
+        if self.default_name not in settings:
+            raise TraitError(
+                f"pools: no pool named {self.default_name!r}, the default (PoolManager."
+                f"kernel_name, JKP_KERNEL_NAME); pools are {sorted(settings)}"
+            )
+        self.pools: dict[str, PoolManager] = {}
+        for name, options in settings.items():
+            key = store.key if name == self.default_name else f"{store.key}:pool:{name}"
+            self.pools[name] = self._pool(name, options, gateway, store.pool(key))
+
+    def _pool(self, name: str, options: Any, gateway: GatewayClient, store: Any) -> PoolManager:
+        """The PoolManager of pool ``name``; TraitError naming the pool and the option when an
+        option is unknown or its value bad."""
+        if not isinstance(options, dict):
+            raise TraitError(f"pools[{name!r}] must be a dict of options, got {options!r}")
+        known = set(PoolManager.class_trait_names(config=True)) - {"kernel_name"}
+        overrides: dict[str, Any] = {}
+        for option, value in options.items():
+            trait_name = "max_pending_kernels" if option == _SIZE else option
+            if trait_name not in known:
+                raise TraitError(
+                    f"pools[{name!r}]: unknown option {option!r}; options are 'size' and "
+                    f"{', '.join(sorted(known - {'max_pending_kernels'}))}"
+                )
+            overrides[trait_name] = value
+        try:
+            return PoolManager(
+                parent=self.parent,
+                log=self.log,
+                gateway=gateway,
+                store=store,
+                metrics=self.metrics.pool(name),
+                replica_id=self.replica_id,
+                kernel_name=name,
+                **overrides,
+            )
+        except TraitError as e:
+            raise TraitError(f"pools[{name!r}]: {e}") from None
+
+    def get(self, name: str | None = None) -> PoolManager:
+        """The pool serving kernel spec ``name`` (None: the default pool)."""
+        pool = self.pools.get(self.default_name if name is None else name)
+        if pool is None:
+            raise UnknownPoolError(
+                f"no pool serves kernel spec {name!r}; pools: {', '.join(sorted(self.pools))}"
+            )
+        return pool
+
+    @property
+    def default(self) -> PoolManager:
+        return self.pools[self.default_name]
+
+    def check_config(self) -> None:
+        """Read every option of every pool, so a bad value stops start-up now."""
+        for name, pool in self.pools.items():
+            where = f"pools[{name!r}]: " if len(self.pools) > 1 else ""
+            check_options(pool, where)
+            try:
+                pool.check_kernel_env()
+            except TraitError as e:
+                raise TraitError(f"{where}{e}") from None
+
+    async def check_kernel_specs(self) -> None:
+        """Stop start-up (TraitError) when a pool's kernel spec is not on EG; when EG cannot be
+        reached, say so and go on (the pools' starts will report it)."""
+        try:
+            specs = await self.gateway.kernel_specs()
+        except GatewayError as e:
+            self.log.warning("Cannot check the pools' kernel specs on EG now: %s", e)
+            return
+        missing = sorted(set(self.pools) - set(specs))
+        if missing:
+            raise TraitError(
+                f"pools {missing}: not kernel specs Enterprise Gateway has; it has {sorted(specs)}"
+            )
+
+    async def start(self) -> None:
+        """Start every pool."""
+        for pool in self.pools.values():
+            await pool.start()
+
+    async def close(self, timeout: float) -> None:
+        """Refuse new pops; wait up to ``timeout`` seconds for those in flight."""
+        await asyncio.gather(*(pool.close(timeout) for pool in self.pools.values()))
+
+    async def stop(self) -> None:
+        """Stop every pool's background work."""
+        await asyncio.gather(*(pool.stop() for pool in self.pools.values()))
+
+    async def unready_reason(self) -> str | None:
+        """Why some pool cannot hand kernels out now, or None."""
+        for name, pool in self.pools.items():
+            why = await pool.unready_reason()
+            if why is not None:
+                return f"{name}: {why}" if len(self.pools) > 1 else why
+        return None
+
+    async def status(self) -> dict[str, Any]:
+        """The default pool's status, as before pools, and every pool's under ``pools``."""
+        statuses = {name: await pool.status() for name, pool in self.pools.items()}
+        return {**statuses[self.default_name], "pools": statuses}
