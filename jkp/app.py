@@ -211,7 +211,7 @@ class JKPManagerApp(JupyterApp):
     async def start_services(self) -> None:
         """Start the pool (registered in Redis before the first pop can come), and listen."""
         try:
-            await self.pool_registry.check_kernel_specs()
+            unchecked = await self.pool_registry.check_kernel_specs()
         except TraitError as e:
             self.log.critical("Bad configuration: %s", e)
             self.exit(1)
@@ -219,6 +219,8 @@ class JKPManagerApp(JupyterApp):
         self.http_server = HTTPServer(self.web_app, max_body_size=_TORNADO_MAX_BODY_BYTES)
         self.http_server.listen(self.port, self.ip)
         self.log.info("jkp %s listening on http://%s:%d", __version__, self.ip, self.port)
+        if unchecked:
+            self.log.warning("%s", unchecked)
         self.warn_if_exposed()
 
     def warn_if_exposed(self) -> None:

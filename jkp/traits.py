@@ -48,7 +48,7 @@ class _EnvDefault(TraitType):
             return raw
         try:
             if isinstance(self, Dict):
-                return json.loads(raw)
+                return json.loads(raw) if raw.strip() else {}
             return self.from_string(raw.strip())
         except (ValueError, TraitError):
             raise EnvValueError(f"{self.env}={raw!r}: expected {self.info()}") from None

@@ -112,19 +112,19 @@ class PoolRegistry(LoggingConfigurable):
             except TraitError as e:
                 raise TraitError(f"{where}{e}") from None
 
-    async def check_kernel_specs(self) -> None:
-        """Stop start-up (TraitError) when a pool's kernel spec is not on EG; when EG cannot be
-        reached, say so and go on (the pools' starts will report it)."""
+    async def check_kernel_specs(self) -> str | None:
+        """Raise TraitError when a pool's kernel spec is not on EG. When EG cannot be reached,
+        why the specs were not checked (the pools' starts will report it too)."""
         try:
             specs = await self.gateway.kernel_specs()
         except GatewayError as e:
-            self.log.warning("Cannot check the pools' kernel specs on EG now: %s", e)
-            return
+            return f"Cannot check the pools' kernel specs on EG now: {e}"
         missing = sorted(set(self.pools) - set(specs))
         if missing:
             raise TraitError(
                 f"pools {missing}: not kernel specs Enterprise Gateway has; it has {sorted(specs)}"
             )
+        return None
 
     async def start(self) -> None:
         """Start every pool."""
