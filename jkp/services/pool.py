@@ -511,6 +511,8 @@ class PoolManager(LoggingConfigurable):
                 self.gateway.close_channel(claim.kernel_id)
                 if handout.client_gone.is_set() and await self.store.retire_handed(claim.kernel_id):
                     self._retire_soon(claim.kernel_id, "caller left during its hand-over")
+                    # A retry with the key must not be answered with a kernel being shut down.
+                    await self.store.forget_idempotency(claim)
                     handout.check_client()
                 self.log.info("Kernel %s handed to user %s", claim.kernel_id, handout.user_id)
                 return model, "served"

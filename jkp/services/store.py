@@ -552,6 +552,11 @@ class PoolStore:
         k = self.keys
         return bool(await self._retire(keys=[k.handed, k.retiring], args=["hash", kernel_id]))
 
+    async def forget_idempotency(self, claim: Claim) -> None:
+        """Drop the idempotency record a claim's pop wrote, if it had a key."""
+        if claim.idempotency is not None:
+            await self.client.delete(self.keys.idempotency(claim.idempotency.key))
+
     async def handed_out(self) -> dict[str, dict[str, Any]]:
         """Kernel id -> {user_id, handed_at} for every kernel handed out that EG still has."""
         raw = await self.client.hgetall(self.keys.handed)
