@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import hashlib
 import json
 import os
 import socket
@@ -56,6 +57,11 @@ _ACTIVATION_TURN_SHARE = 0.8
 # Pause of the background loops while Redis or EG fail: doubles from the first, up to the cap.
 _FAILING_RETRY_FIRST = 0.5
 _FAILING_RETRY_CAP = 10.0
+# jkp's fields in a pooled kernel's stored model: its spec fingerprint, when it was pooled.
+_SPEC_FIELD = "jkp_spec"
+_POOLED_AT_FIELD = "jkp_pooled_at"
+# Kernels replaced at once for their age.
+_RECYCLE_AT_ONCE = 2
 # A replica counts as dead once its heartbeat is this many intervals old.
 _HEARTBEAT_TTL_INTERVALS = 3
 # Of a set-up's time, the share (up to a cap) kept back to ask EG whose fault a timeout was.
@@ -214,6 +220,14 @@ class PoolManager(LoggingConfigurable):
         "it defines stays. A kernel whose init_code fails is shut down as a failed start",
     ).tag(config=True)
 
+    max_kernel_age = EnvFloat(
+        0.0,
+        env="JKP_MAX_KERNEL_AGE",
+        help="Seconds after which an idle kernel is replaced by a new one, a few at a time, "
+        "the pool never below its size; 0: never",
+        min=0,
+    ).tag(config=True)
+
     idempotency_ttl = EnvFloat(
         600.0,
         env="JKP_IDEMPOTENCY_TTL",
@@ -319,6 +333,8 @@ class PoolManager(LoggingConfigurable):
         self._failing: dict[str, str] = {}
         self._set_up_guard = SetUpGuard()
         self._init_code_failing = False
+        # Kernels being replaced for their age: the target is raised by as many.
+        self._recycling = 0
         self.start_slots.register(self._wake_filler.set)
         # Until when (event loop time) this replica's heartbeat in Redis surely lasts.
         self._registered_until = 0.0
@@ -401,6 +417,15 @@ class PoolManager(LoggingConfigurable):
                 [{"name": "shared-vol", "mountPath": self.working_dir}]
             )
         return env
+
+    @property
+    def spec_fingerprint(self) -> str:
+        """What the pool's kernels are started as (kernel spec, start env, init_code), hashed:
+        a kernel of another fingerprint is never handed out by this replica."""
+        env = self.kernel_start_env("")
+        env.pop("KERNEL_ID")
+        spec = {"kernel_name": self.kernel_name, "env": env, "init_code": self.init_code}
+        return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
 
     def check_kernel_env(self) -> None:
         """Refuse at start-up the KERNEL_* values EG would refuse with 400 at every start."""
@@ -526,7 +551,11 @@ class PoolManager(LoggingConfigurable):
             handout.check_client()
             try:
                 claim = await self.store.claim(
-                    handout.user_id, handout.idempotency, self._claim_lease, self.replica_id
+                    handout.user_id,
+                    handout.idempotency,
+                    self._claim_lease,
+                    self.replica_id,
+                    self.spec_fingerprint,
                 )
             except IdempotencyPending:
                 claim = None  # the pop holding the key answers soon, or gives it up
@@ -573,7 +602,8 @@ class PoolManager(LoggingConfigurable):
         except GatewayError as e:
             return await self._set_up_failed(claim, e, handout.timeout(verdict_time))
         self._set_up_guard.succeeded()
-        model = claim.model
+        # jkp's own fields stay in Redis; the caller gets EG's model.
+        model = {k: v for k, v in claim.model.items() if k not in (_SPEC_FIELD, _POOLED_AT_FIELD)}
         model["execution_state"] = "idle"
         if reply.idle_at:
             model["last_activity"] = reply.idle_at
@@ -680,7 +710,11 @@ class PoolManager(LoggingConfigurable):
         while not self._stopping and self.registered and self.start_slots.free:
             kernel_id = str(uuid.uuid4())
             if not await self.store.reserve_start(
-                kernel_id, self.max_pending_kernels, self._start_lease, self.replica_id
+                kernel_id,
+                self.max_pending_kernels + self._recycling,
+                self._start_lease,
+                self.replica_id,
+                self.spec_fingerprint,
             ):
                 return
             self._track_start(kernel_id, self._start_kernel(kernel_id))
@@ -763,6 +797,8 @@ class PoolManager(LoggingConfigurable):
         if self.init_code:
             await self._run_init_code(kernel_id)
         model = await self._reported_model(kernel_id)
+        model[_SPEC_FIELD] = self.spec_fingerprint
+        model[_POOLED_AT_FIELD] = time.time()
         pooled = await self.store.finish_start(kernel_id, model, self.replica_id)
         if pooled == 0:
             self.log.warning("Lease of kernel %s expired before it was ready", kernel_id)
@@ -884,7 +920,7 @@ class PoolManager(LoggingConfigurable):
 
     async def _beat(self) -> None:
         sent = asyncio.get_running_loop().time()
-        await self.store.beat(self.replica_id, self._heartbeat_ttl)
+        await self.store.beat(self.replica_id, self._heartbeat_ttl, self.spec_fingerprint)
         if not self.registered:
             self.log.info("Replica %s registered in Redis", self.replica_id)
             self._wake_filler.set()
@@ -914,7 +950,11 @@ class PoolManager(LoggingConfigurable):
         too much work to throw away); shut it down if EG does not have it or it fails."""
         outcome = "removed"
         try:
-            if not await self._appears_on_eg(kernel_id):
+            spec = await self.store.start_spec(kernel_id)
+            if spec not in (None, self.spec_fingerprint):
+                # Started as another spec (a roll-over): not a kernel this replica would pool.
+                await self._abandon_start_soon(kernel_id, "taken over; another spec")
+            elif not await self._appears_on_eg(kernel_id):
                 await self._abandon_start_soon(kernel_id, "taken over; not on EG")
             elif await self._pool_when_ready(kernel_id):
                 outcome = "adopted"
@@ -1023,14 +1063,55 @@ class PoolManager(LoggingConfigurable):
         for claim in await self.store.stale_claims(self._claim_lease):
             if await self.store.retire_claim(claim):
                 await self._retire(claim.kernel_id, "claim expired during a pop")
-        for kernel_id in await self.store.trim_surplus(self.max_pending_kernels):
+        models = {m: json.loads(m) for m in await self.store.idle_models()}
+        await self._roll_over(models)
+        # One replica per interval does what needs doing once for all.
+        turn = self.check_task_interval * _ACTIVATION_TURN_SHARE
+        upkeep = await self.store.take_turn(self.store.keys.upkeep, self.replica_id, turn)
+        if self.max_kernel_age:
+            await self._recycle_old_kernels(models, retire=upkeep)
+        target = self.max_pending_kernels + self._recycling
+        for kernel_id in await self.store.trim_surplus(target, self.spec_fingerprint):
             await self._retire(kernel_id, "above max_pending_kernels")
         for kernel_id in await self.store.retiring_ids():
             await self._retire(kernel_id, "pending removal")
-        # Replicas share the handed-out hash: one check per interval is enough.
-        turn = self.check_task_interval * _ACTIVATION_TURN_SHARE
-        if await self.store.take_turn(self.store.keys.handed_check, self.replica_id, turn):
+        if upkeep:
             await self.check_handed_out()
+
+    async def _roll_over(self, models: dict[str, dict[str, Any]]) -> None:
+        """Retire the idle kernels of a spec no live replica runs any more (an old image or
+        init_code): their replicas are gone, and no pop will take them."""
+        if not self.registered:
+            return  # this replica's own spec may not be among the live ones
+        live = await self.store.live_specs()
+        for model_json, model in models.items():
+            spec = model.get(_SPEC_FIELD)
+            if spec is not None and spec not in live:
+                if await self.store.retire_idle(model["id"], model_json):
+                    await self._retire(model["id"], "its spec is no longer run")
+
+    async def _recycle_old_kernels(self, models: dict[str, dict[str, Any]], retire: bool) -> None:
+        """Replace idle kernels older than max_kernel_age, a few at a time, the pool never
+        below its size: the target grows by as many as are being replaced (on every replica,
+        read off the same idle list), and old kernels are retired, by the replica whose
+        ``retire`` turn it is, only while the pool holds more than its size."""
+        now = time.time()
+        own = {
+            j: m for j, m in models.items() if m.get(_SPEC_FIELD) in (None, self.spec_fingerprint)
+        }
+        old = sorted(
+            (j for j, m in own.items() if now - m.get(_POOLED_AT_FIELD, now) > self.max_kernel_age),
+            key=lambda j: own[j][_POOLED_AT_FIELD],
+        )
+        retired = 0
+        for model_json in old[: max(len(own) - self.max_pending_kernels, 0) if retire else 0]:
+            kernel_id = own[model_json]["id"]
+            if await self.store.retire_idle(kernel_id, model_json):
+                await self._retire(kernel_id, "older than max_kernel_age")
+                retired += 1
+        self._recycling = min(len(old) - retired, _RECYCLE_AT_ONCE)
+        if self._recycling:
+            self.refill()
 
     async def check_handed_out(self) -> None:
         """Forget handed-out kernels EG no longer has (shut down by their user, or culled).

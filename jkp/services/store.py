@@ -40,13 +40,42 @@ end
 """
 
 # A place in the pool for a kernel about to be started by replica ARGV[4] (KEYS[3]: owners).
+# Whether an idle kernel's model is of spec SPEC: its "jkp_spec" fingerprint is SPEC, or it has
+# none (pooled before fingerprints, e.g. by the original service), or SPEC is '' (any).
+_OF_SPEC = """
+local function of_spec(model, spec)
+  local fingerprint = cjson.decode(model)['jkp_spec']
+  return spec == '' or fingerprint == nil or fingerprint == spec
+end
+local function starting_of_spec(starting, specs, spec)
+  local count = 0
+  for _, id in ipairs(redis.call('ZRANGEBYSCORE', starting, '(' .. now, '+inf')) do
+    local fingerprint = redis.call('HGET', specs, id)
+    if spec == '' or not fingerprint or fingerprint == spec then count = count + 1 end
+  end
+  return count
+end
+local function idle_of_spec(idle, spec)
+  if spec == '' then return redis.call('LLEN', idle) end
+  local count = 0
+  for _, model in ipairs(redis.call('LRANGE', idle, 0, -1)) do
+    if of_spec(model, spec) then count = count + 1 end
+  end
+  return count
+end
+"""
+
+# Kernels of another spec (ARGV[5]) do not count toward the target: during a roll-over the
+# new spec's pool fills while the old kernels wait to be retired.
 _RESERVE = (
     _NOW
+    + _OF_SPEC
     + """
-local live = redis.call('ZCOUNT', KEYS[2], '(' .. now, '+inf')
-if redis.call('LLEN', KEYS[1]) + live >= tonumber(ARGV[1]) then return 0 end
+local live = starting_of_spec(KEYS[2], KEYS[4], ARGV[5])
+if idle_of_spec(KEYS[1], ARGV[5]) + live >= tonumber(ARGV[1]) then return 0 end
 redis.call('ZADD', KEYS[2], now + tonumber(ARGV[3]), ARGV[2])
 if ARGV[4] ~= '' then redis.call('HSET', KEYS[3], ARGV[2], ARGV[4]) end
+if ARGV[5] ~= '' then redis.call('HSET', KEYS[4], ARGV[2], ARGV[5]) end
 return 1
 """
 )
@@ -58,6 +87,7 @@ local owner = redis.call('HGET', KEYS[3], ARGV[1])
 if owner and owner ~= ARGV[3] then return -1 end
 redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('HDEL', KEYS[3], ARGV[1])
+redis.call('HDEL', KEYS[4], ARGV[1])
 redis.call('LPUSH', KEYS[1], ARGV[2])
 return 1
 """
@@ -67,8 +97,26 @@ _BEAT = (
     _NOW
     + """
 redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - 3600)
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
+for _, replica in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now - 3600)) do
+  redis.call('ZREM', KEYS[1], replica)
+  redis.call('HDEL', KEYS[2], replica)
+end
 return 1
+"""
+)
+
+# The specs (KEYS[2]: replica -> spec) that live replicas (KEYS[1]) run.
+_LIVE_SPECS = (
+    _NOW
+    + _DEAD
+    + """
+local specs = {}
+local entries = redis.call('HGETALL', KEYS[2])
+for i = 1, #entries, 2 do
+  if not dead(KEYS[1], entries[i]) then table.insert(specs, entries[i + 1]) end
+end
+return specs
 """
 )
 
@@ -123,10 +171,11 @@ return claim['model']
 
 # A pop's claim. With an idempotency key (KEYS[3]) it first looks at the key's record: another
 # user's key is a conflict, a finished pop's model is answered again, another pop still in flight
-# with it is "pending"; else the claim records this pop (ARGV[3]) as the key's owner, until the
-# claim lease (ARGV[4], ms) runs out or the pop ends. The claim names its replica (ARGV[2]).
+# with it is "pending"; else the claim records this pop (ARGV[4]) as the key's owner, until the
+# claim lease (ARGV[5], ms) runs out or the pop ends. The claim names its replica (ARGV[2]).
 _CLAIM = (
     _NOW
+    + _OF_SPEC
     + """
 local idem = KEYS[3]
 if idem then
@@ -135,19 +184,28 @@ if idem then
     record = cjson.decode(record)
     if record['user_id'] ~= ARGV[1] then return {'conflict', ''} end
     if record['model'] then return {'replay', record['model']} end
-    if record['owner'] ~= ARGV[3] then return {'pending', ''} end
+    if record['owner'] ~= ARGV[4] then return {'pending', ''} end
   end
 end
-local model = redis.call('RPOP', KEYS[1])
+-- The oldest idle kernel of this replica's spec (ARGV[3]): nearly always the last one.
+local model = redis.call('LINDEX', KEYS[1], -1)
+if model and not of_spec(model, ARGV[3]) then
+  model = nil
+  local models = redis.call('LRANGE', KEYS[1], 0, -1)
+  for i = #models, 1, -1 do
+    if of_spec(models[i], ARGV[3]) then model = models[i]; break end
+  end
+end
 if not model then return {'empty', ''} end
+redis.call('LREM', KEYS[1], -1, model)
 local id = cjson.decode(model)['id']
 local replica = nil
 if ARGV[2] ~= '' then replica = ARGV[2] end
 local claim = {model = model, user_id = ARGV[1], claimed_at = now, replica = replica}
 redis.call('HSET', KEYS[2], id, cjson.encode(claim))
 if idem then
-  redis.call('SET', idem, cjson.encode({user_id = ARGV[1], owner = ARGV[3], kernel_id = id}),
-             'PX', ARGV[4])
+  redis.call('SET', idem, cjson.encode({user_id = ARGV[1], owner = ARGV[4], kernel_id = id}),
+             'PX', ARGV[5])
 end
 return {'claimed', model}
 """
@@ -212,6 +270,7 @@ if ARGV[1] == 'list' then
 elseif ARGV[1] == 'zset' then
   removed = redis.call('ZREM', KEYS[1], ARGV[2])
   if KEYS[3] then redis.call('HDEL', KEYS[3], ARGV[2]) end
+  if KEYS[4] then redis.call('HDEL', KEYS[4], ARGV[2]) end
 else
   removed = redis.call('HDEL', KEYS[1], ARGV[2])
 end
@@ -221,19 +280,24 @@ return 1
 """
 )
 
+# Retire the newest idle kernels of spec ARGV[2] above target ARGV[1].
 _TRIM_SURPLUS = (
     _NOW
+    + _OF_SPEC
     + """
-local live = redis.call('ZCOUNT', KEYS[2], '(' .. now, '+inf')
-local surplus = redis.call('LLEN', KEYS[1]) + live - tonumber(ARGV[1])
+local live = starting_of_spec(KEYS[2], KEYS[4], ARGV[2])
+local surplus = idle_of_spec(KEYS[1], ARGV[2]) + live - tonumber(ARGV[1])
 local ids = {}
-while surplus > 0 do
-  local model = redis.call('LPOP', KEYS[1])
-  if not model then break end
-  local id = cjson.decode(model)['id']
-  redis.call('HSET', KEYS[3], id, now)
-  table.insert(ids, id)
-  surplus = surplus - 1
+if surplus <= 0 then return ids end
+for _, model in ipairs(redis.call('LRANGE', KEYS[1], 0, -1)) do
+  if surplus <= 0 then break end
+  if of_spec(model, ARGV[2]) then
+    redis.call('LREM', KEYS[1], 1, model)
+    local id = cjson.decode(model)['id']
+    redis.call('HSET', KEYS[3], id, now)
+    table.insert(ids, id)
+    surplus = surplus - 1
+  end
 end
 return ids
 """
@@ -279,12 +343,14 @@ class PoolKeys:
 
     starting = _derived_key("starting", "kernel id -> start lease expiry")
     start_owners = _derived_key("start-owners", "kernel id -> the replica starting it")
+    start_specs = _derived_key("start-specs", "kernel id -> the spec it is started as")
     claimed = _derived_key("claimed", "kernel id -> claim of a pop in progress")
     handed = _derived_key("handed", "kernel id -> who it was handed to")
     retiring = _derived_key("retiring", "kernel id -> when it was taken out of the pool")
     replicas = _derived_key("replicas", "replica id -> heartbeat expiry")
+    replica_specs = _derived_key("replica-specs", "replica id -> the spec it runs")
     activation = _derived_key("activation", "whose turn it is to activate idle kernels")
-    handed_check = _derived_key("handed-check", "whose turn it is to check handed-out kernels")
+    upkeep = _derived_key("upkeep", "whose turn it is for the checks one replica does for all")
 
     def idempotency(self, key: str) -> str:
         return f"{self.idle}:idempotency:{key}"
@@ -346,6 +412,7 @@ class PoolStore:
         self._retire = client.register_script(_RETIRE)
         self._trim_surplus = client.register_script(_TRIM_SURPLUS)
         self._beat = client.register_script(_BEAT)
+        self._live_specs = client.register_script(_LIVE_SPECS)
         self._orphans = client.register_script(_ORPHANS)
         self._take_over_start = client.register_script(_TAKE_OVER_START)
         self._take_over_claim = client.register_script(_TAKE_OVER_CLAIM)
@@ -354,7 +421,7 @@ class PoolStore:
         self._counts = client.register_script(_COUNTS)
 
     async def reserve_start(
-        self, kernel_id: str, target: int, lease_seconds: float, replica: str = ""
+        self, kernel_id: str, target: int, lease_seconds: float, replica: str = "", spec: str = ""
     ) -> bool:
         """Record a kernel about to be started by ``replica``, if idle plus starting kernels are
         below target.
@@ -366,8 +433,8 @@ class PoolStore:
         k = self.keys
         return bool(
             await self._reserve(
-                keys=[k.idle, k.starting, k.start_owners],
-                args=[target, kernel_id, lease_seconds, replica],
+                keys=[k.idle, k.starting, k.start_owners, k.start_specs],
+                args=[target, kernel_id, lease_seconds, replica, spec],
             )
         )
 
@@ -381,7 +448,7 @@ class PoolStore:
         k = self.keys
         return int(
             await self._finish_start(
-                keys=[k.idle, k.starting, k.start_owners],
+                keys=[k.idle, k.starting, k.start_owners, k.start_specs],
                 args=[kernel_id, json.dumps(model), replica],
             )
         )
@@ -391,17 +458,26 @@ class PoolStore:
         k = self.keys
         return bool(
             await self._retire(
-                keys=[k.starting, k.retiring, k.start_owners], args=["zset", kernel_id]
+                keys=[k.starting, k.retiring, k.start_owners, k.start_specs],
+                args=["zset", kernel_id],
             )
         )
 
-    async def beat(self, replica: str, ttl_seconds: float) -> None:
-        """Refresh ``replica``'s heartbeat: it counts as alive for ``ttl_seconds``."""
-        await self._beat(keys=[self.keys.replicas], args=[replica, ttl_seconds])
+    async def beat(self, replica: str, ttl_seconds: float, spec: str = "") -> None:
+        """Refresh ``replica``'s heartbeat: it counts as alive, running ``spec``, for
+        ``ttl_seconds``."""
+        k = self.keys
+        await self._beat(keys=[k.replicas, k.replica_specs], args=[replica, ttl_seconds, spec])
 
     async def leave(self, replica: str) -> None:
         """Withdraw ``replica``'s heartbeat at once (a clean stop)."""
         await self.client.zrem(self.keys.replicas, replica)
+        await self.client.hdel(self.keys.replica_specs, replica)
+
+    async def live_specs(self) -> set[str]:
+        """The spec fingerprints that live replicas run."""
+        k = self.keys
+        return {_text(s) for s in await self._live_specs(keys=[k.replicas, k.replica_specs])}
 
     async def live_replicas(self) -> list[str]:
         """The replicas whose heartbeat has not run out."""
@@ -417,6 +493,11 @@ class PoolStore:
             keys=[k.starting, k.start_owners, k.claimed, k.replicas]
         )
         return [_text(i) for i in starts], [_text(i) for i in claims]
+
+    async def start_spec(self, kernel_id: str) -> str | None:
+        """The spec fingerprint a kernel being started was started as, if recorded."""
+        spec = await self.client.hget(self.keys.start_specs, kernel_id)
+        return None if spec is None else _text(spec)
 
     async def take_over_start(self, kernel_id: str, replica: str, lease_seconds: float) -> bool:
         """Make ``replica`` the starter of a kernel whose starter's heartbeat ran out; True for
@@ -446,6 +527,7 @@ class PoolStore:
         idempotency: Idempotency | None = None,
         lease_seconds: float = 60,
         replica: str = "",
+        spec: str = "",
     ) -> Claim | Replay | None:
         """Take the oldest idle kernel for ``user_id``; None when the pool is empty.
 
@@ -455,7 +537,7 @@ class PoolStore:
         """
         k = self.keys
         keys = [k.idle, k.claimed]
-        args: list[Any] = [user_id, replica]
+        args: list[Any] = [user_id, replica, spec]
         if idempotency is not None:
             keys.append(k.idempotency(idempotency.key))
             args += [idempotency.owner, int(lease_seconds * 1000)]
@@ -512,10 +594,12 @@ class PoolStore:
             await self._retire(keys=[k.idle, k.retiring], args=["list", kernel_id, model_json])
         )
 
-    async def trim_surplus(self, target: int) -> list[str]:
-        """Retire the newest idle kernels above ``target``; returns their ids."""
+    async def trim_surplus(self, target: int, spec: str = "") -> list[str]:
+        """Retire the newest idle kernels of ``spec`` above ``target``; returns their ids."""
         k = self.keys
-        ids = await self._trim_surplus(keys=[k.idle, k.starting, k.retiring], args=[target])
+        ids = await self._trim_surplus(
+            keys=[k.idle, k.starting, k.retiring, k.start_specs], args=[target, spec]
+        )
         return [i.decode() if isinstance(i, bytes) else i for i in ids]
 
     async def forget_retired(self, kernel_id: str) -> None:

@@ -1,5 +1,6 @@
 """Several pools, one per kernel spec, against a real Redis and a real EG with two specs."""
 
+import asyncio
 import json
 import re
 
@@ -142,3 +143,116 @@ async def test_pool_of_a_kernel_spec_eg_lacks_stops_start_up(
     with pytest.raises(SystemExit):
         await app.start_services()
     assert "['r_kubernetes']: not kernel specs Enterprise Gateway has" in logged[0]
+
+
+def pools_env(monkeypatch, pandas_init, default_size=1, **pandas):
+    monkeypatch.setenv(
+        "JKP_POOLS",
+        json.dumps(
+            {
+                "python_kubernetes": {"size": default_size},
+                PANDAS: {"size": 2, "init_code": pandas_init, **pandas},
+            }
+        ),
+    )
+
+
+async def idle_ids(pool):
+    return sorted(json.loads(m)["id"] for m in await pool.store.idle_models())
+
+
+async def metric(jkp, name):
+    response = await AsyncHTTPClient().fetch(jkp.url + "/metrics")
+    for line in response.body.decode().splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return 0.0
+
+
+async def test_changed_init_code_rolls_over_that_pool_only(
+    redis_server, two_spec_gateway, jkp_factory, monkeypatch
+):
+    pools_env(monkeypatch, "generation = 1")
+    first = await jkp_factory(redis_server, two_spec_gateway)
+    old = first.app.pool_registry.pools
+    await wait_until(lambda: _sizes_are(old, {"python_kubernetes": 1, PANDAS: 2}), 60, "fill")
+    kept, replaced = await idle_ids(old["python_kubernetes"]), await idle_ids(old[PANDAS])
+    await first.stop()
+
+    pools_env(monkeypatch, "generation = 2")
+    second = await jkp_factory(
+        redis_server, two_spec_gateway, "--PoolManager.check_task_interval=0.5"
+    )
+    new = second.app.pool_registry.pools
+    await wait_until(lambda: _sizes_are(new, {"python_kubernetes": 1, PANDAS: 2}), 60, "refill")
+    await wait_until(
+        lambda: not set(two_spec_gateway.list_kernel_ids()) & set(replaced), 30, "old ones gone"
+    )
+    assert await idle_ids(new["python_kubernetes"]) == kept
+    assert not set(await idle_ids(new[PANDAS])) & set(replaced)
+    status, model = await _pop(second, "zt", PANDAS)
+    assert status == 200
+    assert await run_in_kernel(two_spec_gateway, model["id"], "print(generation)") == "2\n"
+
+
+async def test_replicas_of_two_specs_in_a_rolling_update_do_not_churn(
+    redis_server, two_spec_gateway, jkp_factory, monkeypatch
+):
+    fast = "--PoolManager.check_task_interval=0.3"
+    pools_env(monkeypatch, "generation = 1", default_size=0)
+    old_replica = await jkp_factory(redis_server, two_spec_gateway, fast)
+    pools_env(monkeypatch, "generation = 2", default_size=0)
+    new_replica = await jkp_factory(redis_server, two_spec_gateway, fast)
+    pool = new_replica.app.pool_registry.pools[PANDAS]
+    await wait_until(lambda: _count_is(pool, 4), 60, "both specs' pools full")
+    await asyncio.sleep(3)  # ten checks by each replica
+    starts = 'jkp_kernel_starts_total{outcome="ready",pool="python_pandas"}'
+    assert [await metric(r, starts) for r in (old_replica, new_replica)] == [2.0, 2.0]
+    # Each replica hands out kernels of its own spec only.
+    for replica, generation in ((old_replica, "1"), (new_replica, "2")):
+        status, model = await _pop(replica, "zt", PANDAS)
+        assert status == 200
+        assert await run_in_kernel(two_spec_gateway, model["id"], "print(generation)") == (
+            generation + "\n"
+        )
+    # The old spec's last replica stops: its kernels go within a check or two.
+    await old_replica.stop()
+    await wait_until(lambda: _only_spec(pool, 2), 30, "the old spec's kernels retired")
+    assert await metric(new_replica, starts) == 3.0  # the one it handed out, replaced once
+
+
+async def _only_spec(pool, idle):
+    models = [json.loads(m) for m in await pool.store.idle_models()]
+    return await _count_is(pool, idle) and all(
+        m["jkp_spec"] == pool.spec_fingerprint for m in models
+    )
+
+
+async def _count_is(pool, idle):
+    counts = await pool.store.counts()
+    return (counts["idle"], counts["starting"]) == (idle, 0)
+
+
+async def test_max_kernel_age_replaces_old_kernels_never_below_size(
+    redis_server, gateway, jkp_factory
+):
+    jkp = await jkp_factory(
+        redis_server,
+        gateway,
+        "--max-pending-kernels=2",
+        "--PoolManager.max_kernel_age=2",
+        "--PoolManager.check_task_interval=0.3",
+    )
+    first = sorted(await jkp.wait_for_idle(2))
+    lowest = 2
+
+    async def replaced():
+        nonlocal lowest
+        ids = await jkp.idle_ids()
+        lowest = min(lowest, len(ids))
+        return not set(ids) & set(first)
+
+    await wait_until(replaced, 30, "the first kernels replaced")
+    assert lowest >= 2
+    await jkp.wait_for_idle(2, timeout=30)
+    await wait_until(lambda: sorted(gateway.list_kernel_ids()) != first, 10, "old ones shut down")

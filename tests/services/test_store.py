@@ -239,3 +239,36 @@ async def test_exactly_one_replica_takes_over_an_orphaned_claim(store):
     assert not await store.retire_claim(orphaned)
     assert await store.release(claim)
     assert (await store.claim("zt")).kernel_id == "k1"
+
+
+def spec_model(kernel_id, spec=None):
+    model = {"id": kernel_id, "name": "python_kubernetes"}
+    if spec is not None:
+        model["jkp_spec"] = spec
+    return model
+
+
+async def test_a_replica_claims_counts_and_trims_only_kernels_of_its_spec(store):
+    for kernel_id, spec in (("old1", "old"), ("new1", "new"), ("old2", "old"), ("legacy", None)):
+        assert await store.reserve_start(kernel_id, 100, 60)
+        await store.finish_start(kernel_id, spec_model(kernel_id, spec))
+    # Idle, oldest last: old1, new1, old2, legacy. Kernels pooled before fingerprints (legacy,
+    # e.g. the original service's) count as any spec.
+    assert not await store.reserve_start("n", 2, 60, spec="new")  # new1 + legacy = 2
+    assert await store.reserve_start("n", 3, 60, spec="new")
+    # Its start counts for its own spec only.
+    assert await store.reserve_start("o", 4, 60, spec="old")  # old1, old2, legacy
+    assert (await store.claim("zt", spec="new")).kernel_id == "new1"
+    assert (await store.claim("zt", spec="old")).kernel_id == "old1"
+    assert await store.trim_surplus(2, spec="old") == ["legacy"]  # old2, legacy, o: one over
+    assert [json.loads(m)["id"] for m in await store.idle_models()] == ["old2"]
+
+
+async def test_live_specs_are_those_of_replicas_whose_heartbeat_lasts(store):
+    await store.beat("a", 60, "old")
+    await store.beat("b", 60, "new")
+    await store.beat("c", 0.001, "gone")
+    await asyncio.sleep(0.01)
+    assert await store.live_specs() == {"old", "new"}
+    await store.leave("a")
+    assert await store.live_specs() == {"new"}
