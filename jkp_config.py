@@ -50,6 +50,16 @@ c.PoolManager.max_pending_kernels = 10
 # How long a pop may take in all (an empty pool, set-ups) before answering 503, seconds.
 # (JKP_POP_TIMEOUT)
 # c.PoolManager.pop_timeout = 10
+# Pools by kernel spec, each with PoolManager options by trait name plus "size" (README: Pools).
+# (JKP_POOLS, as JSON)
+# c.JKPManagerApp.pools = {
+#     "python_kubernetes": {"size": 10},
+#     "python_pandas": {"size": 4, "init_code": "import pandas as pd, numpy as np"},
+# }
+# Python run in each new kernel before it is pooled; what it defines stays. (JKP_INIT_CODE)
+# c.PoolManager.init_code = ""
+# Idle kernels older than this are replaced, seconds; 0: never. (JKP_MAX_KERNEL_AGE)
+# c.PoolManager.max_kernel_age = 0
 # How long a pop's Idempotency-Key is remembered, seconds. (JKP_IDEMPOTENCY_TTL)
 # c.PoolManager.idempotency_ttl = 600
 # Heartbeats in Redis, seconds apart; a replica silent for 3 of them has its starts and
