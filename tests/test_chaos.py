@@ -93,7 +93,10 @@ async def test_replica_killed_mid_start_is_taken_over_within_seconds(
     assert idle == started
     assert sorted(gateway.list_kernel_ids()) == started
     adopted = [
-        await _metric(s, 'jkp_takeovers_total{kind="start",outcome="adopted"}') for s in survivors
+        await _metric(
+            s, 'jkp_takeovers_total{kind="start",outcome="adopted",pool="python_kubernetes"}'
+        )
+        for s in survivors
     ]
     print(f"takeover: pool full {full_after:.1f}s after SIGKILL; adopted per survivor {adopted}")
     assert sum(adopted) == 3

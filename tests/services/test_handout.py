@@ -25,7 +25,11 @@ async def pops_counted(jkp, outcome):
     """jkp_pops_total for ``outcome``, as a Prometheus scrape reads it."""
     response = await AsyncHTTPClient().fetch(jkp.url + "/metrics")
     text = response.body.decode()
-    return float(re.search(rf'^jkp_pops_total{{outcome="{outcome}"}} (\S+)$', text, re.M)[1])
+    return float(
+        re.search(
+            rf'^jkp_pops_total{{outcome="{outcome}",pool="python_kubernetes"}} (\S+)$', text, re.M
+        )[1]
+    )
 
 
 async def settled(jkp, target):
