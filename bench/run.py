@@ -142,10 +142,13 @@ class Jkp(Proc):
         text = response.body.decode()
         values = {}
         for name in ("sum", "count"):
-            m = re.search(
-                rf'^jkp_pop_duration_seconds_{name}{{outcome="served"}} (\S+)$', text, re.M
+            # Summed over pools: the bench runs one.
+            samples = re.findall(
+                rf'^jkp_pop_duration_seconds_{name}{{outcome="served",pool="[^"]*"}} (\S+)$',
+                text,
+                re.M,
             )
-            values[name] = float(m.group(1)) if m else 0.0
+            values[name] = sum(float(v) for v in samples)
         return values["sum"], int(values["count"])
 
     def rss_mb(self) -> dict:

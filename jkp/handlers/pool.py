@@ -20,7 +20,7 @@ from jkp.services.handout import (
 )
 from jkp.services.pools import UnknownPoolError
 from jkp.services.store import IdempotencyConflict
-from jkp.user import InvalidUserId, validate_user_id
+from jkp.user import InvalidUserId
 
 # 1 to 128 printable ASCII characters, as the Idempotency-Key draft allows any string.
 IDEMPOTENCY_KEY_PATTERN = re.compile(r"[\x20-\x7e]{1,128}")
@@ -44,10 +44,6 @@ class PopHandler(APIHandler):
         body = self.get_json_body()
         if "userId" not in body:
             raise api_error(400, "userId is required", "Invalid userId")
-        try:
-            user_id = validate_user_id(body["userId"])
-        except InvalidUserId as e:
-            raise api_error(400, str(e), "Invalid userId") from e
         kernel_name = body.get("kernelName")
         if kernel_name is not None and not isinstance(kernel_name, str):
             raise api_error(400, "kernelName must be a string", "Invalid kernelName")
@@ -63,7 +59,10 @@ class PopHandler(APIHandler):
                 "Invalid Idempotency-Key",
             )
         try:
-            model = await pool.pop(user_id, key, self._client_gone)
+            # The pool checks the userId before it takes anything.
+            model = await pool.pop(body["userId"], key, self._client_gone)
+        except InvalidUserId as e:
+            raise api_error(400, str(e), "Invalid userId") from e
         except PopAbandonedError:
             self.set_status(499, "Client Closed Request")  # for the access log; nobody reads it
             return

@@ -457,8 +457,10 @@ class PoolManager(LoggingConfigurable):
         kernel taken goes back to the pool), RedisError when Redis does, UserDirectoryError when
         the user's directory is refused, SetUpError when the share fails, SetUpPausedError after
         several such failures in a row, IdempotencyConflict, PopAbandonedError, and
-        ShuttingDownError once ``close()`` was called.
+        ShuttingDownError once ``close()`` was called. InvalidUserId, before anything else,
+        when ``user_id`` is not one safe path segment (that is not a pop: it is not counted).
         """
+        user_id = validate_user_id(user_id)
         loop = asyncio.get_running_loop()
         started, outcome = loop.time(), "error"
         self._active_pops += 1
@@ -466,7 +468,7 @@ class PoolManager(LoggingConfigurable):
             if self._closing:
                 raise ShuttingDownError("jkp is shutting down")
             handout = Handout(
-                user_id=validate_user_id(user_id),
+                user_id=user_id,
                 deadline=started + self.pop_timeout,
                 client_gone=client_gone or asyncio.Event(),
                 idempotency=(
