@@ -256,3 +256,41 @@ async def test_max_kernel_age_replaces_old_kernels_never_below_size(
     assert lowest >= 2
     await jkp.wait_for_idle(2, timeout=30)
     await wait_until(lambda: sorted(gateway.list_kernel_ids()) != first, 10, "old ones shut down")
+
+
+async def test_a_pool_whose_starts_fail_leaves_the_other_serving(
+    redis_server, two_spec_gateway, jkp_factory, monkeypatch
+):
+    # EG refuses every start of the pandas pool (403 for root), like a bad image would fail.
+    monkeypatch.setenv(
+        "JKP_POOLS",
+        json.dumps(
+            {
+                "python_kubernetes": {"size": 2},
+                PANDAS: {
+                    "size": 2,
+                    "kernel_user_name": "root",
+                    "max_start_backoff": 0.5,
+                    "pop_timeout": 1,
+                },
+            }
+        ),
+    )
+    jkp = await jkp_factory(redis_server, two_spec_gateway)
+    pools = jkp.app.pool_registry.pools
+    healthy = pools["python_kubernetes"]
+    await wait_until(lambda: _count_is(healthy, 2), 60, "the healthy pool full")
+    took = []
+    for n in range(6):
+        await wait_until(lambda: _count_is(healthy, 2), 30, "the healthy pool refilled")
+        started = asyncio.get_running_loop().time()
+        status, model = await _pop(jkp, f"user{n}", None)
+        took.append(asyncio.get_running_loop().time() - started)
+        assert status == 200 and model["name"] == "python_kubernetes"
+    failed = 'jkp_kernel_starts_total{outcome="failed",pool="python_pandas"}'
+    print(
+        f"healthy pool's pops while the other's starts fail: {[round(t * 1000) for t in took]} ms"
+    )
+    assert await metric(jkp, failed) >= 3
+    status, error = await _pop(jkp, "zt", PANDAS)
+    assert status == 503 and error["reason"] == "Pool empty"
