@@ -13,7 +13,7 @@ from traitlets.config import LoggingConfigurable
 
 from jkp.services.gateway import GatewayClient, GatewayError
 from jkp.services.metrics import Metrics
-from jkp.services.pool import PoolManager
+from jkp.services.pool import PoolManager, StartSlots
 from jkp.services.store import RedisStore
 from jkp.traits import check_options
 
@@ -47,8 +47,11 @@ class PoolRegistry(LoggingConfigurable):
         self.gateway = gateway
         self.metrics = metrics
         self.replica_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-        default = PoolManager(parent=self.parent, log=self.log, gateway=gateway)
+        # Read, not started: what the options say of the default pool and of the replica.
+        default = PoolManager(parent=self.parent, log=self.log, gateway=gateway, store=store.pool())
         self.default_name = default.kernel_name
+        # max_concurrent_starts bounds the replica's starts across all its pools.
+        self.start_slots = StartSlots(default.max_concurrent_starts)
         settings = pools or {self.default_name: {}}
         if self.default_name not in settings:
             raise TraitError(
@@ -83,6 +86,7 @@ class PoolRegistry(LoggingConfigurable):
                 store=store,
                 metrics=self.metrics.pool(name),
                 replica_id=self.replica_id,
+                start_slots=self.start_slots,
                 kernel_name=name,
                 **overrides,
             )

@@ -1,0 +1,269 @@
+"""HandingOut: a pool's pops: claim a kernel, set it up in the user's directory, hand it over."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import TYPE_CHECKING, Any
+
+from redis.exceptions import RedisError
+
+from jkp.services.gateway import GatewayClient, GatewayError, KernelReplyError
+from jkp.services.handout import (
+    Handout,
+    PoolEmptyError,
+    PopAbandonedError,
+    ReplicaUnregisteredError,
+    SetUpError,
+    SetUpGuard,
+    ShuttingDownError,
+    UserDirectoryError,
+)
+from jkp.services.metrics import PoolMetrics
+from jkp.services.pool.common import POOLED_AT_FIELD, SPEC_FIELD, Health, Registration, Retirer
+from jkp.services.pool.filling import Filler
+from jkp.services.store import Claim, Idempotency, IdempotencyPending, PoolStore, Replay
+from jkp.user import USER_DIR_REFUSED, enter_user_dir_code, validate_user_id
+
+if TYPE_CHECKING:
+    from jkp.services.pool.manager import PoolManager
+
+# How often a pop waiting on an empty pool looks again for a kernel another replica pooled.
+_EMPTY_POOL_POLL = 0.1
+# Of a set-up's time, the share (up to a cap) kept back to ask EG whose fault a timeout was.
+_VERDICT_TIME_SHARE = 0.25
+_VERDICT_TIME_MAX = 0.5
+
+
+class HandingOut:
+    """Hands kernels out, one pop at a time each, under one deadline per pop."""
+
+    def __init__(
+        self,
+        options: PoolManager,
+        store: PoolStore,
+        gateway: GatewayClient,
+        metrics: PoolMetrics,
+        health: Health,
+        retirer: Retirer,
+        registration: Registration,
+        filler: Filler,
+    ):
+        self.options = options
+        self.log = options.log
+        self.store = store
+        self.gateway = gateway
+        self.metrics = metrics
+        self.health = health
+        self.retirer = retirer
+        self.registration = registration
+        self.filler = filler
+        self.set_up_guard = SetUpGuard()
+        self._closing = False
+        self._active_pops = 0
+        self._no_active_pops = asyncio.Event()
+
+    async def pop(
+        self,
+        user_id: str,
+        idempotency_key: str | None = None,
+        client_gone: asyncio.Event | None = None,
+    ) -> dict[str, Any]:
+        """Hand one idle kernel to ``user_id``, in ``<working_dir>/<user_id>``; its EG model.
+
+        Everything it waits on shares one deadline, ``pop_timeout``. With ``idempotency_key``,
+        a pop that repeats an earlier one of the same user gets that pop's model again. When
+        ``client_gone`` is set (the caller hung up), the pop stops at its next step and the
+        kernel goes back to the pool, or is shut down once its set-up has begun.
+
+        Raises PoolEmptyError when no kernel is ready in time, GatewayError when EG fails (the
+        kernel taken goes back to the pool), RedisError when Redis does, UserDirectoryError when
+        the user's directory is refused, SetUpError when the share fails, SetUpPausedError after
+        several such failures in a row, IdempotencyConflict, PopAbandonedError, and
+        ShuttingDownError once ``close()`` was called. InvalidUserId, before anything else,
+        when ``user_id`` is not one safe path segment (that is not a pop: it is not counted).
+        """
+        user_id = validate_user_id(user_id)
+        loop = asyncio.get_running_loop()
+        started, outcome = loop.time(), "error"
+        self._active_pops += 1
+        try:
+            if self._closing:
+                raise ShuttingDownError("jkp is shutting down")
+            handout = Handout(
+                user_id=user_id,
+                deadline=started + self.options.pop_timeout,
+                client_gone=client_gone or asyncio.Event(),
+                idempotency=(
+                    None
+                    if idempotency_key is None
+                    else Idempotency(idempotency_key, uuid.uuid4().hex)
+                ),
+            )
+            model, outcome = await self._pop(handout)
+            return model
+        except PoolEmptyError:
+            outcome = "pool_empty"
+            raise
+        except PopAbandonedError:
+            outcome = "abandoned"
+            raise
+        except (RedisError, GatewayError) as e:
+            self.health.count_error(e)
+            raise
+        finally:
+            self.metrics.pops.labels(outcome).inc()
+            self.metrics.pop_duration.labels(outcome).observe(loop.time() - started)
+            self._active_pops -= 1
+            if not self._active_pops:
+                self._no_active_pops.set()
+
+    async def close(self, timeout: float) -> None:
+        """Refuse new pops and wait up to ``timeout`` seconds for those in flight."""
+        self._closing = True
+        if self._active_pops:
+            self._no_active_pops.clear()
+            try:
+                await asyncio.wait_for(self._no_active_pops.wait(), timeout)
+            except TimeoutError:
+                self.log.warning("%d pops still running after %gs", self._active_pops, timeout)
+
+    async def _pop(self, handout: Handout) -> tuple[dict[str, Any], str]:
+        """Claim kernels until one is set up for the user; its model and the pop's outcome."""
+        if not self.registration.registered:
+            raise ReplicaUnregisteredError(
+                "this replica's heartbeat in Redis ran out; it hands nothing out until it has "
+                "registered again"
+            )
+        self.set_up_guard.check()
+        while True:
+            if handout.remaining() <= 0:
+                raise PoolEmptyError(
+                    f"no kernel could be set up within {self.options.pop_timeout:g}s"
+                )
+            claim = await self._claim(handout)
+            if isinstance(claim, Replay):
+                self.log.info("Pop repeated with its Idempotency-Key: kernel %s", claim.model["id"])
+                return claim.model, "repeated"
+            self.filler.refill_later()
+            if handout.client_gone.is_set():
+                await self.store.release(claim)  # its set-up had not begun: the pool keeps it
+                handout.check_client()
+            model = await self._set_up(claim, handout)
+            if model is None:
+                continue  # that kernel is gone or hung: the next one
+            if handout.client_gone.is_set():
+                if await self.store.retire_claim(claim):
+                    self.retirer.retire_soon(claim.kernel_id, "caller left during its set-up")
+                handout.check_client()
+            ttl = self.options.idempotency_ttl
+            if await self.store.hand_over(claim, handout.user_id, model, ttl):
+                # Its set-up closed the websocket it used; a reconcile or activation running
+                # beside the pop may have opened another: a handed-out kernel keeps none.
+                self.gateway.close_channel(claim.kernel_id)
+                if handout.client_gone.is_set() and await self.store.retire_handed(claim.kernel_id):
+                    self.retirer.retire_soon(claim.kernel_id, "caller left during its hand-over")
+                    # A retry with the key must not be answered with a kernel being shut down.
+                    await self.store.forget_idempotency(claim)
+                    handout.check_client()
+                self.log.info("Kernel %s handed to user %s", claim.kernel_id, handout.user_id)
+                return model, "served"
+            # Our claim was taken back by a reconcile while we worked: never hand that out.
+            self.log.warning("Claim on kernel %s expired during set-up", claim.kernel_id)
+
+    async def _claim(self, handout: Handout) -> Claim | Replay:
+        """The next idle kernel for this pop (or an earlier pop's answer to replay); waits for
+        one, up to the pop's deadline, while the pool is empty."""
+        while True:
+            handout.check_client()
+            try:
+                claim = await self.store.claim(
+                    handout.user_id,
+                    handout.idempotency,
+                    self.options.claim_lease,
+                    self.options.replica_id,
+                    self.options.spec_fingerprint,
+                )
+            except IdempotencyPending:
+                claim = None  # the pop holding the key answers soon, or gives it up
+            else:
+                if claim is not None:
+                    return claim
+                self.filler.refill()  # a user is waiting: start a kernel now
+            remaining = handout.remaining()
+            if remaining <= 0:
+                raise PoolEmptyError(f"no idle kernel within {self.options.pop_timeout:g}s")
+            await self.filler.wait_for_kernel(min(remaining, _EMPTY_POOL_POLL))
+
+    async def _set_up(self, claim: Claim, handout: Handout) -> dict[str, Any] | None:
+        """Move a claimed kernel into the user's dir; its model, or None to take the next one.
+
+        The model is the one EG reported when the kernel was pooled, with ``execution_state``
+        and ``last_activity`` as the kernel itself reported them at the end of the set-up, and
+        ``connections`` not counting jkp's own websockets: asking EG again would add a round
+        trip to every pop.
+
+        Who is at fault decides what becomes of the kernel. A kernel that EG still has but that
+        did not answer in time, or that EG no longer has, is retired and None returned. When EG
+        itself fails, the kernel goes back to the pool and GatewayError is raised. A refused
+        user directory leaves the kernel untouched: it goes back and UserDirectoryError is
+        raised. Any other error of the set-up is the share's: the kernel is shut down and
+        SetUpError raised at once, rather than spending the pool on a broken share.
+        """
+        kernel_id = claim.kernel_id
+        code = enter_user_dir_code(self.options.working_dir, handout.user_id)
+        # Part of the time is kept back for asking EG whose fault a timeout was.
+        budget = handout.timeout(self.options.kernel_request_timeout)
+        verdict_time = min(_VERDICT_TIME_MAX, budget * _VERDICT_TIME_SHARE)
+        try:
+            reply = await self.gateway.execute(kernel_id, code, budget - verdict_time)
+        except KernelReplyError as e:
+            if e.content.get("ename") == USER_DIR_REFUSED:
+                await self.store.release(claim)
+                raise UserDirectoryError(str(e.content.get("evalue", e))) from e
+            self.log.error("Kernel %s failed set-up for user %s: %s", kernel_id, handout.user_id, e)
+            if await self.store.retire_claim(claim):
+                self.retirer.retire_soon(kernel_id, "failed set-up")
+            self.set_up_guard.failed(e)
+            raise SetUpError(str(e)) from e
+        except GatewayError as e:
+            return await self._set_up_failed(claim, e, handout.timeout(verdict_time))
+        self.set_up_guard.succeeded()
+        # jkp's own fields stay in Redis; the caller gets EG's model.
+        model = {k: v for k, v in claim.model.items() if k not in (SPEC_FIELD, POOLED_AT_FIELD)}
+        model["execution_state"] = "idle"
+        if reply.idle_at:
+            model["last_activity"] = reply.idle_at
+        # EG counted jkp's own websockets when the kernel was pooled; they close as it is handed
+        # out (another replica's at its next sync), and nobody else has been given its id.
+        model["connections"] = 0
+        return model
+
+    async def _set_up_failed(self, claim: Claim, error: GatewayError, timeout: float) -> None:
+        """Ask EG whether the kernel or EG failed the set-up, and deal with the kernel.
+
+        No liveness check comes before a set-up, as it would cost EG and jkp a request per pop:
+        only a failed one asks, in the time kept back for it.
+        """
+        kernel_id = claim.kernel_id
+        self.gateway.close_channel(kernel_id)
+        gone = error.status == 404
+        if not gone:
+            try:
+                gone = await self.gateway.get_kernel(kernel_id, timeout) is None
+            except GatewayError:
+                # EG is down or erroring: the kernel is not at fault, keep it for the next pop.
+                await self.store.release(claim)
+                raise error from None
+        if gone:
+            self.log.info("Kernel %s is gone from EG; taking the next", kernel_id)
+            if await self.store.retire_claim(claim):
+                await self.store.forget_retired(kernel_id)
+        else:
+            self.log.warning(
+                "Kernel %s did not answer its set-up (%s); shutting it down, taking the next",
+                kernel_id,
+                error,
+            )
+            if await self.store.retire_claim(claim):
+                self.retirer.retire_soon(kernel_id, "did not answer its set-up")

@@ -1,0 +1,410 @@
+"""PoolManager: one warm pool of kernels on EG for one kernel spec, its state in Redis.
+
+The pool's work is done by its parts, each in a module of its own: ``HandingOut`` (pops),
+``Filler`` (the fill loop and starts), ``Keeper`` (reconcile, websockets, activation),
+``Replicas`` (heartbeat and takeover); what they share is in ``common``. PoolManager holds the
+options, wires the parts, and is what the app and the handlers use.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import socket
+import uuid
+from typing import Any
+
+from traitlets import Instance, TraitError, Unicode, default, validate
+from traitlets.config import LoggingConfigurable
+
+from jkp.services.gateway import GatewayClient
+from jkp.services.metrics import Metrics, PoolMetrics
+from jkp.services.pool.common import Health, Registration, Retirer, StartSlots
+from jkp.services.pool.filling import Filler
+from jkp.services.pool.handing import HandingOut
+from jkp.services.pool.keeping import Keeper
+from jkp.services.pool.replicas import Replicas
+from jkp.services.store import PoolStore
+from jkp.traits import EnvFloat, EnvInt, EnvUnicode
+
+# What EG refuses in a KERNEL_* value (it would answer 400 to every start).
+_KERNEL_ENV_FORBIDDEN = ("$", "`", "\n", "\r")
+_KERNEL_ENV_MAX_LENGTH = 4096
+_STOP_RECANCEL_INTERVAL = 0.5
+_CLAIM_LEASE_MARGIN = 5.0
+# A replica counts as dead once its heartbeat is this many intervals old.
+_HEARTBEAT_TTL_INTERVALS = 3
+# Failed starts in a row after which an empty pool makes the replica not ready.
+_STARTS_FAILING = 2
+
+
+class PoolManager(LoggingConfigurable):
+    """A pool of idle kernels on EG for one kernel spec, its state kept in Redis.
+
+    It keeps ``max_pending_kernels`` kernels idle (started and answering), hands one out per
+    pop after moving it into the user's directory, refills after every pop and every
+    ``check_task_interval``, and pings idle kernels every ``activation_interval`` so EG's
+    idle culler leaves them alone. It owns its background tasks: ``start()`` and ``stop()``.
+    """
+
+    gateway = Instance(GatewayClient)
+    store = Instance(PoolStore)
+    metrics = Instance(PoolMetrics)
+    start_slots = Instance(StartSlots)
+    replica_id = Unicode(help="This replica's id: host, process and a random part")
+
+    @default("metrics")
+    def _metrics_default(self) -> PoolMetrics:
+        return Metrics().pool(self.kernel_name)
+
+    @default("start_slots")
+    def _start_slots_default(self) -> StartSlots:
+        return StartSlots(self.max_concurrent_starts)
+
+    @default("replica_id")
+    def _replica_id_default(self) -> str:
+        return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+    max_pending_kernels = EnvInt(
+        10, env="JKP_MAX_PENDING_KERNELS", help="Idle kernels kept ready", min=0
+    ).tag(config=True)
+
+    kernel_name = EnvUnicode(
+        "python_kubernetes", env="JKP_KERNEL_NAME", help="EG kernel spec of pooled kernels"
+    ).tag(config=True)
+
+    kernel_image = EnvUnicode(
+        "elyra/kernel-py:3.2.2",
+        env="JKP_KERNEL_IMAGE",
+        help="Kernel pod image, sent as KERNEL_IMAGE",
+    ).tag(config=True)
+
+    kernel_namespace = EnvUnicode(
+        "tablegpt-kernels",
+        env="JKP_KERNEL_NAMESPACE",
+        help="Kubernetes namespace of kernel pods, sent as KERNEL_NAMESPACE",
+    ).tag(config=True)
+
+    kernel_user_name = EnvUnicode(
+        "jovyan",
+        env="JKP_KERNEL_USER_NAME",
+        help="Sent as KERNEL_USERNAME; EG refuses kernels for root and names pods after it",
+    ).tag(config=True)
+
+    nfs_volume_server = EnvUnicode(
+        "10.0.0.29",
+        env="JKP_NFS_VOLUME_SERVER",
+        help="NFS server of the shared volume mounted into kernel pods; empty: no volume",
+    ).tag(config=True)
+
+    nfs_mount_path = EnvUnicode(
+        "/data/tablegpt-test/shared/",
+        env="JKP_NFS_MOUNT_PATH",
+        help="Path exported by the NFS server",
+    ).tag(config=True)
+
+    working_dir = EnvUnicode(
+        "/mnt/shared/",
+        env="JKP_WORKING_DIR",
+        help=("Where the share is mounted in the kernel; users' directories are made under it"),
+    ).tag(config=True)
+
+    @validate("working_dir")
+    def _working_dir_validate(self, proposal: Any) -> str:
+        if not proposal["value"].startswith("/"):
+            raise TraitError(f"working_dir must be an absolute path, got {proposal['value']!r}")
+        return proposal["value"]
+
+    activation_interval = EnvFloat(
+        1200.0,
+        env="JKP_ACTIVATION_INTERVAL",
+        help="Seconds between keep-alive pings of idle kernels; 0 disables them",
+        min=0,
+    ).tag(config=True)
+
+    check_task_interval = EnvFloat(
+        120.0,
+        env="JKP_CHECK_TASK_INTERVAL",
+        help="Seconds between checks that the pool is full and its kernels alive",
+        min=0.1,
+    ).tag(config=True)
+
+    pop_timeout = EnvFloat(
+        10.0,
+        env="JKP_POP_TIMEOUT",
+        help=(
+            "Seconds a pop may take in all: waiting for a kernel when the pool is empty, "
+            "and setting kernels up; past it the pop answers 503"
+        ),
+        min=0.1,
+    ).tag(config=True)
+
+    init_code = EnvUnicode(
+        "",
+        env="JKP_INIT_CODE",
+        help="Python run in each new kernel after its warm-up, before it is pooled, to preload "
+        "what its users import anyway (e.g. 'import pandas as pd'); unlike the warm-up, what "
+        "it defines stays. A kernel whose init_code fails is shut down as a failed start",
+    ).tag(config=True)
+
+    max_kernel_age = EnvFloat(
+        0.0,
+        env="JKP_MAX_KERNEL_AGE",
+        help="Seconds after which an idle kernel is replaced by a new one, a few at a time, "
+        "the pool never below its size; 0: never",
+        min=0,
+    ).tag(config=True)
+
+    idempotency_ttl = EnvFloat(
+        600.0,
+        env="JKP_IDEMPOTENCY_TTL",
+        help=(
+            "Seconds a pop sent with an Idempotency-Key is remembered: repeating it "
+            "within that time answers the same kernel again"
+        ),
+        min=1,
+    ).tag(config=True)
+
+    replica_heartbeat_interval = EnvFloat(
+        2.0,
+        env="JKP_REPLICA_HEARTBEAT_INTERVAL",
+        help=(
+            "Seconds between this replica's heartbeats in Redis. A replica whose "
+            "heartbeat is 3 intervals old counts as dead: another takes over the kernels "
+            "it was starting and handing out, and it stops starting and handing out "
+            "itself until it has registered again"
+        ),
+        min=0.1,
+    ).tag(config=True)
+
+    kernel_ready_timeout = EnvFloat(
+        300.0,
+        env="JKP_KERNEL_READY_TIMEOUT",
+        help=(
+            "Seconds a new kernel has to answer its first kernel_info_request before it "
+            "is shut down and started again"
+        ),
+        min=1,
+    ).tag(config=True)
+
+    kernel_request_timeout = EnvFloat(
+        2.0,
+        env="JKP_KERNEL_REQUEST_TIMEOUT",
+        help=(
+            "Seconds EG and a kernel have to answer each request of a pop, a start check "
+            "or an activation. A set-up that times out is then judged by asking EG (in "
+            "the last quarter of this time, at most 0.5 s): a kernel EG still has is shut "
+            "down and the pop takes the next; when EG does not answer either, the kernel "
+            "goes back to the pool and the pop answers 503"
+        ),
+        min=0.1,
+    ).tag(config=True)
+
+    max_concurrent_starts = EnvInt(
+        4,
+        env="JKP_MAX_CONCURRENT_STARTS",
+        help="Kernels this replica starts on EG at the same time",
+        min=1,
+    ).tag(config=True)
+
+    channel_sync_interval = EnvFloat(
+        5.0,
+        env="JKP_CHANNEL_SYNC_INTERVAL",
+        help=(
+            "Seconds between syncs of this replica's websockets with the idle list: it "
+            "opens one to each kernel another replica pooled, and closes those to kernels "
+            "handed out through another replica; 0 leaves that to the check every "
+            "check_task_interval"
+        ),
+        min=0,
+    ).tag(config=True)
+
+    refill_delay = EnvFloat(
+        1.0,
+        env="JKP_REFILL_DELAY",
+        help=(
+            "Seconds after a pop before its replacement kernel is started, so that a "
+            "burst of pops is served before kernel starts load EG (and, on a small "
+            "machine, the CPU); a pop waiting on an empty pool starts one at once"
+        ),
+        min=0,
+    ).tag(config=True)
+
+    max_start_backoff = EnvFloat(
+        60.0,
+        env="JKP_MAX_START_BACKOFF",
+        help="Upper bound in seconds of the pause between failed kernel starts",
+        min=0,
+    ).tag(config=True)
+
+    def __init__(self, **kwargs: Any):
+        super().__init__(**kwargs)
+        parts = {
+            "options": self,
+            "store": self.store,
+            "gateway": self.gateway,
+            "metrics": self.metrics,
+        }
+        self.health = Health(self.log, self.metrics)
+        self.retirer = Retirer(self.log, self.gateway, self.store, self.metrics, self.health)
+        self.registration = Registration(_HEARTBEAT_TTL_INTERVALS * self.replica_heartbeat_interval)
+        parts.update(health=self.health, retirer=self.retirer, registration=self.registration)
+        self.filler = Filler(**parts, start_slots=self.start_slots, check=self.reconcile)
+        self.keeper = Keeper(**parts, filler=self.filler)
+        self.handing = HandingOut(**parts, filler=self.filler)
+        self.replicas = Replicas(**parts, filler=self.filler)
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Register this replica in Redis, then start the background work: heartbeat and
+        takeover, reconcile with EG, fill, check, activate, sync."""
+        await self.replicas.start()
+        self.filler.start()
+        self.keeper.start()
+
+    async def stop(self) -> None:
+        """Stop the background work; kernels being started are shut down, the pool stays."""
+        parts = (self.replicas, self.filler, self.keeper)
+        for part in parts:
+            part.stop()
+        # redis-py can swallow a cancellation that lands inside one of its calls: cancel again
+        # until every task has really ended (the loops also check that they are stopping).
+        while pending := [t for part in parts for t in part.tasks() if not t.done()]:
+            for task in pending:
+                task.cancel()
+            await asyncio.wait(pending, timeout=_STOP_RECANCEL_INTERVAL)
+        # Shutdowns already under way are allowed to finish so no kernel is left behind.
+        await self.retirer.wait()
+        await self.replicas.leave()
+
+    async def close(self, timeout: float) -> None:
+        """Refuse new pops and wait up to ``timeout`` seconds for those in flight."""
+        await self.handing.close(timeout)
+
+    async def pop(
+        self,
+        user_id: str,
+        idempotency_key: str | None = None,
+        client_gone: asyncio.Event | None = None,
+    ) -> dict[str, Any]:
+        """Hand one idle kernel to ``user_id``, in its directory; see HandingOut.pop."""
+        return await self.handing.pop(user_id, idempotency_key, client_gone)
+
+    def refill(self) -> None:
+        """Ask the fill loop to top the pool up now."""
+        self.filler.refill()
+
+    async def reconcile(self) -> None:
+        """Make Redis and EG agree; see Keeper.reconcile."""
+        await self.keeper.reconcile()
+
+    async def sync_channels(self) -> None:
+        """Keep a websocket open to each idle kernel, and none to any other."""
+        await self.keeper.sync_channels()
+
+    async def activate_idle_kernels(self) -> None:
+        """Ping every idle kernel so that EG's culler leaves it alone."""
+        await self.keeper.activate_idle_kernels()
+
+    async def check_handed_out(self) -> None:
+        """Forget handed-out kernels EG no longer has."""
+        await self.keeper.check_handed_out()
+
+    async def take_over_orphans(self) -> None:
+        """Take over the work of replicas whose heartbeat ran out."""
+        await self.replicas.take_over_orphans()
+
+    @property
+    def registered(self) -> bool:
+        """Whether this replica may start and hand out kernels (its heartbeat surely lasts)."""
+        return self.registration.registered
+
+    @property
+    def start_lease(self) -> float:
+        """Longest a start can take: POST, the ready wait, then reporting it idle."""
+        return self.kernel_ready_timeout + 2 * self.gateway.request_timeout
+
+    @property
+    def claim_lease(self) -> float:
+        """Longest a pop can hold a kernel: set-up, asking EG, and a margin for Redis."""
+        return 3 * self.kernel_request_timeout + _CLAIM_LEASE_MARGIN
+
+    # -- what a start request sends -------------------------------------------------------
+
+    def kernel_start_env(self, kernel_id: str) -> dict[str, str]:
+        """The ``env`` of EG's start request for a pooled kernel with id ``kernel_id``."""
+        env = {
+            "KERNEL_ID": kernel_id,
+            "KERNEL_USERNAME": self.kernel_user_name,
+            "KERNEL_NAMESPACE": self.kernel_namespace,
+            "KERNEL_IMAGE": self.kernel_image,
+            "KERNEL_WORKING_DIR": self.working_dir,
+        }
+        if self.nfs_volume_server:
+            env["KERNEL_VOLUMES"] = json.dumps(
+                [
+                    {
+                        "name": "shared-vol",
+                        "nfs": {"server": self.nfs_volume_server, "path": self.nfs_mount_path},
+                    }
+                ]
+            )
+            env["KERNEL_VOLUME_MOUNTS"] = json.dumps(
+                [{"name": "shared-vol", "mountPath": self.working_dir}]
+            )
+        return env
+
+    @property
+    def spec_fingerprint(self) -> str:
+        """What the pool's kernels are started as (kernel spec, start env, init_code), hashed:
+        a kernel of another fingerprint is never handed out by this replica."""
+        env = self.kernel_start_env("")
+        env.pop("KERNEL_ID")
+        spec = {"kernel_name": self.kernel_name, "env": env, "init_code": self.init_code}
+        return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+
+    def check_kernel_env(self) -> None:
+        """Refuse at start-up the KERNEL_* values EG would refuse with 400 at every start."""
+        for name, value in self.kernel_start_env(str(uuid.uuid4())).items():
+            bad = next((c for c in _KERNEL_ENV_FORBIDDEN if c in value), None)
+            if bad is not None or len(value) > _KERNEL_ENV_MAX_LENGTH:
+                why = f"contains {bad!r}" if bad else f"is over {_KERNEL_ENV_MAX_LENGTH} characters"
+                raise TraitError(
+                    f"{name} {why}, which Enterprise Gateway refuses; check the PoolManager "
+                    "options it comes from"
+                )
+
+    # -- state reporting ----------------------------------------------------------------------
+
+    async def unready_reason(self) -> str | None:
+        """Why this replica cannot hand kernels out now, beyond Redis or EG being down; None
+        when it can (or will, once a kernel being started is ready)."""
+        if not self.registered:
+            return "this replica's heartbeat in Redis ran out; it has not registered again yet"
+        why = self.handing.set_up_guard.why_paused
+        if why is not None:
+            return why
+        failures = self.filler.start_failures
+        if failures >= _STARTS_FAILING and (await self.store.counts())["idle"] == 0:
+            return (
+                f"the pool is empty and kernel starts keep failing ({failures} in a row); "
+                f"last: {self.filler.last_start_error}"
+            )
+        return None
+
+    async def status(self) -> dict[str, Any]:
+        """This pool as Redis holds it, and what this replica saw failing last."""
+        counts = await self.store.counts()
+        self.metrics.set_pool_counts(self.max_pending_kernels, counts)
+        return {
+            "replica": self.replica_id,
+            "replicas": await self.store.live_replicas(),
+            "kernel_name": self.kernel_name,
+            "target": self.max_pending_kernels,
+            **counts,
+            "errors": dict(self.health.failing),
+            "last_errors": list(self.health.last_errors),
+        }
