@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from logging import Logger
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from redis.exceptions import RedisError
 
@@ -26,6 +27,9 @@ POOLED_AT_FIELD = "jkp_pooled_at"
 # How long each try of a new kernel's first kernel_info_request lasts.
 READY_RETRY_INTERVAL = 3.0
 _LAST_ERRORS_KEPT = 10
+
+if TYPE_CHECKING:
+    from jkp.services.pool.manager import PoolManager
 
 T = TypeVar("T")
 
@@ -142,6 +146,33 @@ class Registration:
     @property
     def registered(self) -> bool:
         return asyncio.get_running_loop().time() < self.until
+
+
+class PoolPart:
+    """A part of a pool: it reads the pool's options and uses what all parts share."""
+
+    def __init__(self, shared: Shared):
+        self.options = shared.options
+        self.log = shared.options.log
+        self.store = shared.store
+        self.gateway = shared.gateway
+        self.metrics = shared.metrics
+        self.health = shared.health
+        self.retirer = shared.retirer
+        self.registration = shared.registration
+
+
+@dataclasses.dataclass(frozen=True)
+class Shared:
+    """What every part of a pool uses."""
+
+    options: PoolManager
+    store: PoolStore
+    gateway: GatewayClient
+    metrics: PoolMetrics
+    health: Health
+    retirer: Retirer
+    registration: Registration
 
 
 class StartSlots:

@@ -10,23 +10,20 @@ from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import RedisError
 
-from jkp.services.gateway import GatewayClient, GatewayError, KernelReplyError
-from jkp.services.metrics import PoolMetrics
+from jkp.services.gateway import GatewayError, KernelReplyError
 from jkp.services.pool.common import (
     POOLED_AT_FIELD,
     READY_RETRY_INTERVAL,
     SPEC_FIELD,
-    Health,
     InitCodeError,
-    Registration,
-    Retirer,
+    PoolPart,
+    Shared,
     StartSlots,
 )
-from jkp.services.store import PoolStore
 from jkp.user import WARM_UP_CODE
 
 if TYPE_CHECKING:
-    from jkp.services.pool.manager import PoolManager
+    pass
 
 _START_BACKOFF_BASE = 1.0
 _IDLE_REPORT_ATTEMPTS = 6
@@ -36,7 +33,7 @@ _FAILING_RETRY_FIRST = 0.5
 _FAILING_RETRY_CAP = 10.0
 
 
-class Filler:
+class Filler(PoolPart):
     """Starts kernels while the pool (idle + starting, across replicas) is below its target,
     and pools each once it answers; wakes on a pop, a free start slot, and every check.
 
@@ -44,25 +41,9 @@ class Filler:
     """
 
     def __init__(
-        self,
-        options: PoolManager,
-        store: PoolStore,
-        gateway: GatewayClient,
-        metrics: PoolMetrics,
-        health: Health,
-        retirer: Retirer,
-        registration: Registration,
-        start_slots: StartSlots,
-        check: Callable[[], Awaitable[None]],
+        self, shared: Shared, start_slots: StartSlots, check: Callable[[], Awaitable[None]]
     ):
-        self.options = options
-        self.log = options.log
-        self.store = store
-        self.gateway = gateway
-        self.metrics = metrics
-        self.health = health
-        self.retirer = retirer
-        self.registration = registration
+        super().__init__(shared)
         self.start_slots = start_slots
         self._check = check
         self.starts: dict[str, asyncio.Task] = {}  # by kernel id

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import RedisError
 
-from jkp.services.gateway import GatewayClient, GatewayError, KernelReplyError
+from jkp.services.gateway import GatewayError, KernelReplyError
 from jkp.services.handout import (
     Handout,
     PoolEmptyError,
@@ -19,14 +19,18 @@ from jkp.services.handout import (
     ShuttingDownError,
     UserDirectoryError,
 )
-from jkp.services.metrics import PoolMetrics
-from jkp.services.pool.common import POOLED_AT_FIELD, SPEC_FIELD, Health, Registration, Retirer
+from jkp.services.pool.common import (
+    POOLED_AT_FIELD,
+    SPEC_FIELD,
+    PoolPart,
+    Shared,
+)
 from jkp.services.pool.filling import Filler
-from jkp.services.store import Claim, Idempotency, IdempotencyPending, PoolStore, Replay
+from jkp.services.store import Claim, Idempotency, IdempotencyPending, Replay
 from jkp.user import USER_DIR_REFUSED, enter_user_dir_code, validate_user_id
 
 if TYPE_CHECKING:
-    from jkp.services.pool.manager import PoolManager
+    pass
 
 # How often a pop waiting on an empty pool looks again for a kernel another replica pooled.
 _EMPTY_POOL_POLL = 0.1
@@ -35,28 +39,11 @@ _VERDICT_TIME_SHARE = 0.25
 _VERDICT_TIME_MAX = 0.5
 
 
-class HandingOut:
+class HandingOut(PoolPart):
     """Hands kernels out, one pop at a time each, under one deadline per pop."""
 
-    def __init__(
-        self,
-        options: PoolManager,
-        store: PoolStore,
-        gateway: GatewayClient,
-        metrics: PoolMetrics,
-        health: Health,
-        retirer: Retirer,
-        registration: Registration,
-        filler: Filler,
-    ):
-        self.options = options
-        self.log = options.log
-        self.store = store
-        self.gateway = gateway
-        self.metrics = metrics
-        self.health = health
-        self.retirer = retirer
-        self.registration = registration
+    def __init__(self, shared: Shared, filler: Filler):
+        super().__init__(shared)
         self.filler = filler
         self.set_up_guard = SetUpGuard()
         self._closing = False

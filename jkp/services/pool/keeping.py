@@ -10,23 +10,20 @@ from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import RedisError
 
-from jkp.services.gateway import GatewayClient, GatewayError
-from jkp.services.metrics import PoolMetrics
+from jkp.services.gateway import GatewayError
 from jkp.services.pool.common import (
     CHECKS_AT_ONCE,
     POOLED_AT_FIELD,
     SPEC_FIELD,
     TURN_SHARE,
-    Health,
-    Registration,
-    Retirer,
+    PoolPart,
+    Shared,
     gather_bounded,
 )
 from jkp.services.pool.filling import Filler
-from jkp.services.store import PoolStore
 
 if TYPE_CHECKING:
-    from jkp.services.pool.manager import PoolManager
+    pass
 
 # Kernels replaced at once for their age.
 _RECYCLE_AT_ONCE = 2
@@ -34,28 +31,11 @@ _RECYCLE_AT_ONCE = 2
 _HANDED_PAGE = 100
 
 
-class Keeper:
+class Keeper(PoolPart):
     """Makes Redis and EG agree and keeps idle kernels alive; owns its loops."""
 
-    def __init__(
-        self,
-        options: PoolManager,
-        store: PoolStore,
-        gateway: GatewayClient,
-        metrics: PoolMetrics,
-        health: Health,
-        retirer: Retirer,
-        registration: Registration,
-        filler: Filler,
-    ):
-        self.options = options
-        self.log = options.log
-        self.store = store
-        self.gateway = gateway
-        self.metrics = metrics
-        self.health = health
-        self.retirer = retirer
-        self.registration = registration
+    def __init__(self, shared: Shared, filler: Filler):
+        super().__init__(shared)
         self.filler = filler
         self._tasks: dict[str, asyncio.Task] = {}
         self._stopping = False

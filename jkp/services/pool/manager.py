@@ -21,7 +21,7 @@ from traitlets.config import LoggingConfigurable
 
 from jkp.services.gateway import GatewayClient
 from jkp.services.metrics import Metrics, PoolMetrics
-from jkp.services.pool.common import Health, Registration, Retirer, StartSlots
+from jkp.services.pool.common import Health, Registration, Retirer, Shared, StartSlots
 from jkp.services.pool.filling import Filler
 from jkp.services.pool.handing import HandingOut
 from jkp.services.pool.keeping import Keeper
@@ -241,20 +241,22 @@ class PoolManager(LoggingConfigurable):
 
     def __init__(self, **kwargs: Any):
         super().__init__(**kwargs)
-        parts = {
-            "options": self,
-            "store": self.store,
-            "gateway": self.gateway,
-            "metrics": self.metrics,
-        }
         self.health = Health(self.log, self.metrics)
         self.retirer = Retirer(self.log, self.gateway, self.store, self.metrics, self.health)
         self.registration = Registration(_HEARTBEAT_TTL_INTERVALS * self.replica_heartbeat_interval)
-        parts.update(health=self.health, retirer=self.retirer, registration=self.registration)
-        self.filler = Filler(**parts, start_slots=self.start_slots, check=self.reconcile)
-        self.keeper = Keeper(**parts, filler=self.filler)
-        self.handing = HandingOut(**parts, filler=self.filler)
-        self.replicas = Replicas(**parts, filler=self.filler)
+        shared = Shared(
+            self,
+            self.store,
+            self.gateway,
+            self.metrics,
+            self.health,
+            self.retirer,
+            self.registration,
+        )
+        self.filler = Filler(shared, start_slots=self.start_slots, check=self.reconcile)
+        self.keeper = Keeper(shared, filler=self.filler)
+        self.handing = HandingOut(shared, filler=self.filler)
+        self.replicas = Replicas(shared, filler=self.filler)
 
     # -- lifecycle ------------------------------------------------------------------------
 

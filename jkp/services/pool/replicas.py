@@ -7,40 +7,26 @@ from typing import TYPE_CHECKING
 
 from redis.exceptions import RedisError
 
-from jkp.services.gateway import GatewayClient, GatewayError
-from jkp.services.metrics import PoolMetrics
-from jkp.services.pool.common import READY_RETRY_INTERVAL, Health, Registration, Retirer
+from jkp.services.gateway import GatewayError
+from jkp.services.pool.common import (
+    READY_RETRY_INTERVAL,
+    PoolPart,
+    Shared,
+)
 from jkp.services.pool.filling import Filler
-from jkp.services.store import Claim, PoolStore
+from jkp.services.store import Claim
 from jkp.user import set_up_not_begun_expression
 
 if TYPE_CHECKING:
-    from jkp.services.pool.manager import PoolManager
+    pass
 
 
-class Replicas:
+class Replicas(PoolPart):
     """Keeps this replica registered, and takes over the starts and claims of replicas whose
     heartbeat ran out (each by one Redis script, so exactly one live replica takes each)."""
 
-    def __init__(
-        self,
-        options: PoolManager,
-        store: PoolStore,
-        gateway: GatewayClient,
-        metrics: PoolMetrics,
-        health: Health,
-        retirer: Retirer,
-        registration: Registration,
-        filler: Filler,
-    ):
-        self.options = options
-        self.log = options.log
-        self.store = store
-        self.gateway = gateway
-        self.metrics = metrics
-        self.health = health
-        self.retirer = retirer
-        self.registration = registration
+    def __init__(self, shared: Shared, filler: Filler):
+        super().__init__(shared)
         self.filler = filler
         self._stopping = False
         self._task: asyncio.Task | None = None
