@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 from tornado.httpclient import AsyncHTTPClient
 
 from tests.conftest import wait_until
@@ -14,12 +15,20 @@ TOKEN = "contract-t0ken"
 SCHEMATHESIS = Path(sys.executable).with_name("schemathesis")
 
 
-async def test_spec_is_served_as_shipped(redis_server, gateway, jkp_factory):
+async def test_spec_is_served_as_shipped_with_its_pools(
+    redis_server, gateway_factory, jkp_factory, monkeypatch
+):
+    gateway = gateway_factory(more_kernel_names=("python_pandas",))
+    monkeypatch.setenv("JKP_POOLS", '{"python_kubernetes": {"size": 0}, "python_pandas": {}}')
     jkp = await jkp_factory(redis_server, gateway, "--max-pending-kernels=0")
     response = await AsyncHTTPClient().fetch(jkp.url + "/api/spec.yaml")
     assert response.headers["Content-Type"].startswith("text/yaml")
     shipped = Path(__file__).resolve().parent.parent / "jkp" / "static" / "openapi.yaml"
-    assert response.body == shipped.read_bytes()
+    served, shipped = yaml.safe_load(response.body), yaml.safe_load(shipped.read_bytes())
+    pop_request = served["components"]["schemas"]["PopRequest"]["properties"]
+    assert pop_request["kernelName"]["enum"] == ["python_kubernetes", "python_pandas"]
+    pop_request["kernelName"]["enum"] = ["python_kubernetes"]
+    assert served == shipped
 
 
 @pytest.mark.timeout(300)

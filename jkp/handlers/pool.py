@@ -45,7 +45,7 @@ class PopHandler(APIHandler):
         if "userId" not in body:
             raise api_error(400, "userId is required", "Invalid userId")
         kernel_name = body.get("kernelName")
-        if kernel_name is not None and not isinstance(kernel_name, str):
+        if "kernelName" in body and not isinstance(kernel_name, str):
             raise api_error(400, "kernelName must be a string", "Invalid kernelName")
         try:
             pool = self.pools.get(kernel_name)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Awaitable
 from pathlib import Path
 
@@ -13,6 +14,8 @@ from jkp.handlers.base import APIHandler, api_error
 from jkp.services.gateway import GatewayError
 
 SPEC_PATH = Path(__file__).resolve().parent.parent / "static" / "openapi.yaml"
+# The line of the shipped description that a running jkp fills with its pools.
+_KERNEL_NAME_ENUM = "enum: [python_kubernetes]"
 # A readiness probe must answer quickly even when a dependency hangs.
 _READY_CHECK_TIMEOUT = 2.0
 
@@ -88,11 +91,14 @@ class MetricsHandler(APIHandler):
 
 
 class SpecHandler(APIHandler):
-    """The OpenAPI 3 description of jkp's API, shipped in the package."""
+    """The OpenAPI 3 description of jkp's API, shipped in the package, with this jkp's pools
+    as the values kernelName takes."""
 
     def get(self) -> None:
+        pools = json.dumps(sorted(self.pools.pools))  # a JSON list is a YAML flow sequence
+        spec = SPEC_PATH.read_text().replace(_KERNEL_NAME_ENUM, f"enum: {pools}", 1)
         self.set_header("Content-Type", "text/yaml; charset=UTF-8")
-        self.finish(SPEC_PATH.read_bytes())
+        self.finish(spec.encode())
 
 
 default_handlers = [
