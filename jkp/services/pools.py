@@ -104,6 +104,7 @@ class PoolRegistry(LoggingConfigurable):
 
     @property
     def default(self) -> PoolManager:
+        """The pool a pop without kernelName takes from."""
         return self.pools[self.default_name]
 
     def check_config(self) -> None:

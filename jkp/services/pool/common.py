@@ -66,6 +66,7 @@ class Health:
         )
 
     def recovered(self, component: str) -> None:
+        """Log once that a component that was failing works again."""
         if self.failing.pop(component, None) is not None:
             self.log.info("%s is back", component)
 
@@ -145,6 +146,7 @@ class Registration:
 
     @property
     def registered(self) -> bool:
+        """Whether the heartbeat surely still lasts."""
         return asyncio.get_running_loop().time() < self.until
 
 
@@ -193,12 +195,15 @@ class StartSlots:
 
     @property
     def free(self) -> bool:
+        """Whether another start may begin."""
         return self.used < self.limit
 
     def take(self) -> None:
+        """A start begins."""
         self.used += 1
 
     def give_back(self) -> None:
+        """A start ended: wake every pool's filler."""
         self.used -= 1
         for wake in self._wakers:
             wake()

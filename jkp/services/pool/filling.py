@@ -71,6 +71,7 @@ class Filler(PoolPart):
         return [t for t in (self._task, *self.starts.values()) if t is not None]
 
     def stop(self) -> None:
+        """Start nothing more; the fill loop ends at its next turn."""
         self._stopping = True
 
     def wake(self) -> None:
@@ -98,6 +99,7 @@ class Filler(PoolPart):
         self.wake()
 
     async def wait_for_kernel(self, timeout: float) -> None:
+        """Wait until a kernel is pooled, up to ``timeout`` seconds."""
         try:
             await asyncio.wait_for(self._kernel_pooled.wait(), timeout)
         except TimeoutError:

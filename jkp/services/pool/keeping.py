@@ -52,9 +52,11 @@ class Keeper(PoolPart):
             )
 
     def tasks(self) -> list[asyncio.Task]:
+        """Its loops, for the pool's stop() to cancel."""
         return list(self._tasks.values())
 
     def stop(self) -> None:
+        """Let its loops end at their next turn."""
         self._stopping = True
 
     async def reconcile(self) -> None:

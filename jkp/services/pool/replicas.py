@@ -40,9 +40,11 @@ class Replicas(PoolPart):
         self._task = asyncio.create_task(self._heartbeat_loop(), name="jkp-heartbeat")
 
     def tasks(self) -> list[asyncio.Task]:
+        """Its heartbeat loop, for the pool's stop() to cancel."""
         return [self._task] if self._task is not None else []
 
     def stop(self) -> None:
+        """Let its heartbeat loop end at its next turn."""
         self._stopping = True
 
     async def leave(self) -> None:
