@@ -55,6 +55,8 @@ class Handout:
     deadline: float  # event loop time
     client_gone: asyncio.Event
     idempotency: Idempotency | None = None
+    # Whether it found its pool empty and waited for a kernel (a miss, not a hit).
+    waited: bool = False
 
     def remaining(self) -> float:
         """Seconds left until the pop's deadline."""

@@ -21,6 +21,7 @@ _KNOWN_LABELS = {
     "kernel_starts": [("ready",), ("failed",)],
     "activations": [("ok",), ("failed",)],
     "errors": [("redis",), ("gateway",)],
+    "pop_waits": [()],
     "takeovers": [("start", "adopted"), ("start", "removed"), ("claim", "released"),
                   ("claim", "removed")],
 }  # fmt: skip
@@ -49,6 +50,11 @@ class Metrics:
             "Pops by outcome: served, repeated (same Idempotency-Key), pool_empty, abandoned "
             "(the caller hung up), error",
             ("outcome",),
+        )
+        self.pop_waits = family(
+            Counter,
+            "jkp_pop_waits",
+            "Pops that found no idle kernel and waited for one (misses; the other pops are hits)",
         )
         self.idle_kernels = family(
             Gauge, "jkp_idle_kernels", "Idle kernels in the pool (all replicas)"

@@ -5,6 +5,7 @@ import json
 import time
 
 import pytest
+from tornado.httpclient import AsyncHTTPClient
 
 from tests.conftest import localstack, run_in_kernel, wait_until
 
@@ -109,6 +110,9 @@ async def test_pop_on_an_empty_pool_starts_a_kernel_at_once(redis_server, gatewa
     status, model = await jkp.pop("b")
     assert status == 200
     assert model["id"] in gateway.list_kernel_ids()
+    # A miss: it is counted as a pop that waited; the first one was a hit.
+    metrics = (await AsyncHTTPClient().fetch(jkp.url + "/metrics")).body.decode()
+    assert 'jkp_pop_waits_total{pool="python_kubernetes"} 1.0' in metrics.splitlines()
 
 
 async def test_empty_pool_answers_503_after_the_timeout(redis_server, gateway, jkp_factory):

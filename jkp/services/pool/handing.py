@@ -88,6 +88,8 @@ class HandingOut(PoolPart):
                 ),
             )
             model, outcome = await self._pop(handout)
+            if handout.waited:
+                self.metrics.pop_waits.inc()
             return model
         except PoolEmptyError:
             outcome = "pool_empty"
@@ -176,6 +178,7 @@ class HandingOut(PoolPart):
             else:
                 if claim is not None:
                     return claim
+                handout.waited = True
                 self.filler.refill()  # a user is waiting: start a kernel now
             remaining = handout.remaining()
             if remaining <= 0:
