@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 
 from redis.exceptions import RedisError
 
@@ -93,7 +94,9 @@ class PopHandler(APIHandler):
             raise api_error(status, f"Enterprise Gateway failed: {e}", "Gateway error") from e
         except RedisError as e:
             raise api_error(503, f"Redis unavailable: {e}", "Store unavailable") from e
+        started = time.perf_counter()
         self.write_json(model)
+        pool.metrics.pop_steps.labels("response").observe(time.perf_counter() - started)
 
 
 default_handlers = [(r"/api/kernels/pop/?", PopHandler)]

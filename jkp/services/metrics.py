@@ -12,6 +12,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 
 # Pops are milliseconds when served from the pool, seconds when they wait for a kernel.
 _POP_BUCKETS = (0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+# A pop's steps (claim, set-up, hand-over, response) take from well under a millisecond to seconds.
+_STEP_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10)
 # Local kernels start in ~0.4 s, Kubernetes pods in 10-60 s.
 _START_BUCKETS = (0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300)
 
@@ -43,6 +45,14 @@ class Metrics:
             "Time to answer a pop, by outcome",
             ("outcome",),
             buckets=_POP_BUCKETS,
+        )
+        self.pop_steps = family(
+            Histogram,
+            "jkp_pop_step_seconds",
+            "Time of each step of a pop: claim (waits on an empty pool included), set_up, "
+            "hand_over, response (writing the answer)",
+            ("step",),
+            buckets=_STEP_BUCKETS,
         )
         self.pops = family(
             Counter,

@@ -73,6 +73,9 @@ async def test_metrics_count_pops_starts_and_pool_size(redis_server, gateway, jk
     assert _metric(text, "jkp_pops_total", 'outcome="served"') == 1
     assert _metric(text, "jkp_pops_total", 'outcome="error"') == 1
     assert _metric(text, "jkp_pop_duration_seconds_count", 'outcome="served"') == 1
+    # Where the served pop's time went, step by step.
+    for step in ("claim", "set_up", "hand_over", "response"):
+        assert _metric(text, "jkp_pop_step_seconds_count", f'step="{step}"') == 1
     assert _metric(text, "jkp_kernel_starts_total", 'outcome="ready"') == 3
     assert _metric(text, "jkp_kernel_start_duration_seconds_count") == 3
     assert _metric(text, "jkp_dependency_errors_total", 'dependency="redis"') >= 1

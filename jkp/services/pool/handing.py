@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import RedisError
@@ -130,7 +131,9 @@ class HandingOut(PoolPart):
                 raise PoolEmptyError(
                     f"no kernel could be set up within {self.options.pop_timeout:g}s"
                 )
+            step = self._step_timer()
             claim = await self._claim(handout)
+            step("claim")
             if isinstance(claim, Replay):
                 self.log.info("Pop repeated with its Idempotency-Key: kernel %s", claim.model["id"])
                 return claim.model, "repeated"
@@ -139,6 +142,7 @@ class HandingOut(PoolPart):
                 await self.store.release(claim)  # its set-up had not begun: the pool keeps it
                 handout.check_client()
             model = await self._set_up(claim, handout)
+            step("set_up")
             if model is None:
                 continue  # that kernel is gone or hung: the next one
             if handout.client_gone.is_set():
@@ -146,7 +150,9 @@ class HandingOut(PoolPart):
                     self.retirer.retire_soon(claim.kernel_id, "caller left during its set-up")
                 handout.check_client()
             ttl = self.options.idempotency_ttl
-            if await self.store.hand_over(claim, handout.user_id, model, ttl):
+            handed = await self.store.hand_over(claim, handout.user_id, model, ttl)
+            step("hand_over")
+            if handed:
                 # Its set-up closed the websocket it used; a reconcile or activation running
                 # beside the pop may have opened another: a handed-out kernel keeps none.
                 self.gateway.close_channel(claim.kernel_id)
@@ -159,6 +165,20 @@ class HandingOut(PoolPart):
                 return model, "served"
             # Our claim was taken back by a reconcile while we worked: never hand that out.
             self.log.warning("Claim on kernel %s expired during set-up", claim.kernel_id)
+
+    def _step_timer(self) -> Callable[[str], None]:
+        """A function that records the time since it was made, or since its last call, as the
+        duration of a step of a pop (jkp_pop_step_seconds): where a slow pop spent its time."""
+        loop = asyncio.get_running_loop()
+        last = loop.time()
+
+        def step(name: str) -> None:
+            nonlocal last
+            now = loop.time()
+            self.metrics.pop_steps.labels(name).observe(now - last)
+            last = now
+
+        return step
 
     async def _claim(self, handout: Handout) -> Claim | Replay:
         """The next idle kernel for this pop (or an earlier pop's answer to replay); waits for
