@@ -95,13 +95,14 @@ class Retirer:
 
     def retire_soon(self, kernel_id: str, reason: str) -> asyncio.Task:
         """Shut a retired kernel down in the background (pops do not wait for EG's DELETE)."""
-        return self._track(self.retire(kernel_id, reason))
+        return self.track(self.retire(kernel_id, reason))
 
     def abandon_start_soon(self, kernel_id: str, reason: str) -> asyncio.Task:
         """Retire a kernel being started, and shut it down, in a task of its own."""
-        return self._track(self._abandon_start(kernel_id, reason))
+        return self.track(self._abandon_start(kernel_id, reason))
 
-    def _track(self, work: Awaitable[None]) -> asyncio.Task:
+    def track(self, work: Awaitable[None]) -> asyncio.Task:
+        """Run ``work`` (an end of a kernel's way) in a task that wait() lets finish."""
         task = asyncio.ensure_future(work)
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)

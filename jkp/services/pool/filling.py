@@ -6,7 +6,7 @@ import asyncio
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from redis.exceptions import RedisError
 
@@ -21,9 +21,6 @@ from jkp.services.pool.common import (
     StartSlots,
 )
 from jkp.user import WARM_UP_CODE
-
-if TYPE_CHECKING:
-    pass
 
 _START_BACKOFF_BASE = 1.0
 _IDLE_REPORT_ATTEMPTS = 6

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from redis.exceptions import RedisError
 
@@ -29,9 +29,6 @@ from jkp.services.pool.common import (
 from jkp.services.pool.filling import Filler
 from jkp.services.store import Claim, Idempotency, IdempotencyPending, Replay
 from jkp.user import USER_DIR_REFUSED, enter_user_dir_code, validate_user_id
-
-if TYPE_CHECKING:
-    pass
 
 # How often a pop waiting on an empty pool looks again for a kernel another replica pooled.
 _EMPTY_POOL_POLL = 0.1

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from redis.exceptions import RedisError
 
@@ -21,9 +21,6 @@ from jkp.services.pool.common import (
     gather_bounded,
 )
 from jkp.services.pool.filling import Filler
-
-if TYPE_CHECKING:
-    pass
 
 # Kernels replaced at once for their age.
 _RECYCLE_AT_ONCE = 2

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
 
 from redis.exceptions import RedisError
 
@@ -16,9 +15,6 @@ from jkp.services.pool.common import (
 from jkp.services.pool.filling import Filler
 from jkp.services.store import Claim
 from jkp.user import set_up_not_begun_expression
-
-if TYPE_CHECKING:
-    pass
 
 
 class Replicas(PoolPart):
@@ -97,9 +93,7 @@ class Replicas(PoolPart):
             claim = await self.store.take_over_claim(kernel_id, self.options.replica_id)
             if claim is not None:
                 self.log.warning("Took over the claim on kernel %s from a dead replica", kernel_id)
-                task = asyncio.create_task(self._settle_orphaned_claim(claim))
-                self.retirer.tasks.add(task)
-                task.add_done_callback(self.retirer.tasks.discard)
+                self.retirer.track(self._settle_orphaned_claim(claim))
 
     async def _adopt_start(self, kernel_id: str) -> None:
         """Finish a start a dead replica began: pool the kernel once it answers (a pod start is
