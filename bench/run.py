@@ -24,6 +24,7 @@ import platform
 import re
 import shutil
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -287,6 +288,106 @@ async def pop_round(
     }
 
 
+# -- the steady state users see, and EG's floor ----------------------------------------------
+
+_TCP_QUICKACK = getattr(socket, "TCP_QUICKACK", None)
+
+
+async def floor_channel(eg: EnterpriseGateway):
+    """A kernel started straight on EG and a websocket kept open to it, ready for round trips."""
+    model = await get_json(
+        eg.url + "/api/kernels", "POST", {"name": KERNEL_NAME, "env": {"KERNEL_USERNAME": "jovyan"}}
+    )
+    conn = await websocket_connect(
+        eg.url.replace("http", "ws", 1) + f"/api/kernels/{model['id']}/channels"
+    )
+    deadline = time.monotonic() + 60
+    while await kernel_info_round_trip(conn, 1.0) is None:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"floor kernel {model['id']} not ready after 60s")
+    return model["id"], conn
+
+
+async def kernel_info_round_trip(conn, wait: float) -> float | None:
+    """Seconds from sending a kernel_info_request on an open websocket to its reply, re-arming
+    TCP_QUICKACK before each read as jkp does (EG never sets TCP_NODELAY): the least any
+    request through EG costs here. None after ``wait`` seconds."""
+    msg = Session(username="bench").msg("kernel_info_request", {})
+    msg["channel"] = "shell"
+    t0 = time.perf_counter()
+    await conn.write_message(json.dumps(msg, default=json_default))
+
+    async def reply() -> float:
+        while True:
+            sock = conn.protocol.stream.socket if conn.protocol else None
+            if _TCP_QUICKACK is not None and sock is not None:
+                sock.setsockopt(socket.IPPROTO_TCP, _TCP_QUICKACK, 1)
+            raw = await conn.read_message()
+            if raw is None:
+                raise RuntimeError("EG closed the floor websocket")
+            answer = json.loads(raw) if isinstance(raw, str) else {}
+            if answer.get("parent_header", {}).get("msg_id") == msg["header"]["msg_id"] and (
+                answer.get("channel") == "shell"
+            ):
+                return time.perf_counter() - t0
+
+    try:
+        return await asyncio.wait_for(reply(), wait)
+    except asyncio.TimeoutError:
+        return None
+
+
+async def pop_steps(jkp: Jkp) -> dict[str, tuple[float, int]]:
+    """(seconds, count) of each step of the pops jkp served so far, from its /metrics."""
+    text = (await AsyncHTTPClient().fetch(jkp.url + "/metrics")).body.decode()
+    steps: dict[str, list[float]] = {}
+    for name, step, value in re.findall(
+        r'^jkp_pop_step_seconds_(sum|count){pool="[^"]*",step="([a-z_]+)"} (\S+)$', text, re.M
+    ):
+        steps.setdefault(step, [0.0, 0.0])[0 if name == "sum" else 1] += float(value)
+    return {step: (s, int(c)) for step, (s, c) in steps.items()}
+
+
+async def steady_round(jkp: Jkp, eg: EnterpriseGateway, n: int, gap: float, prefix: str) -> dict:
+    """Pops one at a time, each ``gap`` seconds after the pool refilled, as users pop (refills
+    and checks run between them); beside each, EG's floor on the same machine at the same
+    moment: a kernel_info round trip on an open websocket to an idle kernel of EG's own."""
+    floor_id, conn = await floor_channel(eg)
+    pops, floors, ids = [], [], []
+    steps_before = await pop_steps(jkp)
+    try:
+        for i in range(n):
+            await jkp.wait_full(600)
+            await asyncio.sleep(gap)
+            floor = await kernel_info_round_trip(conn, 5.0)
+            if floor is not None:
+                floors.append(floor)
+            await asyncio.sleep(gap)
+            r = await pop_round([jkp.url], 1, 1, f"{prefix}-{i}")
+            pops.append(r["max_ms"] / 1000)
+            ids += r["_ids"]
+    finally:
+        conn.close()
+        await delete_kernels(eg, [floor_id, *ids])
+    steps_after = await pop_steps(jkp)
+    pop, floor = summary(pops), summary(floors)
+    step_ms = {
+        step: 1000
+        * (s - steps_before.get(step, (0.0, 0))[0])
+        / max(c - steps_before.get(step, (0.0, 0))[1], 1)
+        for step, (s, c) in steps_after.items()
+    }
+    return {
+        "pops": n,
+        "gap_s": gap,
+        "pop": pop,
+        "floor": floor,
+        "p50_vs_floor": pop["p50_ms"] / floor["p50_ms"],
+        "p95_vs_floor": pop["p95_ms"] / floor["p95_ms"],
+        "step_mean_ms": step_ms,
+    }
+
+
 # -- real stack -----------------------------------------------------------------------------
 
 
@@ -423,6 +524,14 @@ async def real_stack(args, work: Path, stack: Stack, out: dict) -> None:
                      for i in range(3 if args.quick else 10)]  # fmt: skip
             out["cold_path"] = summary(times)
             log(f"cold path: p50 {out['cold_path']['p50_ms']:.0f} ms")
+            # The steady state users see: one pop at a time, after refills, beside EG's floor.
+            n = 10 if args.quick else 40
+            log(f"steady state: {n} pops, each 0.3 s after the pool refilled, beside EG's floor")
+            out["steady"] = await steady_round(jkp, eg, n, 0.3, "steady")
+            s = out["steady"]
+            log(f"  pop p50 {s['pop']['p50_ms']:.1f} ms vs floor {s['floor']['p50_ms']:.1f} ms "
+                f"({s['p50_vs_floor']:.2f}×); p95 {s['p95_vs_floor']:.2f}×")  # fmt: skip
+            await jkp.wait_full(600)
     for server in (jkp, eg, redis):  # nothing of it may take CPU from the scale runs
         stack.remove(server)
     jkp_logs = "".join(f.read_text(errors="replace") for f in work.glob("jkp-*.log"))
@@ -585,6 +694,21 @@ def checks(out: dict) -> list[tuple[str, str, str, str]]:
             row("pops/s from a full pool, c=32", f"{r['pops_per_s']:.0f}/s", "≥ 200/s", ok)
         else:
             row(f"pops/s, {name}", f"{r['pops_per_s']:.0f}/s")
+    if "steady" in out:
+        s = out["steady"]
+        pop, floor = s["pop"], s["floor"]
+        row(
+            f"steady state (n={s['pops']}): pop p50 / p95",
+            f"{pop['p50_ms']:.1f} / {pop['p95_ms']:.1f} ms",
+        )
+        row("steady state: EG floor (kernel_info on an open websocket) p50 / p95",
+            f"{floor['p50_ms']:.1f} / {floor['p95_ms']:.1f} ms")  # fmt: skip
+        row("steady state: pop p50 / floor p50", f"{s['p50_vs_floor']:.2f}×", "≤ 1.5×",
+            s["p50_vs_floor"] <= 1.5)  # fmt: skip
+        row("steady state: pop p95 / floor p95", f"{s['p95_vs_floor']:.2f}×", "≤ 3×",
+            s["p95_vs_floor"] <= 3)  # fmt: skip
+        steps = ", ".join(f"{k} {v:.2f}" for k, v in s["step_mean_ms"].items())
+        row("steady state: mean per step inside jkp (ms)", steps)
     if "cold_path" in out:
         cold, c1 = out["cold_path"], out["rounds"]["c1"]
         ms = " / ".join(f"{cold[k]:.0f}" for k in ("min_ms", "p50_ms", "p95_ms"))
