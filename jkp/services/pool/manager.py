@@ -9,8 +9,7 @@ options, wires the parts, and is what the app and the handlers use.
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import json
+import functools
 import os
 import socket
 import uuid
@@ -21,6 +20,7 @@ from traitlets.config import LoggingConfigurable
 
 from jkp.services.gateway import GatewayClient
 from jkp.services.metrics import Metrics, PoolMetrics
+from jkp.services.pool import spec
 from jkp.services.pool.common import Health, Registration, Retirer, Shared, StartSlots
 from jkp.services.pool.filling import Filler
 from jkp.services.pool.handing import HandingOut
@@ -29,9 +29,6 @@ from jkp.services.pool.replicas import Replicas
 from jkp.services.store import PoolStore
 from jkp.traits import EnvFloat, EnvInt, EnvUnicode
 
-# What EG refuses in a KERNEL_* value (it would answer 400 to every start).
-_KERNEL_ENV_FORBIDDEN = ("$", "`", "\n", "\r")
-_KERNEL_ENV_MAX_LENGTH = 4096
 _STOP_RECANCEL_INTERVAL = 0.5
 _CLAIM_LEASE_MARGIN = 5.0
 # A replica counts as dead once its heartbeat is this many intervals old.
@@ -295,29 +292,9 @@ class PoolManager(LoggingConfigurable):
         """Hand one idle kernel to ``user_id``, in its directory; see HandingOut.pop."""
         return await self.handing.pop(user_id, idempotency_key, client_gone)
 
-    def refill(self) -> None:
-        """Ask the fill loop to top the pool up now."""
-        self.filler.refill()
-
     async def reconcile(self) -> None:
         """Make Redis and EG agree; see Keeper.reconcile."""
         await self.keeper.reconcile()
-
-    async def sync_channels(self) -> None:
-        """Keep a websocket open to each idle kernel, and none to any other."""
-        await self.keeper.sync_channels()
-
-    async def activate_idle_kernels(self) -> None:
-        """Ping every idle kernel so that EG's culler leaves it alone."""
-        await self.keeper.activate_idle_kernels()
-
-    async def check_handed_out(self) -> None:
-        """Forget handed-out kernels EG no longer has."""
-        await self.keeper.check_handed_out()
-
-    async def take_over_orphans(self) -> None:
-        """Take over the work of replicas whose heartbeat ran out."""
-        await self.replicas.take_over_orphans()
 
     @property
     def registered(self) -> bool:
@@ -338,46 +315,17 @@ class PoolManager(LoggingConfigurable):
 
     def kernel_start_env(self, kernel_id: str) -> dict[str, str]:
         """The ``env`` of EG's start request for a pooled kernel with id ``kernel_id``."""
-        env = {
-            "KERNEL_ID": kernel_id,
-            "KERNEL_USERNAME": self.kernel_user_name,
-            "KERNEL_NAMESPACE": self.kernel_namespace,
-            "KERNEL_IMAGE": self.kernel_image,
-            "KERNEL_WORKING_DIR": self.working_dir,
-        }
-        if self.nfs_volume_server:
-            env["KERNEL_VOLUMES"] = json.dumps(
-                [
-                    {
-                        "name": "shared-vol",
-                        "nfs": {"server": self.nfs_volume_server, "path": self.nfs_mount_path},
-                    }
-                ]
-            )
-            env["KERNEL_VOLUME_MOUNTS"] = json.dumps(
-                [{"name": "shared-vol", "mountPath": self.working_dir}]
-            )
-        return env
+        return spec.kernel_start_env(self, kernel_id)
 
-    @property
+    @functools.cached_property
     def spec_fingerprint(self) -> str:
-        """What the pool's kernels are started as (kernel spec, start env, init_code), hashed:
-        a kernel of another fingerprint is never handed out by this replica."""
-        env = self.kernel_start_env("")
-        env.pop("KERNEL_ID")
-        spec = {"kernel_name": self.kernel_name, "env": env, "init_code": self.init_code}
-        return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+        """A hash of what the pool's kernels are started as (kernel spec, start env,
+        init_code): a kernel of another fingerprint is never handed out by this replica."""
+        return spec.spec_fingerprint(self)
 
     def check_kernel_env(self) -> None:
         """Refuse at start-up the KERNEL_* values EG would refuse with 400 at every start."""
-        for name, value in self.kernel_start_env(str(uuid.uuid4())).items():
-            bad = next((c for c in _KERNEL_ENV_FORBIDDEN if c in value), None)
-            if bad is not None or len(value) > _KERNEL_ENV_MAX_LENGTH:
-                why = f"contains {bad!r}" if bad else f"is over {_KERNEL_ENV_MAX_LENGTH} characters"
-                raise TraitError(
-                    f"{name} {why}, which Enterprise Gateway refuses; check the PoolManager "
-                    "options it comes from"
-                )
+        spec.check_kernel_env(self)
 
     # -- state reporting ----------------------------------------------------------------------
 

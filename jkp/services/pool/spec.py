@@ -1,0 +1,55 @@
+"""What a pool's kernels are started as: the start request's env, its fingerprint, its check."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from typing import TYPE_CHECKING
+
+from traitlets import TraitError
+
+if TYPE_CHECKING:
+    from jkp.services.pool.manager import PoolManager
+
+# What EG refuses in a KERNEL_* value (it would answer 400 to every start).
+_KERNEL_ENV_FORBIDDEN = ("$", "`", "\n", "\r")
+_KERNEL_ENV_MAX_LENGTH = 4096
+
+
+def kernel_start_env(options: PoolManager, kernel_id: str) -> dict[str, str]:
+    """The ``env`` of EG's start request for a pooled kernel with id ``kernel_id``."""
+    env = {
+        "KERNEL_ID": kernel_id,
+        "KERNEL_USERNAME": options.kernel_user_name,
+        "KERNEL_NAMESPACE": options.kernel_namespace,
+        "KERNEL_IMAGE": options.kernel_image,
+        "KERNEL_WORKING_DIR": options.working_dir,
+    }
+    if options.nfs_volume_server:
+        volume = {"server": options.nfs_volume_server, "path": options.nfs_mount_path}
+        env["KERNEL_VOLUMES"] = json.dumps([{"name": "shared-vol", "nfs": volume}])
+        env["KERNEL_VOLUME_MOUNTS"] = json.dumps(
+            [{"name": "shared-vol", "mountPath": options.working_dir}]
+        )
+    return env
+
+
+def spec_fingerprint(options: PoolManager) -> str:
+    """What the pool's kernels are started as (kernel spec, start env, init_code), hashed."""
+    env = kernel_start_env(options, "")
+    env.pop("KERNEL_ID")
+    spec = {"kernel_name": options.kernel_name, "env": env, "init_code": options.init_code}
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def check_kernel_env(options: PoolManager) -> None:
+    """Refuse at start-up the KERNEL_* values EG would refuse with 400 at every start."""
+    for name, value in kernel_start_env(options, str(uuid.uuid4())).items():
+        bad = next((c for c in _KERNEL_ENV_FORBIDDEN if c in value), None)
+        if bad is not None or len(value) > _KERNEL_ENV_MAX_LENGTH:
+            why = f"contains {bad!r}" if bad else f"is over {_KERNEL_ENV_MAX_LENGTH} characters"
+            raise TraitError(
+                f"{name} {why}, which Enterprise Gateway refuses; check the PoolManager "
+                "options it comes from"
+            )
