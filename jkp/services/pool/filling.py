@@ -138,7 +138,7 @@ class Filler(PoolPart):
                 pass
 
     def _start_backoff(self) -> float:
-        """Pause before the next start after ``_start_failures`` failures in a row."""
+        """Pause before the next start after ``start_failures`` failures in a row."""
         return min(
             self.options.max_start_backoff, _START_BACKOFF_BASE * 2 ** (self.start_failures - 1)
         )
