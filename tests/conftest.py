@@ -361,3 +361,12 @@ def kernel_pid(kernel_id):
         except OSError:
             continue  # the process ended while we looked
     raise AssertionError(f"no process for kernel {kernel_id}")
+
+
+async def metric(replica, sample):
+    """The value of one sample (name and labels, as exposed) in a jkp replica's /metrics."""
+    response = await AsyncHTTPClient().fetch(replica.url + "/metrics")
+    for line in response.body.decode().splitlines():
+        if line.startswith(sample + " "):
+            return float(line.split()[1])
+    raise AssertionError(f"{sample} not in {replica.url}/metrics")

@@ -12,9 +12,9 @@ import time
 
 import pytest
 import redis.asyncio as redis
-from tornado.httpclient import AsyncHTTPClient, HTTPClientError
+from tornado.httpclient import HTTPClientError
 
-from tests.conftest import kernel_pid, localstack, wait_until
+from tests.conftest import kernel_pid, localstack, metric, wait_until
 
 KEY = "test:kernels:idle"
 # Short leases so a dead replica's work expires within the test: a start may take
@@ -93,7 +93,7 @@ async def test_replica_killed_mid_start_is_taken_over_within_seconds(
     assert idle == started
     assert sorted(gateway.list_kernel_ids()) == started
     adopted = [
-        await _metric(
+        await metric(
             s, 'jkp_takeovers_total{kind="start",outcome="adopted",pool="python_kubernetes"}'
         )
         for s in survivors
@@ -109,14 +109,6 @@ def _eg_has(gateway, count):
         return len(gateway.list_kernel_ids()) == count
     except RuntimeError:  # EG 3.3 cannot list a kernel still starting (no last_activity yet)
         return False
-
-
-async def _metric(replica, name):
-    response = await AsyncHTTPClient().fetch(replica.url + "/metrics")
-    for line in response.body.decode().splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[1])
-    raise AssertionError(f"{name} not in {replica.url}/metrics")
 
 
 async def test_replica_killed_mid_pop_loses_no_kernel(

@@ -4,16 +4,14 @@ callers that hang up, retried pops, a broken share, kernels EG shut down after t
 import asyncio
 import json
 import os
-import re
 import signal
 import subprocess
 import time
 
 import pytest
-from tornado.httpclient import AsyncHTTPClient
 
 from jkp.services.handout import SET_UP_FAILURES_BEFORE_PAUSE, SetUpGuard, SetUpPausedError
-from tests.conftest import kernel_pid, localstack, wait_until
+from tests.conftest import kernel_pid, localstack, metric, wait_until
 
 
 async def pop_end_kernel(jkp):
@@ -23,13 +21,7 @@ async def pop_end_kernel(jkp):
 
 async def pops_counted(jkp, outcome):
     """jkp_pops_total for ``outcome``, as a Prometheus scrape reads it."""
-    response = await AsyncHTTPClient().fetch(jkp.url + "/metrics")
-    text = response.body.decode()
-    return float(
-        re.search(
-            rf'^jkp_pops_total{{outcome="{outcome}",pool="python_kubernetes"}} (\S+)$', text, re.M
-        )[1]
-    )
+    return await metric(jkp, f'jkp_pops_total{{outcome="{outcome}",pool="python_kubernetes"}}')
 
 
 async def settled(jkp, target):

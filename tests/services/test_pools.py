@@ -8,7 +8,7 @@ import pytest
 from tornado.httpclient import AsyncHTTPClient
 
 from jkp.app import JKPManagerApp
-from tests.conftest import localstack, run_in_kernel, wait_until
+from tests.conftest import localstack, metric, run_in_kernel, wait_until
 
 PANDAS = "python_pandas"
 
@@ -159,14 +159,6 @@ def pools_env(monkeypatch, pandas_init, default_size=1, **pandas):
 
 async def idle_ids(pool):
     return sorted(json.loads(m)["id"] for m in await pool.store.idle_models())
-
-
-async def metric(jkp, name):
-    response = await AsyncHTTPClient().fetch(jkp.url + "/metrics")
-    for line in response.body.decode().splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[1])
-    return 0.0
 
 
 async def test_changed_init_code_rolls_over_that_pool_only(
