@@ -452,6 +452,8 @@ class EnterpriseGateway(_Server):
             f"--port={self.port}",
             "--port_retries=0",
             "--EnterpriseGatewayApp.list_kernels=True",
+            # A create without a name (pybox's) gets the pooled spec, as in production.
+            f"--EnterpriseGatewayApp.default_kernel_name={self.kernel_name}",
             f"--KernelSpecManager.whitelist={self.kernel_names!r}",
         ]
         if self.cull_idle_timeout:

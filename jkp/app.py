@@ -17,11 +17,14 @@ from tornado.log import LogFormatter
 from traitlets import Instance, TraitError, default
 
 from jkp._version import __version__
+from jkp.handlers import channels as channel_handlers
+from jkp.handlers import kernels as kernel_handlers
 from jkp.handlers import pool as pool_handlers
 from jkp.handlers import status as status_handlers
 from jkp.handlers.base import NotFoundHandler
 from jkp.log import JSONFormatter
 from jkp.services.gateway import GatewayClient
+from jkp.services.kernels import KernelService
 from jkp.services.metrics import Metrics
 from jkp.services.pool import PoolManager
 from jkp.services.pools import PoolRegistry
@@ -39,6 +42,9 @@ from jkp.traits import (
 # jkp refuses large bodies itself, with a JSON 413, from Content-Length before reading them
 # (APIHandler); tornado's own check, which answers a bare 400, must never come first.
 _TORNADO_MAX_BODY_BYTES = 1 << 62
+
+# Seconds between pings on the kernel websockets jkp bridges, as jupyter_server's default.
+_WEBSOCKET_PING_INTERVAL = 30
 
 aliases = {
     **base_aliases,
@@ -61,7 +67,9 @@ class JKPManagerApp(JupyterApp):
     description = """A pool of warm Jupyter kernels on Enterprise Gateway.
 
     Keeps max_pending_kernels idle kernels started on EG, their models in Redis, and hands one
-    out per POST /api/kernels/pop/ {"userId": ...}, already in <working_dir>/<userId>.
+    out per POST /api/kernels/pop/ {"userId": ...}, already in <working_dir>/<userId>. It also
+    serves EG's own kernels API: point a Jupyter client's gateway URL at jkp, and its creates
+    are served warm from the pools, the rest passed through to EG.
     Every option also reads a JKP_* environment variable (see --help-all);
     precedence: command line > config file > environment > default.
     """
@@ -73,7 +81,7 @@ class JKPManagerApp(JupyterApp):
 
     aliases = aliases
     flags = base_flags
-    classes = [GatewayClient, RedisStore, PoolManager]
+    classes = [GatewayClient, RedisStore, PoolManager, KernelService]
 
     _log_formatter_cls = LogFormatter
 
@@ -139,6 +147,7 @@ class JKPManagerApp(JupyterApp):
     pool_registry = Instance(PoolRegistry, allow_none=True)
     # The default pool (kernelName absent), as the design names it.
     pool_manager = Instance(PoolManager, allow_none=True)
+    kernels = Instance(KernelService, allow_none=True)
     web_app = Instance(web.Application, allow_none=True)
     http_server = Instance(HTTPServer, allow_none=True)
 
@@ -179,20 +188,32 @@ class JKPManagerApp(JupyterApp):
             log=self.log,
         )
         self.pool_manager = self.pool_registry.default
+        self.kernels = KernelService(
+            self.pool_registry, self.gateway, self.store.aliases(), parent=self, log=self.log
+        )
 
     def check_config(self) -> None:
         """Read and validate every option once, so a bad value stops start-up now."""
-        for configurable in (self, self.gateway, self.store):
+        for configurable in (self, self.gateway, self.store, self.kernels):
             check_options(configurable)
         self.pool_registry.check_config()
 
     def init_webapp(self) -> None:
-        handlers = [*pool_handlers.default_handlers, *status_handlers.default_handlers]
+        # The pop's route comes before EG's /api/kernels/{id}.
+        handlers = [
+            *pool_handlers.default_handlers,
+            *status_handlers.default_handlers,
+            *channel_handlers.default_handlers,
+            *kernel_handlers.default_handlers,
+        ]
         self.web_app = web.Application(
             handlers,
             default_handler_class=NotFoundHandler,
             auth_token=self.auth_token,
             pools=self.pool_registry,
+            kernels=self.kernels,
+            # Pings find bridged websockets whose client vanished without a close.
+            websocket_ping_interval=_WEBSOCKET_PING_INTERVAL,
             metrics=self.metrics,
             gateway=self.gateway,
             store=self.store,

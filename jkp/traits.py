@@ -17,7 +17,7 @@ import json
 import os
 from typing import Any
 
-from traitlets import Bool, Dict, Float, Int, TraitError, TraitType, Unicode
+from traitlets import Bool, Dict, Float, Int, List, TraitError, TraitType, Unicode
 from traitlets.config import Configurable
 
 
@@ -29,7 +29,9 @@ class _EnvDefault(TraitType):
     """A trait whose default comes from an environment variable, when it is set.
 
     Text traits take the variable as it is (an empty value is kept: ``JKP_NFS_VOLUME_SERVER=``
-    means no volume); dicts parse it as JSON; other traits as a command-line value would be.
+    means no volume); dicts parse it as JSON; lists split it at commas, as EG's own list
+    variables are (an empty value is an empty list); other traits as a command-line value
+    would be.
     """
 
     def __init__(self, *args: Any, env: str, help: str = "", **kwargs: Any):
@@ -49,6 +51,8 @@ class _EnvDefault(TraitType):
         try:
             if isinstance(self, Dict):
                 return json.loads(raw) if raw.strip() else {}
+            if isinstance(self, List):
+                return [item.strip() for item in raw.split(",") if item.strip()]
             return self.from_string(raw.strip())
         except (ValueError, TraitError):
             raise EnvValueError(f"{self.env}={raw!r}: expected {self.info()}") from None
@@ -68,6 +72,7 @@ EnvInt = _env_backed(Int)
 EnvFloat = _env_backed(Float)
 EnvBool = _env_backed(Bool)
 EnvDict = _env_backed(Dict)
+EnvList = _env_backed(List)
 
 
 def env_name(trait: TraitType) -> str | None:

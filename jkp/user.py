@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 
 USER_ID_PATTERN = re.compile(r"[A-Za-z0-9_.@-]{1,128}")
@@ -12,25 +11,34 @@ USER_ID_PATTERN = re.compile(r"[A-Za-z0-9_.@-]{1,128}")
 # or OSError of the share, not of the user).
 USER_DIR_REFUSED = "UserDirectoryRefused"
 
-# Runs in the kernel. The user id and working dir arrive only as string literals; the
-# resolved target must be a direct child of the resolved working dir, so neither a crafted id
-# nor a symlink planted in the share can move the kernel elsewhere. The check comes before any
-# change, so a refused kernel can go back to the pool.
-_ENTER_USER_DIR = """\
-def __jkp_enter_user_dir(base, user):
-    import os
+# Runs in the kernel. Every value arrives only as a Python literal. The resolved target must
+# lie inside the resolved working dir (a direct child for a pop's user directory), so neither a
+# crafted path nor a symlink planted in the share can move the kernel elsewhere. The check
+# comes before any change, so a refused kernel can go back to the pool; past it, a mark on
+# ``sys`` tells a replica taking the pop over that the kernel is no longer pristine.
+_SET_UP = """\
+def __jkp_set_up(base, target, child_only, env):
+    import os, sys
     class UserDirectoryRefused(Exception):
         pass
-    base = os.path.realpath(base)
-    target = os.path.realpath(os.path.join(base, user))
-    if os.path.dirname(target) != base:
-        raise UserDirectoryRefused("user directory %r is not inside %r" % (target, base))
-    os.makedirs(target, exist_ok=True)
-    os.chdir(target)
+    if target is not None:
+        base = os.path.realpath(base)
+        target = os.path.realpath(os.path.join(base, target))
+        if child_only:
+            inside = os.path.dirname(target) == base
+        else:
+            inside = target != base and os.path.commonpath([base, target]) == base
+        if not inside:
+            raise UserDirectoryRefused("directory %r is not inside %r" % (target, base))
+    sys._jkp_set_up = True
+    if target is not None:
+        os.makedirs(target, exist_ok=True)
+        os.chdir(target)
+    os.environ.update(env)
 try:
-    __jkp_enter_user_dir({working_dir}, {user_id})
+    __jkp_set_up({working_dir}, {target}, {child_only}, {env})
 finally:
-    del __jkp_enter_user_dir
+    del __jkp_set_up
 """
 
 # Run once in each new kernel before it is pooled: a fresh IPython kernel's first execute
@@ -65,19 +73,43 @@ def validate_user_id(value: object) -> str:
     return value
 
 
-def enter_user_dir_code(working_dir: str, user_id: str) -> str:
-    """Python code that makes ``<working_dir>/<user_id>`` in the kernel and moves into it."""
-    # A validated userId is ASCII, where JSON and Python literals agree; working_dir may hold
-    # any character, and only repr() round-trips all of them (JSON splits astral characters).
-    return _ENTER_USER_DIR.format(
-        working_dir=repr(working_dir), user_id=json.dumps(validate_user_id(user_id))
+def enter_user_dir_code(working_dir: str, user_id: str, env: dict[str, str] | None = None) -> str:
+    """Python code that makes ``<working_dir>/<user_id>`` in the kernel, moves into it, and
+    sets ``env`` in its ``os.environ``."""
+    return set_up_code(working_dir, validate_user_id(user_id), child_only=True, env=env)
+
+
+def set_up_code(
+    working_dir: str,
+    target: str | None,
+    child_only: bool = False,
+    env: dict[str, str] | None = None,
+) -> str:
+    """Python code that moves the kernel into ``target`` (made if missing; absolute, or
+    relative to ``working_dir``; None: it stays where it is), refused unless it resolves inside
+    ``working_dir``, then sets ``env`` in the kernel's ``os.environ``.
+
+    Only repr() of str round-trips every character as a Python literal (JSON splits astral
+    characters), so every value goes in as repr() of a str or of a dict of str.
+    """
+    env = dict(env or {})
+    for name, value in env.items():
+        if not isinstance(name, str) or not isinstance(value, str):
+            raise TypeError("env names and values must be strings")
+    return _SET_UP.format(
+        working_dir=repr(working_dir),
+        target=repr(target),
+        child_only=repr(bool(child_only)),
+        env=repr(env),
     )
 
 
 def set_up_not_begun_expression(working_dir: str) -> str:
-    """A Python expression, true in a kernel that no set-up has moved into a user's directory
-    (its current directory is not a direct child of ``working_dir``)."""
+    """A Python expression, true in a kernel that no set-up has changed: it carries no set-up
+    mark and its current directory is not a direct child of ``working_dir`` (a kernel set up
+    by a jkp from before the mark)."""
     return (
+        "not getattr(__import__('sys'), '_jkp_set_up', False) and "
         "__import__('os').path.dirname(__import__('os').getcwd()) != "
         f"__import__('os').path.realpath({working_dir!r})"
     )

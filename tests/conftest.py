@@ -239,7 +239,8 @@ async def jkp_factory(shared_dir):
 
 
 async def run_in_kernel(gateway, kernel_id, code, timeout=30, ca_file=None):
-    """Run ``code`` in a kernel through EG's websocket, as a user's client would; its stdout."""
+    """Run ``code`` in a kernel through a gateway's websocket (EG's, or jkp's bridge), as a
+    user's client would; its stdout."""
     import asyncio
 
     from jupyter_client.jsonutil import json_default
@@ -258,7 +259,8 @@ async def run_in_kernel(gateway, kernel_id, code, timeout=30, ca_file=None):
     )
     msg["channel"] = "shell"
     ws_url = gateway.url.replace("http", "ws", 1) + f"/api/kernels/{kernel_id}/channels"
-    headers = {"Authorization": f"token {gateway.auth_token}"} if gateway.auth_token else {}
+    token = getattr(gateway, "auth_token", "")
+    headers = {"Authorization": f"token {token}"} if token else {}
     conn = await websocket_connect(HTTPRequest(ws_url, headers=headers, ca_certs=ca_file))
     stdout, status, idle = [], None, False
     try:

@@ -1,6 +1,7 @@
-"""userId validation and the code that moves a kernel into the user's directory."""
+"""userId validation and the set-up code that binds a kernel: directory and environment."""
 
 import ast
+import json
 import os
 import subprocess
 import sys
@@ -9,7 +10,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from jkp.user import USER_ID_PATTERN, InvalidUserId, enter_user_dir_code, validate_user_id
+from jkp.user import (
+    USER_ID_PATTERN,
+    InvalidUserId,
+    enter_user_dir_code,
+    set_up_code,
+    validate_user_id,
+)
 
 SAFE_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.@-"
 
@@ -67,7 +74,7 @@ def _shape_and_arguments(code):
         for node in ast.walk(tree)
         if isinstance(node, ast.Expr)
         and isinstance(node.value, ast.Call)
-        and getattr(node.value.func, "id", "") == "__jkp_enter_user_dir"
+        and getattr(node.value.func, "id", "") == "__jkp_set_up"
     ]
     assert len(calls) == 1
     arguments = [ast.literal_eval(arg) for arg in calls[0].args]
@@ -82,8 +89,53 @@ def _shape_and_arguments(code):
 def test_user_id_reaches_the_kernel_only_as_a_literal(user_id, working_dir):
     shape, arguments = _shape_and_arguments(enter_user_dir_code(working_dir, user_id))
     reference_shape, _ = _shape_and_arguments(enter_user_dir_code("/w", "u"))
-    assert arguments == [working_dir, user_id]
+    assert arguments == [working_dir, user_id, True, {}]
     assert shape == reference_shape
+
+
+# What a client may send as env: any text, quotes, backslashes, newlines, non-ASCII, long.
+env_texts = st.one_of(
+    st.text(max_size=64),
+    st.sampled_from(["'", '"', "\\", "\n", "'''", '"""', "\\'", "é€𝄞", "${x}", "$(id)", "\x00"]),
+    st.text(min_size=4096, max_size=4096, alphabet=st.characters(codec="utf-8")),
+)
+
+
+@given(
+    st.dictionaries(env_texts, env_texts, max_size=4),
+    st.one_of(st.none(), st.text(max_size=200)),
+    st.text(min_size=1, max_size=100).map(lambda s: "/" + s),
+)
+def test_env_and_directory_reach_the_kernel_only_as_literals(env, target, working_dir):
+    """Whatever a gateway create sends, the set-up code is the same program with other
+    constant arguments: nothing a client sends becomes code."""
+    shape, arguments = _shape_and_arguments(set_up_code(working_dir, target, env=env))
+    reference_shape, _ = _shape_and_arguments(set_up_code("/w", None))
+    assert arguments == [working_dir, target, False, env]
+    assert shape == reference_shape
+
+
+def test_set_up_code_sets_env_values_exactly(tmp_path):
+    env = {
+        "KERNEL_QUOTES": "'\"'''\"\"\"",
+        "KERNEL_BACKSLASH": "\\n\\",
+        "KERNEL_NEWLINE": "a\nb",
+        "KERNEL_UNICODE": "é€𝄞",
+        "KERNEL_LONG": "x" * 4096,
+        "KERNEL_CODE": "__import__('os').system('touch pwned')",
+    }
+    code = set_up_code(str(tmp_path), None, env=env)
+    result = subprocess.run(
+        [sys.executable, "-c", code + "\nimport json, os; print(json.dumps(dict(os.environ)))"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 0, result.stderr
+    seen = json.loads(result.stdout)
+    assert {name: seen[name] for name in env} == env
+    assert not (tmp_path / "pwned").exists()
 
 
 def run_in_python(code, cwd):
@@ -110,5 +162,20 @@ def test_set_up_code_refuses_a_symlink_leading_out_of_working_dir(tmp_path):
     outside.mkdir()
     os.symlink(outside, share / "zt")
     result = run_in_python(enter_user_dir_code(str(share), "zt"), cwd=tmp_path)
+    assert result.returncode != 0
+    assert "UserDirectoryRefused" in result.stderr
+
+
+def test_gateway_set_up_enters_a_nested_directory_inside_working_dir(tmp_path):
+    result = run_in_python(set_up_code(str(tmp_path), str(tmp_path / "alice" / "p")), tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == str(tmp_path / "alice" / "p")
+
+
+@pytest.mark.parametrize("target", ["/", "..", ".", "/etc"])
+def test_gateway_set_up_refuses_directories_not_inside_working_dir(tmp_path, target):
+    share = tmp_path / "share"
+    share.mkdir()
+    result = run_in_python(set_up_code(str(share), target), cwd=tmp_path)
     assert result.returncode != 0
     assert "UserDirectoryRefused" in result.stderr

@@ -23,6 +23,18 @@ def api_error(status: int, message: str, reason: str) -> web.HTTPError:
     return web.HTTPError(status, "%s", message, reason=reason)
 
 
+def token_authenticated(headers: Any, expected: str | None, query_token: str = "") -> bool:
+    """True when no token is configured, or the request carries it: in ``Authorization:
+    token <t>`` (or ``Bearer <t>``), or as ``query_token`` where a handler accepts one."""
+    if not expected:
+        return True
+    scheme, _, token = headers.get("Authorization", "").partition(" ")
+    if scheme.lower() not in _AUTH_SCHEMES:
+        token = query_token
+    # Constant time, so the comparison does not reveal how much of a guess was right.
+    return bool(token) and hmac.compare_digest(token.strip().encode(), expected.encode())
+
+
 @web.stream_request_body
 class APIHandler(web.RequestHandler):
     """A JSON API handler: every answer, errors included, is a JSON object.
@@ -64,14 +76,7 @@ class APIHandler(web.RequestHandler):
     @property
     def authenticated(self) -> bool:
         """True when no token is configured, or the request carries it."""
-        expected = self.settings.get("auth_token")
-        if not expected:
-            return True
-        scheme, _, token = self.request.headers.get("Authorization", "").partition(" ")
-        if scheme.lower() not in _AUTH_SCHEMES:
-            return False
-        # Constant time, so the comparison does not reveal how much of a guess was right.
-        return hmac.compare_digest(token.strip().encode(), expected.encode())
+        return token_authenticated(self.request.headers, self.settings.get("auth_token"))
 
     @classmethod
     def allowed_methods(cls) -> list[str]:

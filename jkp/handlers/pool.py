@@ -52,6 +52,12 @@ class PopHandler(APIHandler):
             pool = self.pools.get(kernel_name)
         except UnknownPoolError as e:
             raise api_error(400, str(e), "Unknown kernelName") from e
+        env = None
+        if "env" in body:
+            try:
+                env = self.settings["kernels"].pop_env(pool, body["env"])
+            except ValueError as e:
+                raise api_error(400, str(e), "Invalid env") from e
         key = self.request.headers.get("Idempotency-Key")
         if key is not None and not IDEMPOTENCY_KEY_PATTERN.fullmatch(key):
             raise api_error(
@@ -61,7 +67,7 @@ class PopHandler(APIHandler):
             )
         try:
             # The pool checks the userId before it takes anything.
-            model = await pool.pop(body["userId"], key, self._client_gone)
+            model = await pool.pop(body["userId"], key, self._client_gone, env)
         except InvalidUserId as e:
             raise api_error(400, str(e), "Invalid userId") from e
         except PopAbandonedError:

@@ -46,6 +46,31 @@ class ShellReply:
     idle_at: str | None
 
 
+@dataclasses.dataclass(frozen=True)
+class Forwarded:
+    """EG's answer to a request passed through as it came: status, headers kept, body."""
+
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        """The body as JSON; None when it is empty or not JSON."""
+        try:
+            return json.loads(self.body) if self.body else None
+        except ValueError:
+            return None
+
+
+# Of EG's answers, the headers a client of a passed-through request gets.
+_FORWARDED_RESPONSE_HEADERS = ("Content-Type", "Location", "Cache-Control", "Last-Modified", "Etag")
+# Of a client's request, the headers EG gets (jkp's own Authorization stays with jkp).
+_FORWARDED_REQUEST_HEADERS = ("Content-Type", "Accept", "If-None-Match", "If-Modified-Since")
+# Kernel messages can be large (a 10 MB output, buffers): tornado's 10 MiB default would cut
+# a kernel's websocket; EG has no limit of its own.
+MAX_WEBSOCKET_MESSAGE_BYTES = 1 << 30
+
+
 class KernelReplyError(GatewayError):
     """The kernel answered a request with ``status: error``."""
 
@@ -185,14 +210,80 @@ class GatewayClient(LoggingConfigurable):
             raise GatewayError(f"EG {method} {path}: {e}") from e
         return json.loads(response.body) if response.body else None
 
+    async def forward(
+        self,
+        method: str,
+        path: str,
+        query: str = "",
+        body: bytes | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> Forwarded:
+        """Pass one client request to EG as it came; EG's answer, error statuses included.
+
+        Raises GatewayError only when EG cannot be reached or does not answer in time.
+        """
+        options = self._request_options()
+        for name in _FORWARDED_REQUEST_HEADERS:
+            if headers and name in headers:
+                options["headers"][name] = headers[name]
+        url = self.url + path + (f"?{query}" if query else "")
+        request = HTTPRequest(
+            url,
+            method=method,
+            body=body if body or method in ("POST", "PUT", "PATCH") else None,
+            request_timeout=self.request_timeout,
+            allow_nonstandard_methods=True,
+            follow_redirects=False,
+            **options,
+        )
+        try:
+            response = await AsyncHTTPClient().fetch(request, raise_error=False)
+        except ConnectionRefusedError as e:
+            raise GatewayError(f"EG {method} {path}: {e}", refused=True) from e
+        except OSError as e:
+            raise GatewayError(f"EG {method} {path}: {e}") from e
+        if response.code == 599:
+            raise GatewayError(f"EG {method} {path}: {response.error}")
+        kept = {
+            n: response.headers[n] for n in _FORWARDED_RESPONSE_HEADERS if n in response.headers
+        }
+        return Forwarded(response.code, kept, response.body or b"")
+
+    async def connect_channels(
+        self, kernel_id: str, query: str = "", subprotocols: list[str] | None = None
+    ) -> WebSocketClientConnection:
+        """Open a client's websocket to a kernel's channels on EG, with the client's query
+        (``session_id``) and subprotocols; the connection's ``selected_subprotocol`` is EG's
+        choice. GatewayError (with EG's status when it answered one) when EG refuses it."""
+        url = f"{self.ws_url}/api/kernels/{quote(kernel_id)}/channels"
+        request = HTTPRequest(
+            url + (f"?{query}" if query else ""),
+            request_timeout=self.request_timeout,
+            **self._request_options(),
+        )
+        try:
+            return await websocket_connect(
+                request,
+                subprotocols=subprotocols or None,
+                max_message_size=MAX_WEBSOCKET_MESSAGE_BYTES,
+            )
+        except HTTPClientError as e:
+            status = None if e.code == 599 else e.code
+            raise GatewayError(f"EG websocket of kernel {kernel_id}: {e}", status) from e
+        except (OSError, WebSocketError) as e:
+            raise GatewayError(f"EG websocket of kernel {kernel_id}: {e}") from e
+
     async def ping(self) -> dict[str, Any]:
         """EG's version info: proves it answers."""
         return await self._request("GET", "/api")
 
     async def kernel_specs(self) -> set[str]:
         """The names of the kernel specs EG offers."""
-        specs = await self._request("GET", "/api/kernelspecs")
-        return set((specs or {}).get("kernelspecs", {}))
+        return set((await self.kernel_spec_models()).get("kernelspecs", {}))
+
+    async def kernel_spec_models(self) -> dict[str, Any]:
+        """EG's ``/api/kernelspecs``: its ``default`` spec name and its ``kernelspecs``."""
+        return await self._request("GET", "/api/kernelspecs") or {}
 
     async def start_kernel(self, kernel_name: str, env: dict[str, str]) -> dict[str, Any]:
         """Ask EG to start a kernel; returns its model (usually still ``starting``)."""
@@ -375,7 +466,7 @@ class KernelChannel:
         why = f"EG closed the websocket of kernel {self.kernel_id}"
         try:
             while True:
-                _ack_quickly(self._conn)
+                ack_quickly(self._conn)
                 raw = await self._conn.read_message()
                 if raw is None:
                     return
@@ -439,7 +530,7 @@ def _kernel_ended(message: dict[str, Any]) -> bool:
     )
 
 
-def _ack_quickly(conn: WebSocketClientConnection) -> None:
+def ack_quickly(conn: WebSocketClientConnection) -> None:
     """Ask Linux to acknowledge the next segment at once (TCP_QUICKACK resets after use).
 
     EG never sets TCP_NODELAY on kernel websockets, so after its first small frame Nagle holds

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
+from typing import Any
 
 from jkp.services.store import Idempotency
 
@@ -51,16 +52,30 @@ class PopAbandonedError(Exception):
 class Handout:
     """One pop in progress: for whom, until when, and whether its caller is still there."""
 
+    # Whom the kernel is handed to: the pop's userId, or a gateway create's KERNEL_USERNAME.
     user_id: str
+    # The Python the kernel runs before it is handed over (jkp.user.set_up_code).
+    set_up_code: str
     deadline: float  # event loop time
     client_gone: asyncio.Event
     idempotency: Idempotency | None = None
+    # The latest a kernel may be claimed, when sooner than the deadline (a gateway create
+    # waits only briefly for one before it starts cold).
+    claim_deadline: float | None = None
+    # A gateway create's client-side kernel id and its binding, stored with the hand-over.
+    alias: str = ""
+    binding: dict[str, Any] | None = None
     # Whether it found its pool empty and waited for a kernel (a miss, not a hit).
     waited: bool = False
 
     def remaining(self) -> float:
         """Seconds left until the pop's deadline."""
         return self.deadline - asyncio.get_running_loop().time()
+
+    def claim_remaining(self) -> float:
+        """Seconds left to claim a kernel in."""
+        deadline = self.deadline if self.claim_deadline is None else self.claim_deadline
+        return min(deadline, self.deadline) - asyncio.get_running_loop().time()
 
     def timeout(self, seconds: float) -> float:
         """``seconds``, cut to what is left of the pop's deadline."""

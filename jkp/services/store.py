@@ -9,6 +9,8 @@ state lives under keys derived from it (see docs/redis.md):
 - ``<key>:handed``    hash, kernel id -> {user_id, handed_at}: kernels handed out that EG still has
 - ``<key>:retiring``  hash, kernel id -> time: kernels taken out of the pool, to shut down on EG
 - ``<key>:idempotency:<k>``  string with expiry: the pop that used idempotency key ``k``
+- ``<JKP_REDIS_KEY>:aliases``  hash, shared by all pools: the gateway's kernel aliases
+  (jkp.services.aliases)
 
 Every move between them is one Lua script, so a kernel is always in exactly one place.
 """
@@ -26,6 +28,7 @@ from traitlets import Any as AnyTrait
 from traitlets import Dict, default
 from traitlets.config import LoggingConfigurable
 
+from jkp.services.aliases import AliasStore
 from jkp.traits import EnvInt, EnvUnicode
 
 # Redis server time in seconds, so leases do not depend on the replicas' clocks.
@@ -221,21 +224,59 @@ local function held_by(claims, id, replica)
 end
 """
 
-# Replica ARGV[3]'s claim becomes a hand-out; an idempotency record (KEYS[3]) keeps the model.
+# Replica ARGV[3]'s claim becomes a hand-out; an idempotency record (KEYS[4], when ARGV[4] is a
+# model) keeps the model; a gateway create's binding (ARGV[7]) is kept under the id its client
+# knows the kernel by (ARGV[6]) in the aliases hash (KEYS[3]), in the same step.
 _HAND_OVER = (
     _NOW
     + _CLAIM_HOLDER
     + """
 if not held_by(KEYS[1], ARGV[1], ARGV[3]) then return 0 end
 redis.call('HDEL', KEYS[1], ARGV[1])
-redis.call('HSET', KEYS[2], ARGV[1], cjson.encode({user_id = ARGV[2], handed_at = now}))
-if KEYS[3] then
+local handed = {user_id = ARGV[2], handed_at = now}
+if ARGV[6] ~= '' then
+  handed['alias'] = ARGV[6]
+  redis.call('HSET', KEYS[3], ARGV[6], ARGV[7])
+end
+redis.call('HSET', KEYS[2], ARGV[1], cjson.encode(handed))
+if ARGV[4] ~= '' then
   local record = {user_id = ARGV[2], kernel_id = ARGV[1], model = ARGV[4]}
-  redis.call('SET', KEYS[3], cjson.encode(record), 'PX', ARGV[5])
+  redis.call('SET', KEYS[4], cjson.encode(record), 'PX', ARGV[5])
 end
 return 1
 """
 )
+
+# Handed-out kernels (ARGV) that EG no longer has are forgotten, with the alias each was bound
+# to (KEYS[2]) while that alias still names it.
+_FORGET_HANDED = """
+for _, id in ipairs(ARGV) do
+  local handed = redis.call('HGET', KEYS[1], id)
+  if handed then
+    local alias = cjson.decode(handed)['alias']
+    if alias then
+      local binding = redis.call('HGET', KEYS[2], alias)
+      if binding and cjson.decode(binding)['kernel_id'] == id then
+        redis.call('HDEL', KEYS[2], alias)
+      end
+    end
+    redis.call('HDEL', KEYS[1], id)
+  end
+end
+return 1
+"""
+
+# The pool's kernels that no client may see: idle, being started, claimed, retiring.
+_UNHANDED_IDS = """
+local ids = {}
+for _, model in ipairs(redis.call('LRANGE', KEYS[1], 0, -1)) do
+  table.insert(ids, cjson.decode(model)['id'])
+end
+for _, id in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do table.insert(ids, id) end
+for _, id in ipairs(redis.call('HKEYS', KEYS[3])) do table.insert(ids, id) end
+for _, id in ipairs(redis.call('HKEYS', KEYS[4])) do table.insert(ids, id) end
+return ids
+"""
 
 # A claim that ends without a hand-out: back to the pop end of the idle list ("release") or to
 # the retiring set ("retire"), if replica ARGV[5] holds it ('' for any). The pop's idempotency
@@ -337,9 +378,11 @@ def _derived_key(suffix: str, what: str) -> property:
 
 @dataclass(frozen=True)
 class PoolKeys:
-    """The Redis keys of one pool, all derived from its idle-list key (see docs/redis.md)."""
+    """The Redis keys of one pool, all derived from its idle-list key (see docs/redis.md), and
+    the aliases hash all pools share."""
 
     idle: str
+    aliases: str = ""
 
     starting = _derived_key("starting", "kernel id -> start lease expiry")
     start_owners = _derived_key("start-owners", "kernel id -> the replica starting it")
@@ -419,6 +462,8 @@ class PoolStore:
         self._expired_starting = client.register_script(_EXPIRED_STARTING)
         self._stale_claims = client.register_script(_STALE_CLAIMS)
         self._counts = client.register_script(_COUNTS)
+        self._forget_handed = client.register_script(_FORGET_HANDED)
+        self._unhanded_ids = client.register_script(_UNHANDED_IDS)
 
     async def reserve_start(
         self, kernel_id: str, target: int, lease_seconds: float, replica: str = "", spec: str = ""
@@ -558,17 +603,23 @@ class PoolStore:
         user_id: str,
         model: dict[str, Any] | None = None,
         ttl_seconds: float = 0,
+        alias: str = "",
+        binding: dict[str, Any] | None = None,
     ) -> bool:
         """Record the claimed kernel as handed to ``user_id``; it never returns to the pool.
 
         With an idempotency key, ``model`` is kept ``ttl_seconds`` for pops that repeat it.
+        With ``alias``, ``binding`` is stored under it in the aliases hash in the same step.
         """
         k = self.keys
-        keys = [k.claimed, k.handed]
-        args: list[Any] = [claim.kernel_id, user_id, claim.replica]
+        idempotency_key = k.idempotency(claim.idempotency.key if claim.idempotency else "-")
+        keys = [k.claimed, k.handed, k.aliases, idempotency_key]
+        args: list[Any] = [claim.kernel_id, user_id, claim.replica, "", 0, alias, ""]
         if claim.idempotency is not None:
-            keys.append(k.idempotency(claim.idempotency.key))
-            args += [json.dumps(model or claim.model), max(int(ttl_seconds * 1000), 1)]
+            args[3] = json.dumps(model or claim.model)
+            args[4] = max(int(ttl_seconds * 1000), 1)
+        if alias:
+            args[6] = json.dumps(binding or {})
         return bool(await self._hand_over(keys=keys, args=args))
 
     async def release(self, claim: Claim) -> bool:
@@ -652,9 +703,17 @@ class PoolStore:
         return int(cursor), [_text(k) for k in page]
 
     async def forget_handed(self, kernel_ids: list[str]) -> None:
-        """Drop handed-out kernels that EG no longer has (shut down by their user, or culled)."""
+        """Drop handed-out kernels that EG no longer has (shut down by their user, or culled),
+        and the aliases they were bound to."""
         if kernel_ids:
-            await self.client.hdel(self.keys.handed, *kernel_ids)
+            await self._forget_handed(keys=[self.keys.handed, self.keys.aliases], args=kernel_ids)
+
+    async def unhanded_ids(self) -> set[str]:
+        """The ids of the pool's kernels that are not handed out: idle, starting, claimed,
+        retiring."""
+        k = self.keys
+        ids = await self._unhanded_ids(keys=[k.idle, k.starting, k.claimed, k.retiring])
+        return {_text(i) for i in ids}
 
     async def counts(self) -> dict[str, int]:
         """How many kernels are idle, starting (live leases), being handed out, handed out."""
@@ -725,7 +784,16 @@ class RedisStore(LoggingConfigurable):
 
     def pool(self, key: str | None = None) -> PoolStore:
         """The store of the pool whose idle list is at ``key`` (default: the ``key`` trait)."""
-        return PoolStore(self.client, PoolKeys(key or self.key))
+        return PoolStore(self.client, PoolKeys(key or self.key, self.aliases_key))
+
+    @property
+    def aliases_key(self) -> str:
+        """The hash of the gateway's kernel aliases, shared by all pools."""
+        return f"{self.key}:aliases"
+
+    def aliases(self) -> AliasStore:
+        """The store of the gateway's kernel aliases."""
+        return AliasStore(self.client, self.aliases_key)
 
     async def close(self) -> None:
         """Close the connections to Redis."""

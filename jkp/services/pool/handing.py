@@ -28,7 +28,7 @@ from jkp.services.pool.common import (
 )
 from jkp.services.pool.filling import Filler
 from jkp.services.store import Claim, Idempotency, IdempotencyPending, Replay
-from jkp.user import USER_DIR_REFUSED, enter_user_dir_code, validate_user_id
+from jkp.user import USER_DIR_REFUSED, enter_user_dir_code, set_up_code
 
 # How often a pop waiting on an empty pool looks again for a kernel another replica pooled.
 _EMPTY_POOL_POLL = 0.1
@@ -53,13 +53,15 @@ class HandingOut(PoolPart):
         user_id: str,
         idempotency_key: str | None = None,
         client_gone: asyncio.Event | None = None,
+        env: dict[str, str] | None = None,
     ) -> dict[str, Any]:
         """Hand one idle kernel to ``user_id``, in ``<working_dir>/<user_id>``; its EG model.
 
         Everything it waits on shares one deadline, ``pop_timeout``. With ``idempotency_key``,
         a pop that repeats an earlier one of the same user gets that pop's model again. When
         ``client_gone`` is set (the caller hung up), the pop stops at its next step and the
-        kernel goes back to the pool, or is shut down once its set-up has begun.
+        kernel goes back to the pool, or is shut down once its set-up has begun. ``env`` is
+        set in the kernel's ``os.environ`` by the set-up.
 
         Raises PoolEmptyError when no kernel is ready in time, GatewayError when EG fails (the
         kernel taken goes back to the pool), RedisError when Redis does, UserDirectoryError when
@@ -68,7 +70,54 @@ class HandingOut(PoolPart):
         ShuttingDownError once ``close()`` was called. InvalidUserId, before anything else,
         when ``user_id`` is not one safe path segment (that is not a pop: it is not counted).
         """
-        user_id = validate_user_id(user_id)
+        code = enter_user_dir_code(self.options.working_dir, user_id, env)
+        return await self._serve(
+            user_id,
+            code,
+            client_gone,
+            idempotency=(
+                None if idempotency_key is None else Idempotency(idempotency_key, uuid.uuid4().hex)
+            ),
+        )
+
+    async def bind(
+        self,
+        user_name: str,
+        working_dir: str | None,
+        env: dict[str, str],
+        alias: str,
+        binding: dict[str, Any],
+        claim_wait: float,
+        client_gone: asyncio.Event | None = None,
+    ) -> dict[str, Any]:
+        """A gateway create served warm: hand an idle kernel to ``user_name``, moved into
+        ``working_dir`` (None: left where it is) with ``env`` set, and record ``binding``
+        under ``alias`` with the hand-over; the kernel's EG model.
+
+        It waits at most ``claim_wait`` seconds for an idle kernel (PoolEmptyError then, so
+        the create can go to EG cold); otherwise as ``pop``.
+        """
+        code = set_up_code(self.options.working_dir, working_dir, env=env)
+        return await self._serve(
+            user_name,
+            code,
+            client_gone,
+            claim_wait=claim_wait,
+            alias=alias,
+            binding=binding,
+        )
+
+    async def _serve(
+        self,
+        user_id: str,
+        code: str,
+        client_gone: asyncio.Event | None,
+        idempotency: Idempotency | None = None,
+        claim_wait: float | None = None,
+        alias: str = "",
+        binding: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """One hand-out under one deadline, counted in jkp_pops_total by its outcome."""
         loop = asyncio.get_running_loop()
         started, outcome = loop.time(), "error"
         self._active_pops += 1
@@ -77,13 +126,13 @@ class HandingOut(PoolPart):
                 raise ShuttingDownError("jkp is shutting down")
             handout = Handout(
                 user_id=user_id,
+                set_up_code=code,
                 deadline=started + self.options.pop_timeout,
                 client_gone=client_gone or asyncio.Event(),
-                idempotency=(
-                    None
-                    if idempotency_key is None
-                    else Idempotency(idempotency_key, uuid.uuid4().hex)
-                ),
+                idempotency=idempotency,
+                claim_deadline=None if claim_wait is None else started + claim_wait,
+                alias=alias,
+                binding=binding,
             )
             model, outcome = await self._pop(handout)
             if handout.waited:
@@ -147,7 +196,12 @@ class HandingOut(PoolPart):
                     self.retirer.retire_soon(claim.kernel_id, "caller left during its set-up")
                 handout.check_client()
             ttl = self.options.idempotency_ttl
-            handed = await self.store.hand_over(claim, handout.user_id, model, ttl)
+            alias, binding = "", None
+            if handout.binding is not None:
+                # A gateway create: its client knows the kernel by its own id, or by ours.
+                alias = handout.alias or claim.kernel_id
+                binding = {**handout.binding, "kernel_id": claim.kernel_id}
+            handed = await self.store.hand_over(claim, handout.user_id, model, ttl, alias, binding)
             step("hand_over")
             if handed:
                 # Its set-up closed the websocket it used; a reconcile or activation running
@@ -197,9 +251,11 @@ class HandingOut(PoolPart):
                     return claim
                 handout.waited = True
                 self.filler.refill()  # a user is waiting: start a kernel now
-            remaining = handout.remaining()
+            remaining = handout.claim_remaining()
             if remaining <= 0:
-                raise PoolEmptyError(f"no idle kernel within {self.options.pop_timeout:g}s")
+                if handout.claim_deadline is None:
+                    raise PoolEmptyError(f"no idle kernel within {self.options.pop_timeout:g}s")
+                raise PoolEmptyError("no idle kernel within the gateway's pool wait")
             await self.filler.wait_for_kernel(min(remaining, _EMPTY_POOL_POLL))
 
     async def _set_up(self, claim: Claim, handout: Handout) -> dict[str, Any] | None:
@@ -218,7 +274,7 @@ class HandingOut(PoolPart):
         SetUpError raised at once, rather than spending the pool on a broken share.
         """
         kernel_id = claim.kernel_id
-        code = enter_user_dir_code(self.options.working_dir, handout.user_id)
+        code = handout.set_up_code
         # Part of the time is kept back for asking EG whose fault a timeout was.
         budget = handout.timeout(self.options.kernel_request_timeout)
         verdict_time = min(_VERDICT_TIME_MAX, budget * _VERDICT_TIME_SHARE)

@@ -288,9 +288,14 @@ class PoolManager(LoggingConfigurable):
         user_id: str,
         idempotency_key: str | None = None,
         client_gone: asyncio.Event | None = None,
+        env: dict[str, str] | None = None,
     ) -> dict[str, Any]:
         """Hand one idle kernel to ``user_id``, in its directory; see HandingOut.pop."""
-        return await self.handing.pop(user_id, idempotency_key, client_gone)
+        return await self.handing.pop(user_id, idempotency_key, client_gone, env)
+
+    async def bind(self, **kwargs: Any) -> dict[str, Any]:
+        """Serve a gateway create warm; see HandingOut.bind."""
+        return await self.handing.bind(**kwargs)
 
     async def reconcile(self) -> None:
         """Make Redis and EG agree; see Keeper.reconcile."""

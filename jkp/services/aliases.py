@@ -1,0 +1,89 @@
+"""The gateway's kernel aliases in Redis: the id a client knows a warm kernel by -> its binding.
+
+A warm create binds a pooled kernel late to the client's own kernel id (``KERNEL_ID``), or to
+the kernel's own id when the client named none. The aliases hash keeps, per client id, the
+binding: ``{kernel_id, pool, working_dir, env}``. Every replica resolves every request through
+it, and a restart of the kernel is bound again from it. While a create is under way its
+client id holds a reservation ``{reserved_by, expires}`` instead, so two creates with the same
+id never both get a kernel. The binding itself is written by the hand-over (PoolStore).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import redis.asyncio as redis
+
+_NOW = "local t = redis.call('TIME'); local now = tonumber(t[1]) + tonumber(t[2]) / 1e6\n"
+
+# Reserve alias ARGV[1] for create ARGV[2] until ARGV[3] seconds from now, unless it is bound,
+# or reserved by a create whose reservation has not run out.
+_RESERVE = (
+    _NOW
+    + """
+local entry = redis.call('HGET', KEYS[1], ARGV[1])
+if entry then
+  entry = cjson.decode(entry)
+  if not entry['reserved_by'] or entry['expires'] > now then return 0 end
+end
+redis.call('HSET', KEYS[1], ARGV[1],
+           cjson.encode({reserved_by = ARGV[2], expires = now + tonumber(ARGV[3])}))
+return 1
+"""
+)
+
+# Drop alias ARGV[1] when it is still create ARGV[2]'s reservation, or bound to kernel ARGV[3].
+_DROP = """
+local entry = redis.call('HGET', KEYS[1], ARGV[1])
+if not entry then return 0 end
+entry = cjson.decode(entry)
+if (ARGV[2] ~= '' and entry['reserved_by'] == ARGV[2])
+   or (ARGV[3] ~= '' and entry['kernel_id'] == ARGV[3]) then
+  return redis.call('HDEL', KEYS[1], ARGV[1])
+end
+return 0
+"""
+
+
+class AliasStore:
+    """Atomic operations on the aliases hash."""
+
+    def __init__(self, client: redis.Redis, key: str):
+        self.client = client
+        self.key = key
+        self._reserve = client.register_script(_RESERVE)
+        self._drop = client.register_script(_DROP)
+
+    async def reserve(self, alias: str, create_id: str, lease_seconds: float) -> bool:
+        """Reserve ``alias`` for one create; False when it is taken (bound or reserved)."""
+        return bool(await self._reserve(keys=[self.key], args=[alias, create_id, lease_seconds]))
+
+    async def drop_reservation(self, alias: str, create_id: str) -> None:
+        """Give back a reservation that did not end in a binding."""
+        await self._drop(keys=[self.key], args=[alias, create_id, ""])
+
+    async def taken(self, alias: str) -> bool:
+        """Whether ``alias`` is bound or reserved."""
+        return bool(await self.client.hexists(self.key, alias))
+
+    async def binding(self, alias: str) -> dict[str, Any] | None:
+        """The binding of ``alias``; None when it is not bound (unknown, or still reserved)."""
+        raw = await self.client.hget(self.key, alias)
+        if raw is None:
+            return None
+        entry = json.loads(raw)
+        return entry if "kernel_id" in entry else None
+
+    async def forget(self, alias: str, kernel_id: str) -> None:
+        """Forget ``alias`` if it is still bound to ``kernel_id`` (the kernel is gone)."""
+        await self._drop(keys=[self.key], args=[alias, "", kernel_id])
+
+    async def aliases_by_kernel(self) -> dict[str, str]:
+        """Kernel id -> the alias its client knows it by, for every bound alias."""
+        shown: dict[str, str] = {}
+        for alias, raw in (await self.client.hgetall(self.key)).items():
+            entry = json.loads(raw)
+            if "kernel_id" in entry:
+                shown[entry["kernel_id"]] = alias.decode() if isinstance(alias, bytes) else alias
+        return shown

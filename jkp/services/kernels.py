@@ -1,0 +1,455 @@
+"""KernelService: Enterprise Gateway's kernels API as jkp serves it, a drop-in gateway.
+
+A create that a pool can serve is served warm: a pooled kernel is bound late to the request
+(its ``KERNEL_ID``, working directory and env) and the client knows it by the id it asked for.
+Anything else goes to EG as it came, so jkp is never worse than EG. Requests that name a kernel
+are resolved through the aliases in Redis, so any replica serves any kernel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import datetime
+import json
+import posixpath
+import uuid
+from typing import Any
+from urllib.parse import quote
+
+from redis.exceptions import RedisError
+from traitlets.config import LoggingConfigurable
+
+from jkp.services.aliases import AliasStore
+from jkp.services.gateway import Forwarded, GatewayClient, GatewayError
+from jkp.services.handout import (
+    PoolEmptyError,
+    ReplicaUnregisteredError,
+    SetUpError,
+    SetUpPausedError,
+    ShuttingDownError,
+    UserDirectoryError,
+)
+from jkp.services.pool import PoolManager
+from jkp.services.pools import PoolRegistry
+from jkp.traits import EnvBool, EnvFloat, EnvList
+from jkp.user import set_up_code
+
+# What shapes a kernel's pod and cannot change once it runs (EG's Kubernetes launcher reads them).
+START_ONLY_ENV = [
+    "KERNEL_IMAGE",
+    "KERNEL_NAMESPACE",
+    "KERNEL_VOLUMES",
+    "KERNEL_VOLUME_MOUNTS",
+    "KERNEL_UID",
+    "KERNEL_GID",
+    "KERNEL_CPUS",
+    "KERNEL_CPUS_LIMIT",
+    "KERNEL_MEMORY",
+    "KERNEL_MEMORY_LIMIT",
+    "KERNEL_GPUS",
+    "KERNEL_GPUS_LIMIT",
+    "KERNEL_SERVICE_ACCOUNT_NAME",
+    "KERNEL_POD_NAME",
+    "KERNEL_EXTRA_SPARK_OPTS",
+]
+# EG's text when a kernel id is taken; pybox looks for it to reuse the kernel.
+ALREADY_EXISTS = "Kernel already exists: {}"
+_EG_TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
+# How long a bound kernel may take to be bound again after a restart.
+_REBIND_TIMEOUT = 30.0
+
+
+class KernelRequestError(Exception):
+    """A kernels API request jkp answers itself with an error: status, message, reason."""
+
+    def __init__(self, status: int, message: str, reason: str):
+        super().__init__(message)
+        self.status = status
+        self.reason = reason
+
+
+@dataclasses.dataclass(frozen=True)
+class WarmCreate:
+    """A create a pool can serve warm, and what binds the kernel to it."""
+
+    pool: PoolManager
+    alias: str  # the client's KERNEL_ID; "" when it named none
+    user_name: str
+    working_dir: str | None
+    env: dict[str, str]
+
+
+class KernelService(LoggingConfigurable):
+    """EG's kernels API on jkp: warm creates from the pools, the rest passed through to EG."""
+
+    client_envs = EnvList(
+        [],
+        env="JKP_CLIENT_ENVS",
+        help="Env variables besides KERNEL_* that a create may set in the kernel, as EG's "
+        "client_envs (EG_CLIENT_ENVS); comma-separated in the environment",
+    ).tag(config=True)
+
+    start_only_env = EnvList(
+        START_ONLY_ENV,
+        env="JKP_START_ONLY_ENV",
+        help="Env variables that shape a kernel's pod and cannot change after it started: a "
+        "create that sets one to another value than its pool's is started cold by EG",
+    ).tag(config=True)
+
+    unauthorized_users = EnvList(
+        ["root"],
+        env="JKP_UNAUTHORIZED_USERS",
+        help="Users (KERNEL_USERNAME) refused a kernel, as EG's unauthorized_users "
+        "(EG_UNAUTHORIZED_USERS): a warm create for one answers 403; comma-separated",
+    ).tag(config=True)
+
+    authorized_users = EnvList(
+        [],
+        env="JKP_AUTHORIZED_USERS",
+        help="When not empty, the only users (KERNEL_USERNAME) given a kernel, as EG's "
+        "authorized_users (EG_AUTHORIZED_USERS); comma-separated",
+    ).tag(config=True)
+
+    impersonation = EnvBool(
+        False,
+        env="JKP_IMPERSONATION_ENABLED",
+        help="Set as EG's EG_IMPERSONATION_ENABLED: then kernels run as KERNEL_USERNAME, so a "
+        "create for another user than its pool's kernel_user_name is started cold by EG",
+    ).tag(config=True)
+
+    gateway_pool_wait = EnvFloat(
+        0.5,
+        env="JKP_GATEWAY_POOL_WAIT",
+        help="Seconds a create waits for a kernel of an empty pool before EG starts it cold",
+        min=0,
+    ).tag(config=True)
+
+    def __init__(
+        self, pools: PoolRegistry, gateway: GatewayClient, aliases: AliasStore, **kwargs: Any
+    ):
+        super().__init__(**kwargs)
+        self.pools = pools
+        self.gateway = gateway
+        self.aliases = aliases
+        self._kernel_specs: dict[str, Any] | None = None
+
+    # -- create ---------------------------------------------------------------------------
+
+    async def create(self, body: bytes, client_gone: asyncio.Event | None = None) -> Forwarded:
+        """``POST /api/kernels``: a pooled kernel bound to the request when a pool can serve
+        it, else EG's own answer to the request as it came.
+
+        KernelRequestError 403 when the user is refused (as EG would), 409 when the requested
+        kernel id exists; PopAbandonedError when the client left.
+        """
+        plan = await self._plan(body)
+        if isinstance(plan, str):
+            self.log.info("Create started cold by EG: %s", plan)
+            return await self._create_cold(body)
+        create_id = uuid.uuid4().hex
+        if plan.alias and not await self._reserve(plan, create_id):
+            raise _already_exists(plan.alias)
+        try:
+            model = await self._bind(plan, client_gone)
+        finally:
+            if plan.alias:
+                await self.aliases.drop_reservation(plan.alias, create_id)
+        if model is None:
+            return await self._create_cold(body)
+        kernel_id = plan.alias or model["id"]
+        self.log.info("Create served warm: kernel %s as %s", model["id"], kernel_id)
+        model = _shown_as(model, kernel_id)
+        headers = {"Content-Type": "application/json", "Location": f"/api/kernels/{kernel_id}"}
+        return Forwarded(201, headers, json.dumps(model).encode())
+
+    async def _plan(self, body: bytes) -> WarmCreate | str:
+        """How a create can be served warm, or why it cannot (it then goes to EG as it came).
+        KernelRequestError 403 when its user is refused."""
+        try:
+            request = json.loads(body or b"{}")
+        except ValueError:
+            return "its body is not JSON"
+        if not isinstance(request, dict):
+            return "its body is not a JSON object"
+        env = request.get("env") or {}
+        if not isinstance(env, dict) or not all(_bindable(n, v) for n, v in env.items()):
+            return "its env is not a dict of strings a kernel's os.environ can hold"
+        name = request.get("name") or await self._default_kernel_name()
+        if not isinstance(name, str) or name not in self.pools.pools:
+            return f"no pool serves kernel spec {name!r}"
+        pool = self.pools.pools[name]
+        user = env.get("KERNEL_USERNAME", pool.kernel_user_name)
+        await self._authorize(user, name)
+        if self.impersonation and user != pool.kernel_user_name:
+            return f"impersonation is on and user {user!r} is not the pool's"
+        pool_env = pool.kernel_start_env("")
+        for variable in self.start_only_env:
+            if variable in env and env[variable] != pool_env.get(variable):
+                return f"it sets {variable}, which the pool's kernels were started without"
+        alias = env.get("KERNEL_ID", "")
+        if alias and not _is_uuid(alias):
+            return "its KERNEL_ID is not a UUID"
+        target = env.get("KERNEL_WORKING_DIR") or request.get("path") or None
+        if target is not None:
+            if not isinstance(target, str) or "\x00" in target:
+                return "its path is not a string"
+            target = posixpath.normpath(posixpath.join(pool.working_dir, target))
+            if posixpath.commonpath([target, pool.working_dir]) != posixpath.normpath(
+                pool.working_dir
+            ) or target == posixpath.normpath(pool.working_dir):
+                return f"its working directory {target!r} is not inside {pool.working_dir!r}"
+        passed = {n: v for n, v in env.items() if n.startswith("KERNEL_") or n in self.client_envs}
+        return WarmCreate(pool, alias, user, target, passed)
+
+    async def _authorize(self, user: str, kernel_name: str) -> None:
+        """EG's authorization of a create's user, with EG's reason text."""
+        if user in self.unauthorized_users:
+            clause = "not authorized"
+        elif self.authorized_users and user not in self.authorized_users:
+            clause = "not in the set of users authorized"
+        else:
+            return
+        display_name = (await self._spec(kernel_name)).get("display_name")
+        kernel = f" '{display_name}'." if display_name else "s."
+        raise KernelRequestError(
+            403,
+            f"User '{user}' is {clause} to start kernel{kernel} Ensure KERNEL_USERNAME is "
+            "set to an appropriate value and retry the request.",
+            "Forbidden",
+        )
+
+    async def _reserve(self, plan: WarmCreate, create_id: str) -> bool:
+        """Reserve the client's kernel id for this create: False when it is taken here or
+        on EG. Raises GatewayError or RedisError when that cannot be told."""
+        if not await self.aliases.reserve(plan.alias, create_id, plan.pool.claim_lease):
+            return False
+        if await self.gateway.get_kernel(plan.alias, plan.pool.kernel_request_timeout) is None:
+            return True
+        await self.aliases.drop_reservation(plan.alias, create_id)
+        return False
+
+    async def _bind(
+        self, plan: WarmCreate, client_gone: asyncio.Event | None
+    ) -> dict[str, Any] | None:
+        """A pooled kernel bound to the create; None when the pool cannot serve it now."""
+        binding = {
+            "pool": plan.pool.kernel_name,
+            "working_dir": plan.working_dir,
+            "env": plan.env,
+        }
+        try:
+            return await plan.pool.bind(
+                user_name=plan.user_name,
+                working_dir=plan.working_dir,
+                env=plan.env,
+                alias=plan.alias,
+                binding=binding,
+                claim_wait=self.gateway_pool_wait,
+                client_gone=client_gone,
+            )
+        except (
+            PoolEmptyError,
+            SetUpPausedError,
+            ReplicaUnregisteredError,
+            ShuttingDownError,
+            UserDirectoryError,
+            SetUpError,
+            GatewayError,
+            RedisError,
+        ) as e:
+            self.log.info("Create not served warm (%s): %s", type(e).__name__, e)
+            return None
+
+    async def _create_cold(self, body: bytes) -> Forwarded:
+        """EG's answer to the create as it came, unless it asks for an id a warm kernel has."""
+        try:
+            env = json.loads(body or b"{}").get("env") or {}
+            alias = env.get("KERNEL_ID") if isinstance(env, dict) else None
+        except (ValueError, AttributeError):
+            alias = None
+        if isinstance(alias, str) and alias:
+            try:
+                taken = await self.aliases.taken(alias)
+            except RedisError:
+                taken = False  # EG still refuses ids it has
+            if taken:
+                raise _already_exists(alias)
+        return await self.gateway.forward(
+            "POST", "/api/kernels", body=body, headers={"Content-Type": "application/json"}
+        )
+
+    # -- requests that name a kernel ------------------------------------------------------
+
+    async def forward(
+        self,
+        method: str,
+        kernel_id: str,
+        action: str = "",
+        query: str = "",
+        body: bytes | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> Forwarded:
+        """A request for kernel ``kernel_id`` (``action``: "", "interrupt", "restart") passed
+        to EG for the kernel it names; models in the answer show the client's id.
+
+        A kernel EG no longer has, or that the client deleted, is forgotten; a restarted one
+        is bound again (directory and env) before the answer.
+        """
+        binding = await self.binding(kernel_id)
+        upstream = binding["kernel_id"] if binding else kernel_id
+        path = f"/api/kernels/{quote(upstream)}" + (f"/{action}" if action else "")
+        answer = await self.gateway.forward(method, path, query, body, headers)
+        if binding is None:
+            return answer
+        if answer.status == 404 or (method == "DELETE" and answer.status < 300):
+            await self._forget(kernel_id, binding)
+        elif action == "restart" and answer.status < 300:
+            await self._rebind(binding)
+        model = answer.json()
+        if not isinstance(model, dict) or model.get("id") != upstream:
+            return answer
+        return dataclasses.replace(answer, body=json.dumps(_shown_as(model, kernel_id)).encode())
+
+    async def binding(self, kernel_id: str) -> dict[str, Any] | None:
+        """The binding of a client's kernel id; None for ids EG knows as they are (and when
+        Redis cannot tell: a cold kernel still works then)."""
+        try:
+            return await self.aliases.binding(kernel_id)
+        except RedisError as e:
+            self.log.warning(
+                "Cannot resolve kernel %s in Redis (%s); passed as it is", kernel_id, e
+            )
+            return None
+
+    async def upstream_id(self, kernel_id: str) -> str:
+        """The id EG knows the client's kernel ``kernel_id`` by."""
+        binding = await self.binding(kernel_id)
+        return binding["kernel_id"] if binding else kernel_id
+
+    async def _forget(self, alias: str, binding: dict[str, Any]) -> None:
+        """Forget a bound kernel that is gone: its hand-out and its alias."""
+        pool = self.pools.pools.get(binding.get("pool", ""))
+        try:
+            if pool is not None:
+                await pool.store.forget_handed([binding["kernel_id"]])
+            await self.aliases.forget(alias, binding["kernel_id"])
+        except RedisError as e:
+            self.log.warning("Could not forget kernel %s in Redis: %s", alias, e)
+
+    async def _rebind(self, binding: dict[str, Any]) -> None:
+        """Bind a restarted kernel again: a restart starts its process afresh, in the pool's
+        directory and env. KernelRequestError when it cannot be."""
+        pool = self.pools.pools.get(binding.get("pool", ""))
+        if pool is None:
+            return
+        code = set_up_code(pool.working_dir, binding.get("working_dir"), env=binding.get("env"))
+        try:
+            await self.gateway.execute(binding["kernel_id"], code, _REBIND_TIMEOUT)
+        except GatewayError as e:
+            raise KernelRequestError(
+                502,
+                f"The kernel restarted, but its directory and env could not be set again: {e}",
+                "Rebind failed",
+            ) from e
+
+    async def list_kernels(self, query: str = "") -> Forwarded:
+        """EG's kernel list without the pools' own kernels (idle, starting, being handed
+        out), each shown by the id its client knows it by."""
+        answer = await self.gateway.forward("GET", "/api/kernels", query)
+        models = answer.json()
+        if answer.status != 200 or not isinstance(models, list):
+            return answer
+        try:
+            hidden: set[str] = set()
+            for pool in self.pools.pools.values():
+                hidden |= await pool.store.unhanded_ids()
+            shown = await self.aliases.aliases_by_kernel()
+        except RedisError as e:
+            raise KernelRequestError(503, f"Redis unavailable: {e}", "Store unavailable") from e
+        listed = [
+            _shown_as(m, shown.get(m.get("id"), m.get("id")))
+            for m in models
+            if isinstance(m, dict) and m.get("id") not in hidden
+        ]
+        return dataclasses.replace(answer, body=json.dumps(listed).encode())
+
+    # -- the pop API's env ----------------------------------------------------------------
+
+    def pop_env(self, pool: PoolManager, env: Any) -> dict[str, str]:
+        """A pop's ``env``, checked by the rules of a warm create; ValueError saying why not.
+
+        A pop cannot fall back to a cold start, so what a create would send to EG is refused.
+        """
+        if not isinstance(env, dict) or not all(_bindable(n, v) for n, v in env.items()):
+            raise ValueError("env must be an object of strings an environment can hold")
+        pool_env = pool.kernel_start_env("")
+        for name, value in env.items():
+            if not (name.startswith("KERNEL_") or name in self.client_envs):
+                raise ValueError(f"env {name!r} is neither KERNEL_* nor in client_envs")
+            if name in self.start_only_env and value != pool_env.get(name):
+                raise ValueError(f"env {name!r} cannot change on a started kernel")
+        return dict(env)
+
+    # -- kernel specs ---------------------------------------------------------------------
+
+    async def _default_kernel_name(self) -> str | None:
+        """EG's default kernel spec (a create without ``name`` gets it)."""
+        return (await self._specs()).get("default")
+
+    async def _spec(self, name: str) -> dict[str, Any]:
+        """Kernel spec ``name`` as EG describes it; {} when unknown."""
+        spec = (await self._specs()).get("kernelspecs", {}).get(name) or {}
+        return spec.get("spec") or {}
+
+    async def _specs(self) -> dict[str, Any]:
+        """EG's kernel specs, asked once; {} while EG cannot say."""
+        if self._kernel_specs is None:
+            try:
+                self._kernel_specs = await self.gateway.kernel_spec_models()
+            except GatewayError as e:
+                self.log.warning("Cannot read EG's kernel specs now: %s", e)
+                return {}
+        return self._kernel_specs
+
+
+def _already_exists(kernel_id: str) -> KernelRequestError:
+    return KernelRequestError(409, ALREADY_EXISTS.format(kernel_id), "Conflict")
+
+
+def _bindable(name: Any, value: Any) -> bool:
+    """Whether ``name=value`` can be set in a kernel's os.environ as it is."""
+    if not isinstance(name, str) or not isinstance(value, str) or not name:
+        return False
+    if "=" in name or "\x00" in name or "\x00" in value:
+        return False
+    try:
+        name.encode()
+        value.encode()
+    except UnicodeEncodeError:
+        return False  # a lone surrogate
+    return True
+
+
+def _is_uuid(value: str) -> bool:
+    try:
+        uuid.UUID(value)
+    except ValueError:
+        return False
+    return True
+
+
+def _shown_as(model: dict[str, Any], kernel_id: str) -> dict[str, Any]:
+    """A kernel model as its client sees it: its id, and last_activity in EG's format."""
+    model = {**model, "id": kernel_id}
+    activity = model.get("last_activity")
+    if isinstance(activity, str):
+        try:
+            when = datetime.datetime.fromisoformat(activity.replace("Z", "+00:00"))
+        except ValueError:
+            pass
+        else:
+            if when.tzinfo is not None:
+                when = when.astimezone(datetime.timezone.utc)
+            model["last_activity"] = when.strftime(_EG_TIME_FORMAT)
+    return model

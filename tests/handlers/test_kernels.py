@@ -1,0 +1,97 @@
+"""EG's kernels API on jkp (a drop-in gateway): warm creates bound late, the rest passed to EG.
+
+Real Redis, real EG, real ipykernel kernels. EG runs with EG_MIRROR_WORKING_DIRS, as jkp's
+pooled kernels would be moved, and its default kernel spec is the pooled one.
+"""
+
+import json
+import uuid
+
+import pytest
+
+from tests.conftest import run_in_kernel
+
+USER_ENV = {"KERNEL_USERNAME": "alice"}
+
+
+@pytest.fixture
+async def stack(redis_server, gateway, jkp_factory):
+    """A jkp with a pool of 2 in front of a real EG."""
+    jkp = await jkp_factory(redis_server, gateway, "--PoolManager.max_pending_kernels=2")
+    await jkp.wait_for_idle(2)
+    return jkp, gateway
+
+
+async def create(jkp, env=None, **body):
+    if env is not None:
+        body["env"] = env
+    return await jkp.request("POST", "/api/kernels", json.dumps(body))
+
+
+async def test_create_with_its_own_id_gets_a_pooled_kernel_bound_to_it(stack, shared_dir):
+    jkp, gateway = stack
+    pooled = set(await jkp.idle_ids())
+    kernel_id = str(uuid.uuid4())
+    workdir = shared_dir / "alice" / "project"
+    env = {
+        **USER_ENV,
+        "KERNEL_ID": kernel_id,
+        "KERNEL_WORKING_DIR": str(workdir),
+        "KERNEL_FOO": 'it\'s "quoted"\nand long ' + "é" * 100,
+        "NOT_PASSED": "x",
+    }
+
+    status, model = await create(jkp, env)
+
+    assert status == 201, model
+    assert model["id"] == kernel_id
+    assert model["execution_state"] == "idle"
+    upstream = set(gateway.list_kernel_ids())
+    assert kernel_id not in upstream  # EG knows it by the pooled kernel's id
+    (bound,) = pooled - set(await jkp.idle_ids())
+    assert bound in upstream
+    out = await run_in_kernel(
+        jkp,
+        kernel_id,
+        "import os; print(os.getcwd()); e = os.environ; "
+        "print(repr(e['KERNEL_FOO']), e['KERNEL_ID'], 'NOT_PASSED' in e)",
+    )
+    assert out.splitlines() == [str(workdir), f"{env['KERNEL_FOO']!r} {kernel_id} False"]
+
+    status, got = await jkp.request("GET", f"/api/kernels/{kernel_id}")
+    assert status == 200 and got["id"] == kernel_id
+    status, listed = await jkp.request("GET", "/api/kernels")
+    assert status == 200
+    assert {m["id"] for m in listed} == {kernel_id}  # idle and starting ones are not shown
+
+    status, again = await create(jkp, env)
+    assert status == 409
+    assert f"Kernel already exists: {kernel_id}" in again["message"]
+
+    status, _ = await jkp.request("DELETE", f"/api/kernels/{kernel_id}")
+    assert status == 204
+    assert bound not in gateway.list_kernel_ids()
+    status, _ = await jkp.request("GET", f"/api/kernels/{kernel_id}")
+    assert status == 404
+    assert (await jkp.store.counts())["handed"] == 0
+
+
+async def test_create_without_id_is_known_by_the_pooled_kernels_id(stack):
+    jkp, gateway = stack
+    pooled = set(await jkp.idle_ids())
+    status, model = await create(jkp, USER_ENV)
+    assert status == 201
+    assert model["id"] in pooled
+    out = await run_in_kernel(jkp, model["id"], "print(6 * 7)")
+    assert out.strip() == "42"
+
+
+async def test_a_kernel_image_other_than_the_pools_is_started_cold_by_eg(stack):
+    jkp, gateway = stack
+    pooled = set(await jkp.idle_ids())
+    status, model = await create(jkp, {**USER_ENV, "KERNEL_IMAGE": "another/image:1"})
+    assert status == 201, model
+    assert model["id"] not in pooled
+    assert set(await jkp.idle_ids()) == pooled  # the pool gave nothing
+    assert model["id"] in gateway.list_kernel_ids()
+    assert jkp.logged("Create started cold by EG: it sets KERNEL_IMAGE")
