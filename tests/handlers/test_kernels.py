@@ -95,3 +95,72 @@ async def test_a_kernel_image_other_than_the_pools_is_started_cold_by_eg(stack):
     assert set(await jkp.idle_ids()) == pooled  # the pool gave nothing
     assert model["id"] in gateway.list_kernel_ids()
     assert jkp.logged("Create started cold by EG: it sets KERNEL_IMAGE")
+
+
+async def test_a_spec_without_a_pool_is_started_cold_by_eg(
+    redis_server, gateway_factory, jkp_factory
+):
+    gateway = gateway_factory(more_kernel_names=("python_other",))
+    jkp = await jkp_factory(redis_server, gateway, "--PoolManager.max_pending_kernels=1")
+    pooled = set(await jkp.wait_for_idle(1))
+    status, model = await create(jkp, USER_ENV, name="python_other")
+    assert status == 201, model
+    assert model["name"] == "python_other"
+    assert set(await jkp.idle_ids()) == pooled
+    assert jkp.logged("Create started cold by EG: no pool serves kernel spec 'python_other'")
+
+
+async def test_an_empty_pool_waits_briefly_then_starts_the_create_cold(
+    redis_server, gateway, jkp_factory
+):
+    jkp = await jkp_factory(
+        redis_server,
+        gateway,
+        "--PoolManager.max_pending_kernels=0",
+        "--KernelService.gateway_pool_wait=0.2",
+    )
+    kernel_id = str(uuid.uuid4())
+    status, model = await create(jkp, {**USER_ENV, "KERNEL_ID": kernel_id})
+    assert status == 201, model
+    assert model["id"] == kernel_id  # EG's own kernel, started with the client's id
+    assert kernel_id in gateway.list_kernel_ids()
+    assert jkp.logged("Create not served warm (PoolEmptyError)")
+
+
+async def test_a_working_dir_outside_the_share_is_started_cold_by_eg(stack, tmp_path):
+    jkp, gateway = stack
+    pooled = set(await jkp.idle_ids())
+    outside = tmp_path / "elsewhere"
+    status, model = await create(jkp, {**USER_ENV, "KERNEL_WORKING_DIR": str(outside)})
+    assert status == 201, model
+    assert model["id"] not in pooled
+    assert set(await jkp.idle_ids()) == pooled
+
+
+async def test_pop_sets_its_env_in_the_kernel(stack, shared_dir):
+    jkp, gateway = stack
+    body = {"userId": "zt", "env": {"KERNEL_FOO": "bar\nbaz"}}
+    status, model = await jkp.request("POST", "/api/kernels/pop/", json.dumps(body))
+    assert status == 200, model
+    out = await run_in_kernel(
+        gateway, model["id"], "import os; print(repr(os.environ['KERNEL_FOO']))"
+    )
+    assert out.strip() == repr("bar\nbaz")
+
+
+@pytest.mark.parametrize(
+    "env, why",
+    [
+        ({"FOO": "x"}, "neither KERNEL_* nor in client_envs"),
+        ({"KERNEL_IMAGE": "another/image:1"}, "cannot change on a started kernel"),
+        ({"KERNEL_FOO": 1}, "object of strings"),
+        (["KERNEL_FOO"], "object of strings"),
+    ],
+)
+async def test_pop_refuses_env_a_warm_kernel_cannot_take(stack, env, why):
+    jkp, _ = stack
+    body = {"userId": "zt", "env": env}
+    status, error = await jkp.request("POST", "/api/kernels/pop/", json.dumps(body))
+    assert status == 400
+    assert error["reason"] == "Invalid env" and why in error["message"]
+    assert len(await jkp.idle_ids()) == 2

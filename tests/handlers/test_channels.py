@@ -1,0 +1,211 @@
+"""A kernel's websocket through jkp: bridged to EG's frame for frame, both ways.
+
+Real Redis, real EG, real ipykernel kernels, served warm and bound to the client's id.
+"""
+
+import asyncio
+import json
+import struct
+import uuid
+
+import pytest
+from jupyter_client.jsonutil import json_default
+from jupyter_client.session import Session
+from tornado.httpclient import HTTPRequest
+from tornado.websocket import websocket_connect
+
+from tests.conftest import run_in_kernel, wait_until
+
+
+@pytest.fixture
+async def bound(redis_server, gateway, jkp_factory, shared_dir):
+    """jkp, EG, and a kernel created warm through jkp as KERNEL_ID ``kernel_id``."""
+    jkp = await jkp_factory(redis_server, gateway, "--PoolManager.max_pending_kernels=1")
+    await jkp.wait_for_idle(1)
+    kernel_id = str(uuid.uuid4())
+    env = {
+        "KERNEL_USERNAME": "alice",
+        "KERNEL_ID": kernel_id,
+        "KERNEL_WORKING_DIR": str(shared_dir / "alice"),
+        "KERNEL_FOO": "bar",
+    }
+    status, model = await jkp.request("POST", "/api/kernels", json.dumps({"env": env}))
+    assert status == 201, model
+    return jkp, gateway, kernel_id
+
+
+class Client:
+    """A kernel client on one websocket: sends requests, collects what comes back."""
+
+    def __init__(self, conn):
+        self.conn = conn
+        self.session = Session(username="test-client")
+
+    @classmethod
+    async def connect(cls, base_url, kernel_id, **options):
+        url = base_url.replace("http", "ws", 1) + f"/api/kernels/{kernel_id}/channels"
+        return cls(await websocket_connect(HTTPRequest(url, **options), max_message_size=1 << 26))
+
+    def message(self, msg_type, content, channel="shell"):
+        msg = self.session.msg(msg_type, content)
+        msg["channel"] = channel
+        return msg
+
+    async def send(self, msg, buffers=()):
+        if buffers:
+            await self.conn.write_message(_binary(msg, buffers), binary=True)
+        else:
+            await self.conn.write_message(json.dumps(msg, default=json_default))
+        return msg["header"]["msg_id"]
+
+    async def execute(self, code):
+        content = {"code": code, "silent": False, "store_history": False, "user_expressions": {}}
+        return await self.send(self.message("execute_request", content))
+
+    async def replies(self, msg_id, timeout=30, reply_expected=True):
+        """Every message answering ``msg_id`` (frames decoded), up to its reply (when one is
+        expected: a comm message has none) and idle."""
+        got, reply, idle = [], None if reply_expected else True, False
+        async with asyncio.timeout(timeout):
+            while reply is None or not idle:
+                frame = await self.conn.read_message()
+                assert frame is not None, "websocket closed"
+                msg, buffers = _decode(frame)
+                if msg["parent_header"].get("msg_id") != msg_id:
+                    continue
+                got.append((msg, buffers, isinstance(frame, bytes)))
+                if msg["msg_type"].endswith("_reply"):
+                    reply = msg
+                elif msg["msg_type"] == "status":
+                    idle = msg["content"]["execution_state"] == "idle"
+        return got
+
+    async def run(self, code):
+        """stdout and the execute_reply's content."""
+        got = await self.replies(await self.execute(code))
+        out = "".join(m["content"]["text"] for m, _, _ in got if m["msg_type"] == "stream")
+        (reply,) = [m["content"] for m, _, _ in got if m["msg_type"] == "execute_reply"]
+        return out, reply
+
+
+def _binary(msg, buffers):
+    """Jupyter's websocket binary frame: count, offsets, the JSON message, its buffers."""
+    parts = [json.dumps(msg, default=json_default).encode(), *buffers]
+    offsets = [4 * (len(parts) + 1)]
+    for part in parts[:-1]:
+        offsets.append(offsets[-1] + len(part))
+    return struct.pack(f"!{len(parts) + 1}I", len(parts), *offsets) + b"".join(parts)
+
+
+def _decode(frame):
+    if isinstance(frame, str):
+        return json.loads(frame), []
+    (count,) = struct.unpack("!I", frame[:4])
+    offsets = [*struct.unpack(f"!{count}I", frame[4 : 4 * (count + 1)]), len(frame)]
+    parts = [frame[offsets[i] : offsets[i + 1]] for i in range(count)]
+    return json.loads(parts[0]), parts[1:]
+
+
+async def test_a_10_mb_output_comes_through_whole(bound):
+    jkp, _, kernel_id = bound
+    client = await Client.connect(jkp.url, kernel_id)
+    try:
+        out, reply = await client.run("print('x' * 10_000_000)")
+    finally:
+        client.conn.close()
+    assert reply["status"] == "ok"
+    assert out == "x" * 10_000_000 + "\n"
+
+
+async def test_binary_buffers_go_both_ways(bound):
+    jkp, _, kernel_id = bound
+    client = await Client.connect(jkp.url, kernel_id)
+    try:
+        # The kernel echoes a comm's buffers back on a comm of its own.
+        _, reply = await client.run(
+            "def _echo(comm, msg):\n"
+            "    comm.send({'sizes': [len(b) for b in msg['buffers']]}, "
+            "buffers=msg['buffers'])\n"
+            "get_ipython().kernel.comm_manager.register_target('jkp_echo', _echo)"
+        )
+        assert reply["status"] == "ok"
+        payload = bytes(range(256)) * 40
+        content = {"comm_id": uuid.uuid4().hex, "target_name": "jkp_echo", "data": {}}
+        msg_id = await client.send(client.message("comm_open", content), buffers=[payload])
+        got = await client.replies(msg_id, reply_expected=False)
+    finally:
+        client.conn.close()
+    (echo,) = [(m, b, binary) for m, b, binary in got if m["msg_type"] == "comm_msg"]
+    msg, buffers, binary = echo
+    assert binary and buffers == [payload]
+    assert msg["content"]["data"] == {"sizes": [len(payload)]}
+
+
+async def test_interrupt_and_restart_through_jkp_keep_the_kernel_bound(bound, shared_dir):
+    jkp, _, kernel_id = bound
+    client = await Client.connect(jkp.url, kernel_id)
+    try:
+        msg_id = await client.execute("import time; time.sleep(60)")
+        await wait_until(_busy(jkp, kernel_id), 10, "the kernel busy")
+        status, _ = await jkp.request("POST", f"/api/kernels/{kernel_id}/interrupt", b"")
+        assert status == 204
+        (reply,) = [
+            m for m, _, _ in await client.replies(msg_id) if m["msg_type"].endswith("reply")
+        ]
+        assert reply["content"]["ename"] == "KeyboardInterrupt"
+
+        status, model = await jkp.request("POST", f"/api/kernels/{kernel_id}/restart", b"")
+        assert status == 200 and model["id"] == kernel_id
+    finally:
+        client.conn.close()
+    # A restart starts the kernel's process afresh; jkp binds it again before it answers.
+    out = await run_in_kernel(
+        jkp, kernel_id, "import os; print(os.getcwd(), os.environ['KERNEL_FOO'], 'time' in dir())"
+    )
+    assert out.split() == [str(shared_dir / "alice"), "bar", "False"]
+
+
+def _busy(jkp, kernel_id):
+    async def busy():
+        status, model = await jkp.request("GET", f"/api/kernels/{kernel_id}")
+        return status == 200 and model["execution_state"] == "busy"
+
+    return busy
+
+
+async def test_the_clients_disconnect_closes_the_upstream(bound):
+    jkp, gateway, kernel_id = bound
+    binding = await jkp.app.kernels.binding(kernel_id)
+    upstream = binding["kernel_id"]
+
+    def connections():
+        return gateway.request("GET", f"/api/kernels/{upstream}")[1]["connections"]
+
+    client = await Client.connect(jkp.url, kernel_id)
+    await wait_until(lambda: connections() == 1, 10, "EG to count the bridged websocket")
+    client.conn.close()
+    await wait_until(lambda: connections() == 0, 10, "EG to see the websocket closed")
+
+
+async def test_eg_s_refusal_of_a_websocket_reaches_the_client(bound):
+    jkp, _, _ = bound
+    url = jkp.url.replace("http", "ws", 1) + f"/api/kernels/{uuid.uuid4()}/channels"
+    with pytest.raises(Exception) as refused:
+        await websocket_connect(url)
+    assert getattr(refused.value, "code", None) == 404
+
+
+async def test_the_kernels_first_messages_reach_a_client_that_reads_late(bound):
+    """EG's kernel_info on connect (busy, idle) waits in the bridge for the client."""
+    jkp, _, kernel_id = bound
+    client = await Client.connect(jkp.url, kernel_id)
+    try:
+        await asyncio.sleep(0.5)  # the client is slow to read: nothing may be lost meanwhile
+        states = []
+        async with asyncio.timeout(10):
+            while states[-2:] != ["busy", "idle"]:
+                msg, _ = _decode(await client.conn.read_message())
+                if msg["msg_type"] == "status":
+                    states.append(msg["content"]["execution_state"])
+    finally:
+        client.conn.close()
