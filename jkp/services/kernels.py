@@ -148,13 +148,19 @@ class KernelService(LoggingConfigurable):
             self.log.info("Create started cold by EG: %s", plan)
             return await self._create_cold(body)
         create_id = uuid.uuid4().hex
-        if plan.alias and not await self._reserve(plan, create_id):
-            raise _already_exists(plan.alias)
+        if plan.alias:
+            try:
+                reserved = await self._reserve(plan, create_id)
+            except (RedisError, GatewayError) as e:
+                self.log.info("Create started cold by EG: its id cannot be reserved (%s)", e)
+                return await self._create_cold(body)
+            if not reserved:
+                raise _already_exists(plan.alias)
         try:
             model = await self._bind(plan, client_gone)
         finally:
             if plan.alias:
-                await self.aliases.drop_reservation(plan.alias, create_id)
+                await self._drop_reservation(plan.alias, create_id)
         if model is None:
             return await self._create_cold(body)
         kernel_id = plan.alias or model["id"]
@@ -228,6 +234,14 @@ class KernelService(LoggingConfigurable):
             return True
         await self.aliases.drop_reservation(plan.alias, create_id)
         return False
+
+    async def _drop_reservation(self, alias: str, create_id: str) -> None:
+        """Give the client's id back unless the create bound it (its reservation would
+        otherwise hold it for the claim lease)."""
+        try:
+            await self.aliases.drop_reservation(alias, create_id)
+        except RedisError as e:
+            self.log.warning("Reservation of kernel id %s left to expire: %s", alias, e)
 
     async def _bind(
         self, plan: WarmCreate, client_gone: asyncio.Event | None

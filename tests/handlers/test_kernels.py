@@ -164,3 +164,31 @@ async def test_pop_refuses_env_a_warm_kernel_cannot_take(stack, env, why):
     assert status == 400
     assert error["reason"] == "Invalid env" and why in error["message"]
     assert len(await jkp.idle_ids()) == 2
+
+
+async def test_any_replica_serves_a_kernel_another_created(stack, jkp_factory, redis_server):
+    jkp, gateway = stack
+    other = await jkp_factory(redis_server, gateway, "--PoolManager.max_pending_kernels=2")
+    kernel_id = str(uuid.uuid4())
+    status, _ = await create(jkp, {**USER_ENV, "KERNEL_ID": kernel_id, "KERNEL_FOO": "bar"})
+    assert status == 201
+
+    status, model = await other.request("GET", f"/api/kernels/{kernel_id}")
+    assert status == 200 and model["id"] == kernel_id
+    out = await run_in_kernel(other, kernel_id, "import os; print(os.environ['KERNEL_FOO'])")
+    assert out.strip() == "bar"
+    status, _ = await other.request("DELETE", f"/api/kernels/{kernel_id}")
+    assert status == 204
+    status, _ = await jkp.request("GET", f"/api/kernels/{kernel_id}")
+    assert status == 404
+
+
+async def test_with_redis_down_a_create_is_started_cold_by_eg(stack, redis_server):
+    jkp, gateway = stack
+    redis_server.stop()
+    kernel_id = str(uuid.uuid4())
+    status, model = await create(jkp, {**USER_ENV, "KERNEL_ID": kernel_id})
+    assert status == 201, model
+    assert model["id"] == kernel_id and kernel_id in gateway.list_kernel_ids()
+    status, model = await jkp.request("GET", f"/api/kernels/{kernel_id}")
+    assert status == 200 and model["id"] == kernel_id

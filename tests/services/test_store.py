@@ -6,6 +6,7 @@ import json
 import fakeredis
 import pytest
 
+from jkp.services.aliases import AliasStore
 from jkp.services.store import (
     Claim,
     Idempotency,
@@ -19,7 +20,13 @@ from jkp.services.store import (
 
 @pytest.fixture
 def store():
-    return PoolStore(fakeredis.FakeAsyncRedis(), PoolKeys("test:kernels:idle"))
+    keys = PoolKeys("test:kernels:idle", "test:kernels:idle:aliases")
+    return PoolStore(fakeredis.FakeAsyncRedis(), keys)
+
+
+@pytest.fixture
+def aliases(store):
+    return AliasStore(store.client, store.keys.aliases)
 
 
 async def pooled(store, *ids):
@@ -272,3 +279,35 @@ async def test_live_specs_are_those_of_replicas_whose_heartbeat_lasts(store):
     assert await store.live_specs() == {"old", "new"}
     await store.leave("a")
     assert await store.live_specs() == {"new"}
+
+
+async def test_a_bound_hand_over_records_its_alias_and_forgetting_the_kernel_drops_it(
+    store, aliases
+):
+    await pooled(store, "k1", "k2")
+    assert await aliases.reserve("client-id", "create-1", 60)
+    claim = await store.claim("alice")
+    binding = {"kernel_id": claim.kernel_id, "pool": "python_kubernetes", "env": {}}
+    assert await store.hand_over(claim, "alice", alias="client-id", binding=binding)
+    assert await aliases.binding("client-id") == binding
+    assert await aliases.aliases_by_kernel() == {claim.kernel_id: "client-id"}
+    assert await store.unhanded_ids() == {"k1", "k2"} - {claim.kernel_id}
+
+    await store.forget_handed([claim.kernel_id])
+    assert await aliases.binding("client-id") is None
+    assert not await aliases.taken("client-id")
+
+
+async def test_an_alias_is_reserved_by_one_create_at_a_time(aliases):
+    assert await aliases.reserve("client-id", "create-1", 60)
+    assert not await aliases.reserve("client-id", "create-2", 60)
+    assert await aliases.binding("client-id") is None  # reserved is not bound
+    await aliases.drop_reservation("client-id", "create-2")  # not its reservation
+    assert await aliases.taken("client-id")
+    await aliases.drop_reservation("client-id", "create-1")
+    assert await aliases.reserve("client-id", "create-2", 60)
+
+
+async def test_a_reservation_whose_create_died_runs_out(aliases):
+    assert await aliases.reserve("client-id", "create-1", 0.0)
+    assert await aliases.reserve("client-id", "create-2", 60)
