@@ -313,7 +313,16 @@ elseif ARGV[1] == 'zset' then
   if KEYS[3] then redis.call('HDEL', KEYS[3], ARGV[2]) end
   if KEYS[4] then redis.call('HDEL', KEYS[4], ARGV[2]) end
 else
+  -- A handed-out kernel taken back: the alias a gateway create bound it to goes with it.
+  local handed = redis.call('HGET', KEYS[1], ARGV[2])
   removed = redis.call('HDEL', KEYS[1], ARGV[2])
+  local alias = handed and cjson.decode(handed)['alias']
+  if alias and KEYS[3] then
+    local binding = redis.call('HGET', KEYS[3], alias)
+    if binding and cjson.decode(binding)['kernel_id'] == ARGV[2] then
+      redis.call('HDEL', KEYS[3], alias)
+    end
+  end
 end
 if removed == 0 then return 0 end
 redis.call('HSET', KEYS[2], ARGV[2], now)
@@ -685,7 +694,8 @@ class PoolStore:
     async def retire_handed(self, kernel_id: str) -> bool:
         """Take back a kernel handed out to a caller that left before it got the answer."""
         k = self.keys
-        return bool(await self._retire(keys=[k.handed, k.retiring], args=["hash", kernel_id]))
+        keys = [k.handed, k.retiring, k.aliases]
+        return bool(await self._retire(keys=keys, args=["hash", kernel_id]))
 
     async def forget_idempotency(self, claim: Claim) -> None:
         """Drop the idempotency record a claim's pop wrote, if it had a key."""

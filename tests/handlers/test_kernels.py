@@ -8,6 +8,7 @@ import json
 import uuid
 
 import pytest
+from tornado.websocket import websocket_connect
 
 from tests.conftest import run_in_kernel
 
@@ -192,3 +193,37 @@ async def test_with_redis_down_a_create_is_started_cold_by_eg(stack, redis_serve
     assert model["id"] == kernel_id and kernel_id in gateway.list_kernel_ids()
     status, model = await jkp.request("GET", f"/api/kernels/{kernel_id}")
     assert status == 200 and model["id"] == kernel_id
+
+
+async def test_jkps_token_guards_the_gateway_api_and_egs_is_sent_upstream(
+    redis_server, gateway_factory, jkp_factory
+):
+    gateway = gateway_factory(auth_token="eg-t0ken")
+    jkp = await jkp_factory(
+        redis_server,
+        gateway,
+        "--PoolManager.max_pending_kernels=1",
+        "--JKPManagerApp.auth_token=jkp-t0ken",
+        "--GatewayClient.auth_token=eg-t0ken",
+    )
+    await jkp.wait_for_idle(1)
+    body = json.dumps({"env": USER_ENV})
+    status, error = await jkp.request("POST", "/api/kernels", body)
+    assert status == 401 and error["reason"] == "Unauthorized"
+    status, _ = await jkp.request(
+        "POST", "/api/kernels", body, headers={"Authorization": "token eg-t0ken"}
+    )
+    assert status == 401
+
+    token = {"Authorization": "token jkp-t0ken"}
+    status, model = await jkp.request("POST", "/api/kernels", body, headers=token)
+    assert status == 201, model
+    status, specs = await jkp.request("GET", "/api/kernelspecs", headers=token)
+    assert status == 200 and specs["default"] == "python_kubernetes"
+
+    ws_url = jkp.url.replace("http", "ws", 1) + f"/api/kernels/{model['id']}/channels"
+    with pytest.raises(Exception) as refused:
+        await websocket_connect(ws_url)
+    assert getattr(refused.value, "code", None) == 401
+    conn = await websocket_connect(ws_url + "?token=jkp-t0ken")
+    conn.close()

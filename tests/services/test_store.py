@@ -311,3 +311,13 @@ async def test_an_alias_is_reserved_by_one_create_at_a_time(aliases):
 async def test_a_reservation_whose_create_died_runs_out(aliases):
     assert await aliases.reserve("client-id", "create-1", 0.0)
     assert await aliases.reserve("client-id", "create-2", 60)
+
+
+async def test_a_bound_kernel_taken_back_from_its_caller_loses_its_alias(store, aliases):
+    await pooled(store, "k1")
+    claim = await store.claim("alice")
+    binding = {"kernel_id": "k1", "pool": "python_kubernetes"}
+    assert await store.hand_over(claim, "alice", alias="client-id", binding=binding)
+    assert await store.retire_handed("k1")
+    assert await store.retiring_ids() == ["k1"]
+    assert not await aliases.taken("client-id")
