@@ -77,3 +77,16 @@ c.PoolManager.max_pending_kernels = 10
 # c.PoolManager.channel_sync_interval = 5
 # Replacements start this long after a burst's first pop, so the burst has EG to itself.
 # c.PoolManager.refill_delay = 1  # (JKP_REFILL_DELAY)
+
+# -- As a drop-in gateway (README: As a drop-in gateway) ----------------------------------
+# Point a Jupyter client's gateway URL at jkp: creates a pool can serve are served warm.
+# Mirror EG's own settings here, so a warm create is refused whenever EG would refuse it.
+# c.KernelService.unauthorized_users = ["root"]  # (JKP_UNAUTHORIZED_USERS, comma-separated)
+# c.KernelService.authorized_users = []  # empty: everyone not refused (JKP_AUTHORIZED_USERS)
+# c.KernelService.impersonation = False  # as EG_IMPERSONATION_ENABLED (JKP_IMPERSONATION_ENABLED)
+# Variables besides KERNEL_* a create may set in the kernel, as EG's client_envs.
+# c.KernelService.client_envs = []  # (JKP_CLIENT_ENVS)
+# A create that sets one of these to another value than its pool's is started cold by EG.
+# c.KernelService.start_only_env = ["KERNEL_IMAGE", "KERNEL_NAMESPACE", ...]  # (JKP_START_ONLY_ENV)
+# How long a create waits on an empty pool before EG starts it cold, seconds.
+# c.KernelService.gateway_pool_wait = 0.5  # (JKP_GATEWAY_POOL_WAIT)

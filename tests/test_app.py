@@ -298,3 +298,13 @@ def test_version():
         [sys.executable, "-m", "jkp", "--version"], capture_output=True, text=True, timeout=60
     )
     assert result.stdout.strip() == __version__
+
+
+@pytest.mark.parametrize(
+    "value, users",
+    [("", []), ("alice", ["alice"]), ("alice, bob,,carol ", ["alice", "bob", "carol"])],
+)
+def test_user_lists_read_from_the_environment_as_eg_reads_its_own(monkeypatch, value, users):
+    monkeypatch.setenv("JKP_AUTHORIZED_USERS", value)
+    assert make_app().kernels.authorized_users == users
+    assert make_app().kernels.unauthorized_users == ["root"]

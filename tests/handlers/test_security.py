@@ -98,7 +98,7 @@ async def test_wrong_method_on_pop_is_a_json_405(redis_server, gateway, jkp_fact
 
 async def test_unknown_path_is_a_json_404(redis_server, gateway, jkp_factory):
     jkp = await jkp_factory(redis_server, gateway, "--max-pending-kernels=0")
-    status, error = await jkp.request("GET", "/api/kernels")
+    status, error = await jkp.request("GET", "/api/nothing-here")
     assert status == 404
     assert error["reason"] == "Not Found"
 
