@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from typing import Any
 
 USER_ID_PATTERN = re.compile(r"[A-Za-z0-9_.@-]{1,128}")
 
@@ -11,12 +12,12 @@ USER_ID_PATTERN = re.compile(r"[A-Za-z0-9_.@-]{1,128}")
 # or OSError of the share, not of the user).
 USER_DIR_REFUSED = "UserDirectoryRefused"
 
-# Runs in the kernel. Every value arrives only as a Python literal. The resolved target must
-# lie inside the resolved working dir (a direct child for a pop's user directory), so neither a
-# crafted path nor a symlink planted in the share can move the kernel elsewhere. The check
-# comes before any change, so a refused kernel can go back to the pool; past it, a mark on
-# ``sys`` tells a replica taking the pop over that the kernel is no longer pristine.
-_SET_UP = """\
+# The set-up, as it runs in the kernel. The resolved target must lie inside the resolved
+# working dir (a direct child for a pop's user directory), so neither a crafted path nor a
+# symlink planted in the share can move the kernel elsewhere. The check comes before any
+# change, so a refused kernel can go back to the pool; past it, a mark on ``sys`` tells a
+# replica taking the pop over that the kernel is no longer pristine.
+_SET_UP_FUNCTION = """\
 def __jkp_set_up(base, target, child_only, env):
     import os, sys
     class UserDirectoryRefused(Exception):
@@ -35,24 +36,66 @@ def __jkp_set_up(base, target, child_only, env):
         os.makedirs(target, exist_ok=True)
         os.chdir(target)
     os.environ.update(env)
+"""
+
+# The set-up as one cell, every value a Python literal: for a kernel without the set-up comm
+# (a kernel restarted after its hand-out, bound again).
+_SET_UP = (
+    _SET_UP_FUNCTION
+    + """\
 try:
     __jkp_set_up({working_dir}, {target}, {child_only}, {env})
 finally:
     del __jkp_set_up
 """
+)
 
-# Run once in each new kernel before it is pooled: a fresh IPython kernel's first execute
-# pays one-time costs (a few ms), which then fall on the pool, not on the pop's set-up.
-# Same shape as the set-up and, like it, leaves nothing in the user's namespace.
-WARM_UP_CODE = """\
-def __jkp_warm_up():
+# The comm target a pooled kernel serves its set-up on. A pop then sends the kernel one comm
+# message whose data are the set-up's arguments, not code: the kernel answers as fast as a
+# kernel_info_request, where a cell costs IPython's whole execute machinery (~7 ms here).
+SET_UP_COMM_TARGET = "jkp.set_up"
+
+# Run once in each new kernel before it is pooled. It installs the set-up behind the comm
+# target (in closures: nothing in the user's namespace), and pays a fresh kernel's one-time
+# costs, which then fall on the pool, not on the pop. A set-up that succeeded closes its comm
+# and removes the target, so a handed-out kernel keeps nothing of jkp's.
+WARM_UP_CODE = (
+    "def __jkp_install(target_name):\n"
+    + "".join("    " + line + "\n" for line in _SET_UP_FUNCTION.splitlines())
+    + """\
     import os
     os.path.realpath(os.getcwd())
-try:
-    __jkp_warm_up()
-finally:
-    del __jkp_warm_up
+    manager = get_ipython().kernel.comm_manager
+
+    def open_set_up(comm, _open_msg):
+        @comm.on_msg
+        def set_up(msg):
+            data = msg["content"]["data"]
+            if data.get("probe"):
+                comm.send({"status": "ok"})  # the warm-up's: the comm answers, nothing changes
+                return
+            try:
+                __jkp_set_up(data["base"], data["target"], data["child_only"], data["env"])
+            except Exception as e:
+                comm.send({"status": "error", "ename": type(e).__name__, "evalue": str(e)})
+            else:
+                comm.send({"status": "ok"})
+                comm.close()
+                manager.unregister_target(target_name, open_set_up)
+
+    manager.register_target(target_name, open_set_up)
 """
+    + f"try:\n    __jkp_install({SET_UP_COMM_TARGET!r})\nfinally:\n    del __jkp_install\n"
+)
+
+
+# What the warm-up asks the set-up comm: an answer, and no change.
+SET_UP_PROBE = {"probe": True}
+
+
+def set_up_comm_id(kernel_id: str) -> str:
+    """The id of the set-up comm jkp opens in a pooled kernel: any replica can name it."""
+    return f"jkp-set-up-{kernel_id}"
 
 
 class InvalidUserId(ValueError):
@@ -73,9 +116,32 @@ def validate_user_id(value: object) -> str:
     return value
 
 
+def enter_user_dir_request(
+    working_dir: str, user_id: str, env: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """The set-up comm's data that make ``<working_dir>/<user_id>`` in the kernel, move it
+    there, and set ``env`` in its ``os.environ``."""
+    return set_up_request(working_dir, validate_user_id(user_id), child_only=True, env=env)
+
+
+def set_up_request(
+    working_dir: str,
+    target: str | None,
+    child_only: bool = False,
+    env: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """The set-up comm's data that move the kernel into ``target`` (made if missing;
+    absolute, or relative to ``working_dir``; None: it stays where it is), refused unless it
+    resolves inside ``working_dir``, then set ``env`` in the kernel's ``os.environ``."""
+    env = dict(env or {})
+    for name, value in env.items():
+        if not isinstance(name, str) or not isinstance(value, str):
+            raise TypeError("env names and values must be strings")
+    return {"base": working_dir, "target": target, "child_only": bool(child_only), "env": env}
+
+
 def enter_user_dir_code(working_dir: str, user_id: str, env: dict[str, str] | None = None) -> str:
-    """Python code that makes ``<working_dir>/<user_id>`` in the kernel, moves into it, and
-    sets ``env`` in its ``os.environ``."""
+    """The pop's set-up as one cell (see set_up_code)."""
     return set_up_code(working_dir, validate_user_id(user_id), child_only=True, env=env)
 
 
@@ -85,22 +151,15 @@ def set_up_code(
     child_only: bool = False,
     env: dict[str, str] | None = None,
 ) -> str:
-    """Python code that moves the kernel into ``target`` (made if missing; absolute, or
-    relative to ``working_dir``; None: it stays where it is), refused unless it resolves inside
-    ``working_dir``, then sets ``env`` in the kernel's ``os.environ``.
-
-    Only repr() of str round-trips every character as a Python literal (JSON splits astral
-    characters), so every value goes in as repr() of a str or of a dict of str.
-    """
-    env = dict(env or {})
-    for name, value in env.items():
-        if not isinstance(name, str) or not isinstance(value, str):
-            raise TypeError("env names and values must be strings")
+    """The set-up of ``set_up_request`` as one cell of Python, for a kernel that has no set-up
+    comm. Only repr() of str round-trips every character as a Python literal (JSON splits
+    astral characters), so every value goes in as repr() of a str or of a dict of str."""
+    request = set_up_request(working_dir, target, child_only, env)
     return _SET_UP.format(
-        working_dir=repr(working_dir),
-        target=repr(target),
-        child_only=repr(bool(child_only)),
-        env=repr(env),
+        working_dir=repr(request["base"]),
+        target=repr(request["target"]),
+        child_only=repr(request["child_only"]),
+        env=repr(request["env"]),
     )
 
 

@@ -347,6 +347,33 @@ class GatewayClient(LoggingConfigurable):
             raise KernelReplyError(f"{ename}: {evalue}", reply.content)
         return reply
 
+    async def open_comm(
+        self, kernel_id: str, comm_id: str, target_name: str, timeout: float
+    ) -> None:
+        """Open comm ``comm_id`` to the kernel's comm target ``target_name``; done once the
+        kernel is idle again. The websocket stays open for the next request."""
+        content = {"comm_id": comm_id, "target_name": target_name, "data": {}}
+        await self._shell_request(kernel_id, "comm_open", content, timeout, True, reply=None)
+
+    async def comm_request(
+        self,
+        kernel_id: str,
+        comm_id: str,
+        data: dict[str, Any],
+        timeout: float,
+        keep_open: bool = False,
+    ) -> ShellReply:
+        """Send ``data`` on comm ``comm_id``; the data of the kernel's answer on that comm,
+        once the kernel is idle again. KernelReplyError when its ``status`` is not ``ok``."""
+        content = {"comm_id": comm_id, "data": data}
+        reply = await self._shell_request(
+            kernel_id, "comm_msg", content, timeout, keep_open, reply="comm_msg"
+        )
+        if reply.content.get("status") != "ok":
+            ename, evalue = reply.content.get("ename", "error"), reply.content.get("evalue")
+            raise KernelReplyError(f"{ename}: {evalue}", reply.content)
+        return reply
+
     async def evaluate(self, kernel_id: str, expression: str, timeout: float) -> str:
         """The ``text/plain`` value of ``expression`` in the kernel, evaluated as a user
         expression: it defines no name and leaves no history."""
@@ -386,8 +413,12 @@ class GatewayClient(LoggingConfigurable):
         content: dict[str, Any],
         timeout: float,
         keep_open: bool,
+        reply: str | None = "shell",
     ) -> ShellReply:
-        """Send one shell request on the kernel's websocket; its reply once the kernel is idle."""
+        """Send one shell request on the kernel's websocket; its reply once the kernel is idle.
+
+        ``reply`` says what answers it: the shell reply, a ``comm_msg`` from the kernel, or
+        nothing (None: done at idle)."""
         msg = self._session.msg(msg_type, content)
         msg["channel"] = "shell"
         loop = asyncio.get_running_loop()
@@ -396,7 +427,7 @@ class GatewayClient(LoggingConfigurable):
         try:
             if channel is None or channel.closed:
                 channel = await self._connect(kernel_id, timeout)
-            reply = await channel.request(msg, max(deadline - loop.time(), 0.001))
+            answer = await channel.request(msg, max(deadline - loop.time(), 0.001), reply)
         except BaseException:
             if channel is not None:
                 channel.close()  # in an unknown state: never reuse it
@@ -405,7 +436,7 @@ class GatewayClient(LoggingConfigurable):
             self._channels[kernel_id] = channel
         else:
             channel.close()
-        return reply
+        return answer
 
     async def _connect(self, kernel_id: str, timeout: float) -> KernelChannel:
         request = HTTPRequest(
@@ -443,9 +474,12 @@ class KernelChannel:
     def closed(self) -> bool:
         return self._reader.done()
 
-    async def request(self, msg: dict[str, Any], timeout: float) -> ShellReply:
-        """Send ``msg``; its reply once the kernel is idle again after it."""
-        waiter = _ReplyWaiter()
+    async def request(
+        self, msg: dict[str, Any], timeout: float, reply: str | None = "shell"
+    ) -> ShellReply:
+        """Send ``msg``; its reply (see GatewayClient._shell_request) once the kernel is idle
+        again after it."""
+        waiter = _ReplyWaiter(reply)
         msg_id = msg["header"]["msg_id"]
         self._waiters[msg_id] = waiter
         try:
@@ -493,19 +527,27 @@ class KernelChannel:
 
 
 class _ReplyWaiter:
-    """Collects a request's shell reply and the kernel's return to idle, in either order, so
-    the kernel is known idle, not "starting" or "busy" from this request, when it is done."""
+    """Collects a request's answer and the kernel's return to idle, in either order, so the
+    kernel is known idle, not "starting" or "busy" from this request, when it is done.
 
-    def __init__(self) -> None:
+    The answer is the shell reply (``reply="shell"``), the data of a ``comm_msg`` the kernel
+    sent in response (``"comm_msg"``), or nothing (None).
+    """
+
+    def __init__(self, reply: str | None = "shell") -> None:
         self.done: asyncio.Future[ShellReply] = asyncio.get_running_loop().create_future()
-        self._reply: dict[str, Any] | None = None
+        self._kind = reply
+        self._reply: dict[str, Any] | None = None if reply else {}
         self._idle_at: str | None = None
         self._idle = False
 
     def feed(self, message: dict[str, Any]) -> None:
-        if message.get("channel") == "shell":
+        msg_type = message.get("msg_type")
+        if self._kind == "shell" and message.get("channel") == "shell":
             self._reply = message.get("content", {})
-        elif message.get("msg_type") == "status":
+        elif self._kind == "comm_msg" and msg_type == "comm_msg":
+            self._reply = message.get("content", {}).get("data", {})
+        elif msg_type == "status":
             self._idle = message.get("content", {}).get("execution_state") == "idle"
             self._idle_at = message.get("header", {}).get("date") if self._idle else None
         if self._reply is not None and self._idle and not self.done.done():

@@ -54,8 +54,8 @@ class Handout:
 
     # Whom the kernel is handed to: the pop's userId, or a gateway create's KERNEL_USERNAME.
     user_id: str
-    # The Python the kernel runs before it is handed over (jkp.user.set_up_code).
-    set_up_code: str
+    # What the kernel's set-up comm is sent before it is handed over (jkp.user.set_up_request).
+    set_up: dict[str, Any]
     deadline: float  # event loop time
     client_gone: asyncio.Event
     idempotency: Idempotency | None = None

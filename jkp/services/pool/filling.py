@@ -20,7 +20,7 @@ from jkp.services.pool.common import (
     Shared,
     StartSlots,
 )
-from jkp.user import WARM_UP_CODE
+from jkp.user import SET_UP_COMM_TARGET, SET_UP_PROBE, WARM_UP_CODE, set_up_comm_id
 
 _START_BACKOFF_BASE = 1.0
 _IDLE_REPORT_ATTEMPTS = 6
@@ -238,9 +238,12 @@ class Filler(PoolPart):
         then shut down), or another replica took the start over (it pools the kernel).
         """
         await self._wait_until_ready(kernel_id)
-        await self.gateway.execute(
-            kernel_id, WARM_UP_CODE, self.options.kernel_request_timeout, keep_open=True
-        )
+        timeout = self.options.kernel_request_timeout
+        await self.gateway.execute(kernel_id, WARM_UP_CODE, timeout, keep_open=True)
+        # The pop's set-up comm, opened and asked once so its first use costs no more.
+        comm_id = set_up_comm_id(kernel_id)
+        await self.gateway.open_comm(kernel_id, comm_id, SET_UP_COMM_TARGET, timeout)
+        await self.gateway.comm_request(kernel_id, comm_id, SET_UP_PROBE, timeout, keep_open=True)
         if self.options.init_code:
             await self._run_init_code(kernel_id)
         model = await self._reported_model(kernel_id)

@@ -28,7 +28,12 @@ from jkp.services.pool.common import (
 )
 from jkp.services.pool.filling import Filler
 from jkp.services.store import Claim, Idempotency, IdempotencyPending, Replay
-from jkp.user import USER_DIR_REFUSED, enter_user_dir_code, set_up_code
+from jkp.user import (
+    USER_DIR_REFUSED,
+    enter_user_dir_request,
+    set_up_comm_id,
+    set_up_request,
+)
 
 # How often a pop waiting on an empty pool looks again for a kernel another replica pooled.
 _EMPTY_POOL_POLL = 0.1
@@ -70,10 +75,10 @@ class HandingOut(PoolPart):
         ShuttingDownError once ``close()`` was called. InvalidUserId, before anything else,
         when ``user_id`` is not one safe path segment (that is not a pop: it is not counted).
         """
-        code = enter_user_dir_code(self.options.working_dir, user_id, env)
+        set_up = enter_user_dir_request(self.options.working_dir, user_id, env)
         return await self._serve(
             user_id,
-            code,
+            set_up,
             client_gone,
             idempotency=(
                 None if idempotency_key is None else Idempotency(idempotency_key, uuid.uuid4().hex)
@@ -97,10 +102,10 @@ class HandingOut(PoolPart):
         It waits at most ``claim_wait`` seconds for an idle kernel (PoolEmptyError then, so
         the create can go to EG cold); otherwise as ``pop``.
         """
-        code = set_up_code(self.options.working_dir, working_dir, env=env)
+        set_up = set_up_request(self.options.working_dir, working_dir, env=env)
         return await self._serve(
             user_name,
-            code,
+            set_up,
             client_gone,
             claim_wait=claim_wait,
             alias=alias,
@@ -110,7 +115,7 @@ class HandingOut(PoolPart):
     async def _serve(
         self,
         user_id: str,
-        code: str,
+        set_up: dict[str, Any],
         client_gone: asyncio.Event | None,
         idempotency: Idempotency | None = None,
         claim_wait: float | None = None,
@@ -126,7 +131,7 @@ class HandingOut(PoolPart):
                 raise ShuttingDownError("jkp is shutting down")
             handout = Handout(
                 user_id=user_id,
-                set_up_code=code,
+                set_up=set_up,
                 deadline=started + self.options.pop_timeout,
                 client_gone=client_gone or asyncio.Event(),
                 idempotency=idempotency,
@@ -274,12 +279,13 @@ class HandingOut(PoolPart):
         SetUpError raised at once, rather than spending the pool on a broken share.
         """
         kernel_id = claim.kernel_id
-        code = handout.set_up_code
         # Part of the time is kept back for asking EG whose fault a timeout was.
         budget = handout.timeout(self.options.kernel_request_timeout)
         verdict_time = min(_VERDICT_TIME_MAX, budget * _VERDICT_TIME_SHARE)
         try:
-            reply = await self.gateway.execute(kernel_id, code, budget - verdict_time)
+            reply = await self.gateway.comm_request(
+                kernel_id, set_up_comm_id(kernel_id), handout.set_up, budget - verdict_time
+            )
         except KernelReplyError as e:
             if e.content.get("ename") == USER_DIR_REFUSED:
                 await self.store.release(claim)

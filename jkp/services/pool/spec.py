@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING
 
 from traitlets import TraitError
 
+from jkp.user import SET_UP_COMM_TARGET
+
 if TYPE_CHECKING:
     from jkp.services.pool.manager import PoolManager
 
@@ -36,10 +38,17 @@ def kernel_start_env(options: PoolManager, kernel_id: str) -> dict[str, str]:
 
 
 def spec_fingerprint(options: PoolManager) -> str:
-    """What the pool's kernels are started as (kernel spec, start env, init_code), hashed."""
+    """What the pool's kernels are started as (kernel spec, start env, init_code, the set-up
+    they serve), hashed."""
     env = kernel_start_env(options, "")
     env.pop("KERNEL_ID")
-    spec = {"kernel_name": options.kernel_name, "env": env, "init_code": options.init_code}
+    spec = {
+        "kernel_name": options.kernel_name,
+        "env": env,
+        "init_code": options.init_code,
+        # Kernels pooled by a jkp with another set-up protocol are rolled over.
+        "set_up": SET_UP_COMM_TARGET,
+    }
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
 
 
