@@ -50,9 +50,14 @@ async def test_pop_moves_kernel_into_user_dir(redis_server, gateway, jkp_factory
     await wait_until(closed, 5, "jkp's websocket closed")
     cwd = await run_in_kernel(gateway, model["id"], "import os; print(os.getcwd())")
     assert cwd.strip() == str(shared_dir / "zt")
-    # Neither the warm-up before pooling nor the set-up left a name behind.
-    names = await run_in_kernel(gateway, model["id"], "print([n for n in dir() if 'jkp' in n])")
-    assert names.strip() == "[]"
+    # Neither the warm-up before pooling nor the set-up left a name, a comm or a comm target.
+    left = await run_in_kernel(
+        gateway,
+        model["id"],
+        "m = get_ipython().kernel.comm_manager; "
+        "print([n for n in dir() if 'jkp' in n], list(m.comms), list(m.targets))",
+    )
+    assert left.strip() == "[] [] []"
     # The kernel is the user's now: recorded as handed out, never back in the pool.
     assert (await jkp.store.handed_out())[pooled]["user_id"] == "zt"
     assert pooled not in await jkp.idle_ids()
