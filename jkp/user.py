@@ -28,7 +28,7 @@ def __jkp_set_up(base, target, child_only, env):
         if child_only:
             inside = os.path.dirname(target) == base
         else:
-            inside = target != base and os.path.commonpath([base, target]) == base
+            inside = os.path.commonpath([base, target]) == base
         if not inside:
             raise UserDirectoryRefused("directory %r is not inside %r" % (target, base))
     sys._jkp_set_up = True
@@ -132,7 +132,8 @@ def set_up_request(
 ) -> dict[str, Any]:
     """The set-up comm's data that move the kernel into ``target`` (made if missing;
     absolute, or relative to ``working_dir``; None: it stays where it is), refused unless it
-    resolves inside ``working_dir``, then set ``env`` in the kernel's ``os.environ``."""
+    resolves to ``working_dir`` or inside it (with ``child_only``: to a direct child), then set
+    ``env`` in the kernel's ``os.environ``."""
     env = dict(env or {})
     for name, value in env.items():
         if not isinstance(name, str) or not isinstance(value, str):

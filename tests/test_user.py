@@ -172,7 +172,13 @@ def test_gateway_set_up_enters_a_nested_directory_inside_working_dir(tmp_path):
     assert result.stdout.strip() == str(tmp_path / "alice" / "p")
 
 
-@pytest.mark.parametrize("target", ["/", "..", ".", "/etc"])
+def test_gateway_set_up_may_enter_working_dir_itself(tmp_path):
+    result = run_in_python(set_up_code(str(tmp_path), str(tmp_path)), cwd="/")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == str(tmp_path)
+
+
+@pytest.mark.parametrize("target", ["/", "..", "/etc", "../share-other"])
 def test_gateway_set_up_refuses_directories_not_inside_working_dir(tmp_path, target):
     share = tmp_path / "share"
     share.mkdir()

@@ -200,11 +200,10 @@ class KernelService(LoggingConfigurable):
         if target is not None:
             if not isinstance(target, str) or "\x00" in target:
                 return "its path is not a string"
-            target = posixpath.normpath(posixpath.join(pool.working_dir, target))
-            if posixpath.commonpath([target, pool.working_dir]) != posixpath.normpath(
-                pool.working_dir
-            ) or target == posixpath.normpath(pool.working_dir):
-                return f"its working directory {target!r} is not inside {pool.working_dir!r}"
+            share = posixpath.normpath(pool.working_dir)
+            target = posixpath.normpath(posixpath.join(share, target))
+            if posixpath.commonpath([target, share]) != share:
+                return f"its working directory {target!r} is not in {share!r}"
         passed = {n: v for n, v in env.items() if n.startswith("KERNEL_") or n in self.client_envs}
         return WarmCreate(pool, alias, user, target, passed)
 
