@@ -40,8 +40,14 @@ MAX_ENV_VALUE_LENGTH = 4096  # EG's limit on one env value
 UNSAFE_ENV_CHARS = ("$", "`", "\n")
 UNAUTHORIZED_USERS = {"root"}  # EG's default unauthorized_users
 PROTOCOL_VERSION = "5.3"
-# Shell requests the simulator answers, and the reply type of each.
-REPLY_TYPES = {"kernel_info_request": "kernel_info_reply", "execute_request": "execute_reply"}
+# Shell requests the simulator answers, and the reply type of each: None for comm messages,
+# which get no shell reply (a comm_msg to jkp's set-up comm is answered on that comm).
+REPLY_TYPES = {
+    "kernel_info_request": "kernel_info_reply",
+    "execute_request": "execute_reply",
+    "comm_open": None,
+    "comm_msg": None,
+}
 
 
 def utcnow() -> datetime:
@@ -286,12 +292,13 @@ class ChannelsHandler(JSONErrors, WebSocketHandler):
         try:
             request = json.loads(raw)
             header = request["header"]
+            answered = header["msg_type"] in REPLY_TYPES
             reply_type = REPLY_TYPES.get(header["msg_type"])
         except (ValueError, TypeError, KeyError):
             log.warning("ignoring malformed message on kernel %s", self.kernel.id)
             return
         self.kernel.last_activity = utcnow()
-        if reply_type is None or request.get("channel", "shell") != "shell":
+        if not answered or request.get("channel", "shell") != "shell":
             return  # nothing else is needed by jkp; a real kernel would answer or ignore
         stats: Stats | None = self.settings["stats"]
         if stats is None:
@@ -303,10 +310,24 @@ class ChannelsHandler(JSONErrors, WebSocketHandler):
         finally:
             stats.answered()
 
-    async def reply(self, request: dict, reply_type: str) -> None:
+    async def reply(self, request: dict, reply_type: str | None) -> None:
         header = request["header"]
         if self.settings["simulator"].latency:
             await asyncio.sleep(self.settings["simulator"].latency)
+        if reply_type is None:
+            # comm_open: only busy and idle. comm_msg: the comm answers as jkp's set-up comm
+            # does, with {"status": "ok"} on the same comm (the simulator sets nothing up).
+            comm_id = request.get("content", {}).get("comm_id")
+            try:
+                self.send("iopub", "status", header, {"execution_state": "busy"})
+                if header["msg_type"] == "comm_msg":
+                    data = {"comm_id": comm_id, "data": {"status": "ok"}}
+                    self.send("iopub", "comm_msg", header, data)
+                self.send("iopub", "status", header, {"execution_state": "idle"})
+            except WebSocketClosedError:
+                return
+            self.kernel.last_activity = utcnow()
+            return
         if reply_type == "kernel_info_reply":
             content = {
                 "status": "ok",

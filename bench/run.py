@@ -4,7 +4,11 @@
 
 1. Real stack (redis-server + Enterprise Gateway from dev/localstack.py, jkp as a process):
    pop latency and throughput at concurrency 1, 8 and 32 from a full pool, then the cold path a
-   user takes without jkp (start a kernel on EG, wait until it answers, enter the user dir).
+   user takes without jkp (start a kernel on EG, wait until it answers, enter the user dir);
+   the steady state (one pop every 0.5 s, refills running) beside EG's floor (a kernel_info
+   round trip on an open websocket); jkp as a drop-in gateway: warm creates through EG's
+   kernels API on jkp vs cold creates on EG, and kernel_info round trips through jkp's
+   websocket bridge vs straight to EG on the same kernel.
 2. Scale (bench/gateway_simulator.py instead of EG, since 2 cores cannot hold 1000 real
    kernels): one activation sweep over 1000 pooled kernels, jkp's RSS, pop p50 with 1000 vs 10
    pooled, pops/s of 1 vs 3 replicas.
@@ -31,8 +35,10 @@ import sys
 import tempfile
 import time
 import traceback
+import uuid
 from pathlib import Path
 
+import redis.asyncio as aioredis
 from jupyter_client.jsonutil import json_default
 from jupyter_client.session import Session
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
@@ -308,33 +314,70 @@ async def floor_channel(eg: EnterpriseGateway):
     return model["id"], conn
 
 
-async def kernel_info_round_trip(conn, wait: float) -> float | None:
-    """Seconds from sending a kernel_info_request on an open websocket to its reply, re-arming
-    TCP_QUICKACK before each read as jkp does (EG never sets TCP_NODELAY): the least any
-    request through EG costs here. None after ``wait`` seconds."""
-    msg = Session(username="bench").msg("kernel_info_request", {})
+def quickack(conn) -> None:
+    """Re-arm TCP_QUICKACK on a websocket client's socket before a read, as jkp does (EG never
+    sets TCP_NODELAY, so without it a reply may wait ~40 ms for our delayed ACK)."""
+    sock = conn.protocol.stream.socket if conn.protocol else None
+    if _TCP_QUICKACK is not None and sock is not None:
+        sock.setsockopt(socket.IPPROTO_TCP, _TCP_QUICKACK, 1)
+
+
+_SESSION = Session(username="bench")
+
+
+async def shell_request(conn, msg_type: str, content: dict, wait: float):
+    """Send one shell request on an open kernel websocket: (seconds from sending it to its
+    reply, the reply's content), re-arming TCP_QUICKACK before each read. None after
+    ``wait`` seconds."""
+    msg = _SESSION.msg(msg_type, content)
     msg["channel"] = "shell"
     t0 = time.perf_counter()
     await conn.write_message(json.dumps(msg, default=json_default))
 
-    async def reply() -> float:
+    async def reply() -> tuple[float, dict]:
         while True:
-            sock = conn.protocol.stream.socket if conn.protocol else None
-            if _TCP_QUICKACK is not None and sock is not None:
-                sock.setsockopt(socket.IPPROTO_TCP, _TCP_QUICKACK, 1)
+            quickack(conn)
             raw = await conn.read_message()
             if raw is None:
-                raise RuntimeError("EG closed the floor websocket")
+                raise RuntimeError("the kernel's websocket closed")
             answer = json.loads(raw) if isinstance(raw, str) else {}
             if answer.get("parent_header", {}).get("msg_id") == msg["header"]["msg_id"] and (
                 answer.get("channel") == "shell"
             ):
-                return time.perf_counter() - t0
+                return time.perf_counter() - t0, answer["content"]
 
     try:
         return await asyncio.wait_for(reply(), wait)
     except asyncio.TimeoutError:
         return None
+
+
+async def kernel_info_round_trip(conn, wait: float) -> float | None:
+    """Seconds from sending a kernel_info_request on an open websocket to its reply, re-arming
+    TCP_QUICKACK before each read as jkp does (EG never sets TCP_NODELAY): the least any
+    request through EG costs here. None after ``wait`` seconds."""
+    answer = await shell_request(conn, "kernel_info_request", {}, wait)
+    return None if answer is None else answer[0]
+
+
+def mean_step_ms(before: dict, after: dict) -> dict[str, float]:
+    """Mean ms per pop step between two readings of jkp_pop_step_seconds (sum, count)."""
+    return {
+        step: 1000 * (s - before.get(step, (0.0, 0))[0]) / max(c - before.get(step, (0.0, 0))[1], 1)
+        for step, (s, c) in after.items()
+    }
+
+
+async def metric_total(jkp: Jkp, name: str, **labels: str) -> float:
+    """A sample of jkp's /metrics summed over the series with ``labels`` (all pools), e.g.
+    ``metric_total(jkp, "jkp_kernel_starts_total", outcome="ready")``."""
+    text = (await AsyncHTTPClient().fetch(jkp.url + "/metrics")).body.decode()
+    wanted = {f'{k}="{v}"' for k, v in labels.items()}
+    return sum(
+        float(value)
+        for series, value in re.findall(rf"^{name}{{([^}}]*)}} (\S+)$", text, re.M)
+        if wanted <= set(series.split(","))
+    )
 
 
 async def pop_steps(jkp: Jkp) -> dict[str, tuple[float, int]]:
@@ -348,38 +391,47 @@ async def pop_steps(jkp: Jkp) -> dict[str, tuple[float, int]]:
     return {step: (s, int(c)) for step, (s, c) in steps.items()}
 
 
-async def steady_round(jkp: Jkp, eg: EnterpriseGateway, n: int, gap: float, prefix: str) -> dict:
-    """Pops one at a time, each ``gap`` seconds after the pool refilled, as users pop (refills
-    and checks run between them); beside each, EG's floor on the same machine at the same
-    moment: a kernel_info round trip on an open websocket to an idle kernel of EG's own."""
+async def steady_round(
+    jkp: Jkp, eg: EnterpriseGateway, n: int, interval: float, prefix: str
+) -> dict:
+    """One pop every ``interval`` seconds, as users pop, with the refills they cause running
+    meanwhile (kernel starts compete for the CPU); halfway between two pops, EG's floor on the
+    same machine at the same moment: a kernel_info round trip on an open websocket to an idle
+    kernel of EG's own."""
     floor_id, conn = await floor_channel(eg)
     pops, floors, ids = [], [], []
+    await jkp.wait_full(600)
     steps_before = await pop_steps(jkp)
+    starts_before = await metric_total(jkp, "jkp_kernel_starts_total", outcome="ready")
+    loop = asyncio.get_running_loop()
+    next_pop, least_idle = loop.time() + interval, jkp.target
     try:
         for i in range(n):
-            await jkp.wait_full(600)
-            await asyncio.sleep(gap)
+            await asyncio.sleep(max(next_pop - interval / 2 - loop.time(), 0))
             floor = await kernel_info_round_trip(conn, 5.0)
             if floor is not None:
                 floors.append(floor)
-            await asyncio.sleep(gap)
+            await asyncio.sleep(max(next_pop - loop.time(), 0))
+            next_pop = max(next_pop + interval, loop.time())  # a late pop does not bunch the rest
             r = await pop_round([jkp.url], 1, 1, f"{prefix}-{i}")
             pops.append(r["max_ms"] / 1000)
             ids += r["_ids"]
+            if r["failed"]:
+                raise RuntimeError(f"steady state: pop {i} failed: {r['failures']}")
+            if i % 10 == 9:  # how far refills lag, seldom enough not to load jkp
+                least_idle = min(least_idle, (await jkp.status())["idle"])
     finally:
         conn.close()
         await delete_kernels(eg, [floor_id, *ids])
+    starts = await metric_total(jkp, "jkp_kernel_starts_total", outcome="ready")
     steps_after = await pop_steps(jkp)
     pop, floor = summary(pops), summary(floors)
-    step_ms = {
-        step: 1000
-        * (s - steps_before.get(step, (0.0, 0))[0])
-        / max(c - steps_before.get(step, (0.0, 0))[1], 1)
-        for step, (s, c) in steps_after.items()
-    }
+    step_ms = mean_step_ms(steps_before, steps_after)
     return {
         "pops": n,
-        "gap_s": gap,
+        "interval_s": interval,
+        "kernels_started_meanwhile": int(starts - starts_before),
+        "least_idle_seen": least_idle,
         "pop": pop,
         "floor": floor,
         "p50_vs_floor": pop["p50_ms"] / floor["p50_ms"],
@@ -406,50 +458,29 @@ async def delete_kernels(eg: EnterpriseGateway, ids: list[str]) -> None:
     await asyncio.gather(*(delete(k) for k in ids))
 
 
-async def cold_path(eg: EnterpriseGateway, user_dir: Path) -> float:
-    """What a user waits for without jkp: start a kernel on EG, wait until it answers a
-    kernel_info_request, make and enter the user's dir. Seconds; the kernel is deleted after."""
-    session = Session(username="bench")
-
-    async def shell(conn, msg_type: str, content: dict, wait: float) -> dict | None:
-        """Send one shell request; its reply's content, or None after ``wait`` seconds."""
-        msg = session.msg(msg_type, content)
-        msg["channel"] = "shell"
-        await conn.write_message(json.dumps(msg, default=json_default))
-
-        async def reply() -> dict:
-            while True:
-                raw = await conn.read_message()
-                if raw is None:
-                    raise RuntimeError("EG closed the websocket")
-                answer = json.loads(raw) if isinstance(raw, str) else {}
-                parent = answer.get("parent_header", {}).get("msg_id")
-                if parent == msg["header"]["msg_id"] and answer.get("channel") == "shell":
-                    return answer["content"]
-
-        try:
-            return await asyncio.wait_for(reply(), wait)
-        except asyncio.TimeoutError:
-            return None
-
+async def cold_path(eg: EnterpriseGateway, user_dir: Path, env: dict | None = None) -> float:
+    """What a user waits for without jkp: start a kernel on EG (with ``env``, by default only
+    a user EG lets run kernels), wait until it answers a kernel_info_request, make and enter
+    the user's dir. Seconds; the kernel is deleted after."""
     t0 = time.perf_counter()
     model = await get_json(
         eg.url + "/api/kernels",
         "POST",
-        {"name": KERNEL_NAME, "env": {"KERNEL_USERNAME": "jovyan"}},
+        {"name": KERNEL_NAME, "env": env or {"KERNEL_USERNAME": "jovyan"}},
         120,
     )
     try:
-        ws = eg.url.replace("http", "ws", 1) + f"/api/kernels/{model['id']}/channels"
-        conn = await websocket_connect(ws)
+        if env and model["id"] != env.get("KERNEL_ID", model["id"]):
+            raise RuntimeError(f"EG started {model['id']}, not the KERNEL_ID asked for")
+        conn = await websocket_connect(ws_url(eg.url, model["id"]))
         try:
             deadline = time.monotonic() + 60
             # The kernel may not listen yet: ask again every second, as jupyter_client does.
-            while await shell(conn, "kernel_info_request", {}, 1.0) is None:
+            while await kernel_info_round_trip(conn, 1.0) is None:
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"kernel {model['id']} not ready after 60s")
             code = f"import os; d = {str(user_dir)!r}; os.makedirs(d, exist_ok=True); os.chdir(d)"
-            reply = await shell(
+            answer = await shell_request(
                 conn,
                 "execute_request",
                 {"code": code, "silent": True, "store_history": False, "allow_stdin": False},
@@ -458,11 +489,252 @@ async def cold_path(eg: EnterpriseGateway, user_dir: Path) -> float:
             elapsed = time.perf_counter() - t0
         finally:
             conn.close()
+        reply = answer and answer[1]
         if not reply or reply.get("status") != "ok" or not user_dir.is_dir():
             raise RuntimeError(f"cold path set-up failed: {reply}")
         return elapsed
     finally:
         await delete_kernels(eg, [model["id"]])
+
+
+# -- the gateway: EG's kernels API served by jkp ---------------------------------------------
+
+# A create through the gateway needs a user EG lets run kernels (it refuses root, which this
+# machine runs as); not the pool's own (jovyan), as a client's would not be.
+GATEWAY_USER = "alice"
+
+
+def ws_url(url: str, kernel_id: str) -> str:
+    return url.replace("http", "ws", 1) + f"/api/kernels/{kernel_id}/channels"
+
+
+def gateway_env(work: Path, name: str) -> dict[str, str]:
+    """A create's env as EG's clients send it: the kernel's id, chosen by the client, and its
+    working directory inside the pool's share."""
+    return {
+        "KERNEL_ID": str(uuid.uuid4()),
+        "KERNEL_WORKING_DIR": str(work / "shared" / name),
+        "KERNEL_USERNAME": GATEWAY_USER,
+    }
+
+
+async def create_kernel(url: str, env: dict[str, str]) -> dict:
+    """``POST /api/kernels`` on ``url``; the model, checked to be the kernel asked for."""
+    response = await AsyncHTTPClient().fetch(
+        HTTPRequest(
+            url + "/api/kernels",
+            method="POST",
+            body=json.dumps({"name": KERNEL_NAME, "env": env}),
+            request_timeout=120,
+        ),
+        raise_error=False,
+    )
+    model = json.loads(response.body) if response.code == 201 else {}
+    if model.get("id") != env["KERNEL_ID"]:
+        raise RuntimeError(f"create on {url}: {response.code} {response.body[:300]!r}")
+    return model
+
+
+async def delete_kernel(url: str, kernel_id: str) -> None:
+    response = await AsyncHTTPClient().fetch(
+        HTTPRequest(f"{url}/api/kernels/{kernel_id}", method="DELETE", request_timeout=60),
+        raise_error=False,
+    )
+    if response.code not in (204, 404):
+        raise RuntimeError(f"DELETE {kernel_id} on {url}: {response.code} {response.body!r}")
+
+
+async def working_dir_of(conn) -> str:
+    """The current directory of the kernel on an open websocket (user_expressions: no output)."""
+    content = {"code": "", "silent": True, "store_history": False, "allow_stdin": False,
+               "user_expressions": {"cwd": "__import__('os').getcwd()"}}  # fmt: skip
+    answer = await shell_request(conn, "execute_request", content, 10)
+    expression = (answer[1].get("user_expressions") or {}).get("cwd", {}) if answer else {}
+    text = expression.get("data", {}).get("text/plain", "")
+    return text.strip("'\"")
+
+
+async def warm_create(jkp: Jkp, work: Path, name: str) -> tuple[float, float, float]:
+    """A create through jkp, as a client of EG's API makes it: seconds until jkp answered,
+    until its websocket through jkp's bridge was open, and until the kernel also answered a
+    kernel_info_request on it. Checked to be set up (in its working directory); deleted
+    through jkp after, untimed."""
+    env = gateway_env(work, name)
+    kernel_id = env["KERNEL_ID"]
+    t0 = time.perf_counter()
+    await create_kernel(jkp.url, env)
+    answered = time.perf_counter() - t0
+    try:
+        conn = await websocket_connect(ws_url(jkp.url, kernel_id))
+        connected = time.perf_counter() - t0
+        try:
+            info = await kernel_info_round_trip(conn, 10.0)
+            first_info = time.perf_counter() - t0
+            if info is None:
+                raise RuntimeError(f"warm kernel {kernel_id} did not answer kernel_info in 10 s")
+            cwd = await working_dir_of(conn)
+        finally:
+            conn.close()
+        if cwd != env["KERNEL_WORKING_DIR"]:
+            raise RuntimeError(f"warm kernel {kernel_id} is in {cwd!r}, not its working dir")
+    finally:
+        await delete_kernel(jkp.url, kernel_id)
+    return answered, connected, first_info
+
+
+async def gateway_round(
+    jkp: Jkp, eg: EnterpriseGateway, work: Path, n_warm: int, n_cold: int, gap: float
+) -> dict:
+    """Creates as EG's clients make them: ``n_warm`` through jkp, one at a time, each ``gap``
+    seconds after the pool refilled (so each is served warm); then ``n_cold`` straight to EG
+    with the same env, timed until the kernel answers and is set up as a warm one is (its
+    directory made and entered): what a create costs a user without jkp."""
+    steps_before = await pop_steps(jkp)
+    served_before = await metric_total(jkp, "jkp_pops_total", outcome="served")
+    answered, connected, first_info = [], [], []
+    for i in range(n_warm):
+        await jkp.wait_full(600)
+        await asyncio.sleep(gap)
+        a, c, f = await warm_create(jkp, work, f"gw-warm-{i}")
+        answered.append(a)
+        connected.append(c)
+        first_info.append(f)
+    served = await metric_total(jkp, "jkp_pops_total", outcome="served") - served_before
+    if served != n_warm:
+        raise RuntimeError(f"only {served:.0f} of {n_warm} creates through jkp were served warm")
+    steps_after = await pop_steps(jkp)
+    cold = []
+    for i in range(n_cold):
+        await jkp.wait_full(600)  # the last warm kernels' refill is not the cold create's load
+        await asyncio.sleep(gap)
+        cold.append(await cold_path(eg, work / "shared" / f"gw-cold-{i}", gateway_env(work, "")))
+    warm, warm_info, cold = summary(answered), summary(first_info), summary(cold)
+    step_ms = mean_step_ms(steps_before, steps_after)
+    return {
+        "gap_s": gap,
+        "warm_answered": warm,
+        "warm_websocket_open": summary(connected),
+        "warm_first_kernel_info": warm_info,
+        "cold": cold,
+        "cold_vs_answered_p50": cold["p50_ms"] / warm["p50_ms"],
+        "cold_vs_first_kernel_info_p50": cold["p50_ms"] / warm_info["p50_ms"],
+        "step_mean_ms": step_ms,
+    }
+
+
+class ShellChannel:
+    """An open kernel websocket whose reader keeps it drained: it resolves shell replies and
+    drops the rest at once, so what the kernel broadcasts on iopub (also for requests made on
+    other websockets to it) never queues in front of a reply. TCP_QUICKACK is re-armed before
+    each read."""
+
+    def __init__(self, conn):
+        self.conn = conn
+        self.waiting: dict[str, asyncio.Future] = {}
+        self.reader = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        while True:
+            quickack(self.conn)
+            raw = await self.conn.read_message()
+            if raw is None:
+                for future in self.waiting.values():
+                    if not future.done():
+                        future.set_exception(RuntimeError("the kernel's websocket closed"))
+                return
+            answer = json.loads(raw) if isinstance(raw, str) else {}
+            if answer.get("channel") == "shell":
+                future = self.waiting.pop(answer.get("parent_header", {}).get("msg_id"), None)
+                if future is not None and not future.done():
+                    future.set_result(answer.get("content"))
+
+    async def kernel_info(self, wait: float) -> float:
+        """Seconds from sending a kernel_info_request to its reply."""
+        msg = _SESSION.msg("kernel_info_request", {})
+        msg["channel"] = "shell"
+        future = self.waiting[msg["header"]["msg_id"]] = asyncio.get_running_loop().create_future()
+        t0 = time.perf_counter()
+        await self.conn.write_message(json.dumps(msg, default=json_default))
+        await asyncio.wait_for(future, wait)
+        return time.perf_counter() - t0
+
+    def close(self) -> None:
+        self.reader.cancel()
+        self.conn.close()
+
+
+async def websocket_round(
+    jkp: Jkp,
+    eg: EnterpriseGateway,
+    redis: RedisServer,
+    key: str,
+    work: Path,
+    n: int,
+    warm_up: int,
+    n_connects: int,
+) -> dict:
+    """kernel_info round trips on one kernel, created warm through jkp, over two websockets
+    open at once: one through jkp's bridge, one straight to EG; interleaved (each pair in
+    turn starts with the other), so noise hits both alike. Before, ``n_connects`` websockets
+    opened each way, timed until the handshake's answer."""
+    env = gateway_env(work, "ws")
+    await jkp.wait_full(600)
+    await create_kernel(jkp.url, env)
+    alias = env["KERNEL_ID"]
+    client = aioredis.from_url(redis.url)
+    try:
+        binding = await client.hget(f"{key}:aliases", alias)  # jkp's alias -> kernel on EG
+    finally:
+        await client.aclose()
+    upstream = json.loads(binding)["kernel_id"] if binding else None
+    urls = {"direct": ws_url(eg.url, upstream), "jkp": ws_url(jkp.url, alias)}
+    channels: dict[str, ShellChannel] = {}
+    times: dict[str, list[float]] = {"direct": [], "jkp": []}
+    connects: dict[str, list[float]] = {"direct": [], "jkp": []}
+    first_infos: dict[str, list[float]] = {"direct": [], "jkp": []}
+    try:
+        if upstream is None or upstream == alias:
+            raise RuntimeError(f"kernel {alias}: no binding in Redis ({binding!r})")
+        # Opening a websocket, and its first kernel_info: once it accepted one, EG nudges the
+        # kernel (kernel_info requests of its own) before the client's is answered.
+        for i in range(n_connects):
+            for way in ("direct", "jkp") if i % 2 == 0 else ("jkp", "direct"):
+                await asyncio.sleep(0.05)
+                t0 = time.perf_counter()
+                conn = await websocket_connect(urls[way])
+                connects[way].append(time.perf_counter() - t0)
+                try:
+                    if await kernel_info_round_trip(conn, 10.0) is None:
+                        raise RuntimeError(f"kernel {alias}: no kernel_info reply ({way})")
+                    first_infos[way].append(time.perf_counter() - t0)
+                finally:
+                    conn.close()
+        channels["direct"] = ShellChannel(await websocket_connect(urls["direct"]))
+        channels["jkp"] = ShellChannel(await websocket_connect(urls["jkp"]))
+        for i in range(warm_up + n):
+            for way in ("direct", "jkp") if i % 2 == 0 else ("jkp", "direct"):
+                await asyncio.sleep(0.01)  # the last request's iopub tail has arrived
+                seconds = await channels[way].kernel_info(5.0)
+                if i >= warm_up:
+                    times[way].append(seconds)
+    finally:
+        for channel in channels.values():
+            channel.close()
+        await delete_kernel(jkp.url, alias)
+    direct, via = summary(times["direct"]), summary(times["jkp"])
+    return {
+        "round_trips": n,
+        "warm_up": warm_up,
+        "direct": direct,
+        "via_jkp": via,
+        "p50_vs_direct": via["p50_ms"] / direct["p50_ms"],
+        "p95_vs_direct": via["p95_ms"] / direct["p95_ms"],
+        "p50_added_ms": via["p50_ms"] - direct["p50_ms"],
+        "connect_direct": summary(connects["direct"]),
+        "connect_via_jkp": summary(connects["jkp"]),
+        "connect_first_info_direct": summary(first_infos["direct"]),
+        "connect_first_info_via_jkp": summary(first_infos["jkp"]),
+    }
 
 
 async def real_stack(args, work: Path, stack: Stack, out: dict) -> None:
@@ -524,13 +796,37 @@ async def real_stack(args, work: Path, stack: Stack, out: dict) -> None:
                      for i in range(3 if args.quick else 10)]  # fmt: skip
             out["cold_path"] = summary(times)
             log(f"cold path: p50 {out['cold_path']['p50_ms']:.0f} ms")
-            # The steady state users see: one pop at a time, after refills, beside EG's floor.
-            n = 10 if args.quick else 40
-            log(f"steady state: {n} pops, each 0.3 s after the pool refilled, beside EG's floor")
-            out["steady"] = await steady_round(jkp, eg, n, 0.3, "steady")
+            # The steady state users see: one pop every 0.5 s, refills running meanwhile.
+            n = 10 if args.quick else 60
+            log(f"steady state: {n} pops, one every 0.5 s with refills running, beside EG's floor")
+            out["steady"] = await steady_round(jkp, eg, n, 0.5, "steady")
             s = out["steady"]
             log(f"  pop p50 {s['pop']['p50_ms']:.1f} ms vs floor {s['floor']['p50_ms']:.1f} ms "
-                f"({s['p50_vs_floor']:.2f}×); p95 {s['p95_vs_floor']:.2f}×")  # fmt: skip
+                f"({s['p50_vs_floor']:.2f}×); p95 {s['p95_vs_floor']:.2f}×; "
+                f"{s['kernels_started_meanwhile']} kernels started meanwhile")  # fmt: skip
+            # The gateway: creates as EG's clients make them, warm through jkp vs cold on EG.
+            n_warm, n_cold = (10, 3) if args.quick else (40, 10)
+            log(f"gateway: {n_warm} warm creates through jkp, each 0.5 s after the pool "
+                f"refilled; {n_cold} cold creates on EG")  # fmt: skip
+            g = out["gateway"] = await gateway_round(jkp, eg, work, n_warm, n_cold, 0.5)
+            log(f"  warm create p50 {g['warm_answered']['p50_ms']:.1f} ms (+ first kernel_info "
+                f"{g['warm_first_kernel_info']['p50_ms']:.1f} ms), cold "
+                f"{g['cold']['p50_ms']:.0f} ms")  # fmt: skip
+            # A kernel's websocket through jkp's bridge vs straight to EG.
+            n = 50 if args.quick else 200
+            log(f"websocket: {n} kernel_info round trips each way, via jkp and straight to EG")
+            w = out["websocket"] = await websocket_round(
+                jkp,
+                eg,
+                redis,
+                "bench:real",
+                work,
+                n,
+                10 if args.quick else 20,
+                10 if args.quick else 20,
+            )
+            log(f"  p50 via jkp {w['via_jkp']['p50_ms']:.2f} ms, direct "
+                f"{w['direct']['p50_ms']:.2f} ms ({w['p50_vs_direct']:.2f}×)")  # fmt: skip
             await jkp.wait_full(600)
     for server in (jkp, eg, redis):  # nothing of it may take CPU from the scale runs
         stack.remove(server)
@@ -698,8 +994,10 @@ def checks(out: dict) -> list[tuple[str, str, str, str]]:
         s = out["steady"]
         pop, floor = s["pop"], s["floor"]
         row(
-            f"steady state (n={s['pops']}): pop p50 / p95",
-            f"{pop['p50_ms']:.1f} / {pop['p95_ms']:.1f} ms",
+            f"steady state (n={s['pops']}, one pop every {s['interval_s']} s, refills running): "
+            "pop p50 / p95",
+            f"{pop['p50_ms']:.1f} / {pop['p95_ms']:.1f} ms ({s['kernels_started_meanwhile']} "
+            f"kernels started meanwhile, ≥ {s['least_idle_seen']} idle)",
         )
         row("steady state: EG floor (kernel_info on an open websocket) p50 / p95",
             f"{floor['p50_ms']:.1f} / {floor['p95_ms']:.1f} ms")  # fmt: skip
@@ -709,6 +1007,46 @@ def checks(out: dict) -> list[tuple[str, str, str, str]]:
             s["p95_vs_floor"] <= 3)  # fmt: skip
         steps = ", ".join(f"{k} {v:.2f}" for k, v in s["step_mean_ms"].items())
         row("steady state: mean per step inside jkp (ms)", steps)
+    if "gateway" in out:
+        g = out["gateway"]
+        warm, info, cold = g["warm_answered"], g["warm_first_kernel_info"], g["cold"]
+        row(f"gateway: warm create through jkp (n={warm['n']}), answered p50 / p95",
+            f"{warm['p50_ms']:.1f} / {warm['p95_ms']:.1f} ms")  # fmt: skip
+        opened = g["warm_websocket_open"]
+        row("gateway: warm create + websocket through jkp open p50 / p95",
+            f"{opened['p50_ms']:.1f} / {opened['p95_ms']:.1f} ms")  # fmt: skip
+        row("gateway: warm create + first kernel_info over jkp's websocket p50 / p95",
+            f"{info['p50_ms']:.1f} / {info['p95_ms']:.1f} ms")  # fmt: skip
+        row(f"gateway: cold create on EG until it answers and is set up (n={cold['n']}) "
+            "p50 / p95", f"{cold['p50_ms']:.0f} / {cold['p95_ms']:.0f} ms")  # fmt: skip
+        ratio = g["cold_vs_answered_p50"]
+        row("gateway: cold p50 / warm create answered p50", f"{ratio:.1f}×", "≥ 20×",
+            ratio >= 20)  # fmt: skip
+        ratio = g["cold_vs_first_kernel_info_p50"]
+        row("gateway: cold p50 / warm create + first kernel_info p50", f"{ratio:.1f}×", "≥ 20×",
+            ratio >= 20)  # fmt: skip
+        steps = ", ".join(f"{k} {v:.2f}" for k, v in g["step_mean_ms"].items())
+        row("gateway: warm create, mean per step inside jkp (ms)", steps)
+    if "websocket" in out:
+        w = out["websocket"]
+        direct, via = w["direct"], w["via_jkp"]
+        row(f"websocket: kernel_info round trip straight to EG (n={direct['n']}) p50 / p95",
+            f"{direct['p50_ms']:.2f} / {direct['p95_ms']:.2f} ms")  # fmt: skip
+        row(f"websocket: the same through jkp's bridge (n={via['n']}) p50 / p95",
+            f"{via['p50_ms']:.2f} / {via['p95_ms']:.2f} ms")  # fmt: skip
+        ok = via["p50_ms"] <= 1.5 * direct["p50_ms"] + 1
+        row("websocket: via jkp p50 / direct p50", f"{w['p50_vs_direct']:.2f}× "
+            f"(+{w['p50_added_ms']:.2f} ms)", "≤ 1.5× direct + 1 ms", ok)  # fmt: skip
+        added = via["p95_ms"] - direct["p95_ms"]
+        row("websocket: via jkp p95 / direct p95", f"{w['p95_vs_direct']:.2f}× (+{added:.2f} ms)")
+        direct, via = w["connect_direct"], w["connect_via_jkp"]
+        row(f"websocket: opening one (n={direct['n']}), straight to EG / through jkp, p50 / p95",
+            f"{direct['p50_ms']:.1f} / {direct['p95_ms']:.1f} ms; "
+            f"{via['p50_ms']:.1f} / {via['p95_ms']:.1f} ms")  # fmt: skip
+        direct, via = w["connect_first_info_direct"], w["connect_first_info_via_jkp"]
+        row("websocket: opening one + its first kernel_info, straight to EG / through jkp, "
+            "p50 / p95", f"{direct['p50_ms']:.1f} / {direct['p95_ms']:.1f} ms; "
+            f"{via['p50_ms']:.1f} / {via['p95_ms']:.1f} ms")  # fmt: skip
     if "cold_path" in out:
         cold, c1 = out["cold_path"], out["rounds"]["c1"]
         ms = " / ".join(f"{cold[k]:.0f}" for k in ("min_ms", "p50_ms", "p95_ms"))
@@ -764,7 +1102,11 @@ def report(out: dict) -> str:
         "starts replacements refill_delay (default 1 s) after a burst's first pop; each round "
         "is shorter, so its pops do not compete with kernel starts (~0.4 s CPU each here). The "
         "'refill at once' round (refill_delay=0) shows what they cost when they do. "
-        "With few samples p99 is close to the maximum."
+        "With few samples p99 is close to the maximum. Gateway creates are timed like pops (a "
+        "new connection each); a cold one until the kernel answers kernel_info and has entered "
+        "its directory, what a warm create's answer already includes. Websocket round trips "
+        "run on two websockets to one kernel open at once, so each sees the other's iopub "
+        "traffic; TCP_QUICKACK is re-armed before every read on every client socket."
         + (
             " Scale (sim) figures come from bench/gateway_simulator.py, not EG: the activation "
             f"sweep from one that answers after {SWEEP_LATENCY_MS} ms (so the requests jkp keeps "
