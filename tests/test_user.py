@@ -185,3 +185,11 @@ def test_gateway_set_up_refuses_directories_not_inside_working_dir(tmp_path, tar
     result = run_in_python(set_up_code(str(share), target), cwd=tmp_path)
     assert result.returncode != 0
     assert "UserDirectoryRefused" in result.stderr
+
+
+@pytest.mark.parametrize("name", ["x" * 300, "a-file/below"])
+def test_gateway_set_up_refuses_a_directory_it_cannot_make(tmp_path, name):
+    """A path the client chose that cannot be made is the client's, not the share's fault."""
+    (tmp_path / "a-file").write_text("")
+    result = run_in_python(set_up_code(str(tmp_path), name), cwd=tmp_path)
+    assert "UserDirectoryRefused" in result.stderr

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
 from tornado import web
@@ -72,6 +73,14 @@ class ChannelsHandler(WebSocketHandler):
         self.set_status(status)
         self.set_header("Content-Type", "application/json; charset=UTF-8")
         self.finish(json.dumps({"message": message, "reason": reason}))
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        """Errors before the upgrade (e.g. a POST: 405) as JSON, as every jkp error."""
+        if status_code == 405:
+            self.set_header("Allow", "GET")
+        self.set_header("Content-Type", "application/json; charset=UTF-8")
+        reason = self._reason
+        self.finish(json.dumps({"message": f"{status_code} {reason}", "reason": reason}))
 
     def select_subprotocol(self, subprotocols: list[str]) -> str | None:
         return self.upstream.selected_subprotocol if self.upstream else None

@@ -46,6 +46,19 @@ return 0
 """
 
 
+# Whether alias ARGV[1] is bound, or reserved by a create whose reservation has not run out.
+_TAKEN = (
+    _NOW
+    + """
+local entry = redis.call('HGET', KEYS[1], ARGV[1])
+if not entry then return 0 end
+entry = cjson.decode(entry)
+if entry['reserved_by'] and entry['expires'] <= now then return 0 end
+return 1
+"""
+)
+
+
 class AliasStore:
     """Atomic operations on the aliases hash."""
 
@@ -54,6 +67,7 @@ class AliasStore:
         self.key = key
         self._reserve = client.register_script(_RESERVE)
         self._drop = client.register_script(_DROP)
+        self._taken = client.register_script(_TAKEN)
 
     async def reserve(self, alias: str, create_id: str, lease_seconds: float) -> bool:
         """Reserve ``alias`` for one create; False when it is taken (bound or reserved)."""
@@ -64,8 +78,8 @@ class AliasStore:
         await self._drop(keys=[self.key], args=[alias, create_id, ""])
 
     async def taken(self, alias: str) -> bool:
-        """Whether ``alias`` is bound or reserved."""
-        return bool(await self.client.hexists(self.key, alias))
+        """Whether ``alias`` is bound, or reserved by a create still under way."""
+        return bool(await self._taken(keys=[self.key], args=[alias]))
 
     async def binding(self, alias: str) -> dict[str, Any] | None:
         """The binding of ``alias``; None when it is not bound (unknown, or still reserved)."""

@@ -56,6 +56,8 @@ START_ONLY_ENV = [
 # EG's text when a kernel id is taken; pybox looks for it to reuse the kernel.
 ALREADY_EXISTS = "Kernel already exists: {}"
 _EG_TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
+# EG refuses longer KERNEL_* values with 400.
+_MAX_ENV_VALUE = 4096
 # How long a bound kernel may take to be bound again after a restart.
 _REBIND_TIMEOUT = 30.0
 
@@ -147,20 +149,34 @@ class KernelService(LoggingConfigurable):
         if isinstance(plan, str):
             self.log.info("Create started cold by EG: %s", plan)
             return await self._create_cold(body)
-        create_id = uuid.uuid4().hex
-        if plan.alias:
+        if not plan.alias:
+            model = await self._bind(plan, client_gone)
+        else:
+            create_id = uuid.uuid4().hex
             try:
-                reserved = await self._reserve(plan, create_id)
-            except (RedisError, GatewayError) as e:
+                reserved = await self.aliases.reserve(plan.alias, create_id, plan.pool.claim_lease)
+            except RedisError as e:
                 self.log.info("Create started cold by EG: its id cannot be reserved (%s)", e)
                 return await self._create_cold(body)
             if not reserved:
                 raise _already_exists(plan.alias)
-        try:
-            model = await self._bind(plan, client_gone)
-        finally:
-            if plan.alias:
+            # EG may have a kernel of that id that jkp never bound (one it started cold): it is
+            # asked beside the bind, not before it, which would cost every create a round trip.
+            on_eg = asyncio.ensure_future(
+                self.gateway.get_kernel(plan.alias, plan.pool.kernel_request_timeout)
+            )
+            try:
+                model = await self._bind(plan, client_gone)
+                exists = await self._exists_on_eg(on_eg)
+            finally:
+                if on_eg.done() and not on_eg.cancelled():
+                    on_eg.exception()  # looked at: the bind's failure is what is answered
+                on_eg.cancel()
                 await self._drop_reservation(plan.alias, create_id)
+            if exists:
+                if model is not None:
+                    await plan.pool.take_back(model["id"], "its client's id exists on EG")
+                raise _already_exists(plan.alias)
         if model is None:
             return await self._create_cold(body)
         kernel_id = plan.alias or model["id"]
@@ -178,10 +194,10 @@ class KernelService(LoggingConfigurable):
             return "its body is not JSON"
         if not isinstance(request, dict):
             return "its body is not a JSON object"
-        env = request.get("env") or {}
+        env = request.get("env", {})
         if not isinstance(env, dict) or not all(_bindable(n, v) for n, v in env.items()):
             return "its env is not a dict of strings a kernel's os.environ can hold"
-        name = request.get("name") or await self._default_kernel_name()
+        name = request["name"] if "name" in request else await self._default_kernel_name()
         if not isinstance(name, str) or name not in self.pools.pools:
             return f"no pool serves kernel spec {name!r}"
         pool = self.pools.pools[name]
@@ -194,8 +210,8 @@ class KernelService(LoggingConfigurable):
             if variable in env and env[variable] != pool_env.get(variable):
                 return f"it sets {variable}, which the pool's kernels were started without"
         alias = env.get("KERNEL_ID", "")
-        if alias and not _is_uuid(alias):
-            return "its KERNEL_ID is not a UUID"
+        if alias and not _is_uuid4(alias):
+            return "its KERNEL_ID is not a UUID4 as EG writes them"
         target = env.get("KERNEL_WORKING_DIR") or request.get("path") or None
         if target is not None:
             if not isinstance(target, str) or "\x00" in target:
@@ -224,15 +240,14 @@ class KernelService(LoggingConfigurable):
             "Forbidden",
         )
 
-    async def _reserve(self, plan: WarmCreate, create_id: str) -> bool:
-        """Reserve the client's kernel id for this create: False when it is taken here or
-        on EG. Raises GatewayError or RedisError when that cannot be told."""
-        if not await self.aliases.reserve(plan.alias, create_id, plan.pool.claim_lease):
+    async def _exists_on_eg(self, on_eg: asyncio.Future) -> bool:
+        """Whether EG answered that it has the kernel; when EG could not say, False (the
+        bind, if it succeeded, stands)."""
+        try:
+            return await on_eg is not None
+        except GatewayError as e:
+            self.log.warning("Cannot ask EG whether a kernel id is in use: %s", e)
             return False
-        if await self.gateway.get_kernel(plan.alias, plan.pool.kernel_request_timeout) is None:
-            return True
-        await self.aliases.drop_reservation(plan.alias, create_id)
-        return False
 
     async def _drop_reservation(self, alias: str, create_id: str) -> None:
         """Give the client's id back unless the create bound it (its reservation would
@@ -289,7 +304,10 @@ class KernelService(LoggingConfigurable):
             if taken:
                 raise _already_exists(alias)
         return await self.gateway.forward(
-            "POST", "/api/kernels", body=body, headers={"Content-Type": "application/json"}
+            "POST",
+            "/api/kernels",
+            body=_with_env(body),
+            headers={"Content-Type": "application/json"},
         )
 
     # -- requests that name a kernel ------------------------------------------------------
@@ -426,6 +444,19 @@ class KernelService(LoggingConfigurable):
         return self._kernel_specs
 
 
+def _with_env(body: bytes) -> bytes:
+    """A create's body with an ``env``, empty when it had none. EG 3.3 answers a create
+    without env that overlaps another create (jkp's refills) with a 500 naming the other's
+    kernel ("Kernel already exists"), which pybox would take for its own id."""
+    try:
+        request = json.loads(body or b"{}")
+    except ValueError:
+        return body
+    if not isinstance(request, dict) or "env" in request:
+        return body
+    return json.dumps({**request, "env": {}}).encode()
+
+
 def _already_exists(kernel_id: str) -> KernelRequestError:
     return KernelRequestError(409, ALREADY_EXISTS.format(kernel_id), "Conflict")
 
@@ -434,8 +465,8 @@ def _bindable(name: Any, value: Any) -> bool:
     """Whether ``name=value`` can be set in a kernel's os.environ as it is."""
     if not isinstance(name, str) or not isinstance(value, str) or not name:
         return False
-    if "=" in name or "\x00" in name or "\x00" in value:
-        return False
+    if "=" in name or "\x00" in name or "\x00" in value or len(value) > _MAX_ENV_VALUE:
+        return False  # os.environ cannot hold it, or EG refuses it (400)
     try:
         name.encode()
         value.encode()
@@ -444,12 +475,13 @@ def _bindable(name: Any, value: Any) -> bool:
     return True
 
 
-def _is_uuid(value: str) -> bool:
+def _is_uuid4(value: str) -> bool:
+    """Whether ``value`` is a version 4 UUID, written as EG writes kernel ids."""
     try:
-        uuid.UUID(value)
+        parsed = uuid.UUID(value)
     except ValueError:
         return False
-    return True
+    return parsed.version == 4 and str(parsed) == value
 
 
 def _shown_as(model: dict[str, Any], kernel_id: str) -> dict[str, Any]:

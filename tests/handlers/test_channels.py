@@ -209,3 +209,10 @@ async def test_the_kernels_first_messages_reach_a_client_that_reads_late(bound):
                     states.append(msg["content"]["execution_state"])
     finally:
         client.conn.close()
+
+
+async def test_a_websocket_route_asked_with_another_method_is_a_json_405(bound):
+    jkp, _, kernel_id = bound
+    status, error = await jkp.request("POST", f"/api/kernels/{kernel_id}/channels", b"{}")
+    assert status == 405
+    assert set(error) == {"message", "reason"}

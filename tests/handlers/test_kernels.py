@@ -10,7 +10,7 @@ import uuid
 import pytest
 from tornado.websocket import websocket_connect
 
-from tests.conftest import run_in_kernel
+from tests.conftest import run_in_kernel, wait_until
 
 USER_ENV = {"KERNEL_USERNAME": "alice"}
 
@@ -227,3 +227,52 @@ async def test_jkps_token_guards_the_gateway_api_and_egs_is_sent_upstream(
     assert getattr(refused.value, "code", None) == 401
     conn = await websocket_connect(ws_url + "?token=jkp-t0ken")
     conn.close()
+
+
+async def test_a_path_the_kernel_cannot_make_costs_no_kernel_and_pauses_nothing(stack):
+    jkp, gateway = stack
+    pooled = set(await jkp.idle_ids())
+    for _ in range(3):
+        status, model = await create(jkp, USER_ENV, path="x" * 300)
+        assert status == 201, model  # EG's cold kernel: EG does not make the directory
+        assert model["id"] not in pooled
+    assert set(await jkp.idle_ids()) == pooled
+    assert jkp.logged("Create not served warm (UserDirectoryError)")
+    status, _ = await jkp.pop("zt")
+    assert status == 200
+
+
+async def test_an_id_eg_has_from_a_cold_create_is_refused_and_its_warm_kernel_shut_down(stack):
+    jkp, gateway = stack
+    kernel_id = str(uuid.uuid4())
+    status, _ = await create(jkp, {**USER_ENV, "KERNEL_ID": kernel_id, "KERNEL_IMAGE": "other"})
+    assert status == 201  # cold: EG's own kernel
+    await jkp.wait_for_idle(2)
+    pooled = set(await jkp.idle_ids())
+
+    status, error = await create(jkp, {**USER_ENV, "KERNEL_ID": kernel_id})
+
+    assert status == 409 and f"Kernel already exists: {kernel_id}" in error["message"]
+    # The pooled kernel bound beside the check is shut down, and the pool refills.
+    await jkp.wait_for_idle(2)
+    taken = pooled - set(await jkp.idle_ids())
+    await wait_until(lambda: not taken & set(gateway.list_kernel_ids()), 10, "it shut down")
+    assert (await jkp.store.counts())["handed"] == 0
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"env": None},
+        {"env": [], "name": "python_kubernetes"},
+        {"name": ""},
+        {"env": {**USER_ENV, "KERNEL_ID": str(uuid.uuid4()).upper()}},
+        {"env": {**USER_ENV, "KERNEL_LONG": "x" * 4097}},
+    ],
+)
+async def test_creates_eg_would_refuse_go_to_eg_as_they_came(stack, body):
+    jkp, _ = stack
+    pooled = set(await jkp.idle_ids())
+    status, _ = await jkp.request("POST", "/api/kernels", json.dumps(body))
+    assert status >= 400  # EG's own answer
+    assert set(await jkp.idle_ids()) == pooled

@@ -321,3 +321,8 @@ async def test_a_bound_kernel_taken_back_from_its_caller_loses_its_alias(store, 
     assert await store.retire_handed("k1")
     assert await store.retiring_ids() == ["k1"]
     assert not await aliases.taken("client-id")
+
+
+async def test_an_expired_reservation_does_not_hold_its_alias(aliases):
+    assert await aliases.reserve("client-id", "create-1", 0.0)
+    assert not await aliases.taken("client-id")
