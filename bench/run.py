@@ -25,6 +25,7 @@ import asyncio
 import json
 import os
 import platform
+import random
 import re
 import shutil
 import signal
@@ -394,10 +395,17 @@ async def pop_steps(jkp: Jkp) -> dict[str, tuple[float, int]]:
 async def steady_round(
     jkp: Jkp, eg: EnterpriseGateway, n: int, interval: float, prefix: str
 ) -> dict:
-    """One pop every ``interval`` seconds, as users pop, with the refills they cause running
-    meanwhile (kernel starts compete for the CPU); halfway between two pops, EG's floor on the
-    same machine at the same moment: a kernel_info round trip on an open websocket to an idle
-    kernel of EG's own."""
+    """One pop every ``interval`` seconds on average, as users pop, with the refills they cause
+    running meanwhile (kernel starts compete for the CPU); between two pops, EG's floor on the
+    same machine at nearly the same moment: a kernel_info round trip on an open websocket to an
+    idle kernel of EG's own.
+
+    The gaps are drawn at random (0.5 to 1.5 × ``interval``, a fixed seed), and the floor is
+    taken at a random point of each gap: users do not pop on a metronome, and a fixed period
+    that divides refill_delay (1 s) would put every pop exactly at the start of an earlier
+    pop's refill, and the floor always between them.
+    """
+    rng = random.Random(20261128)
     floor_id, conn = await floor_channel(eg)
     pops, floors, ids = [], [], []
     await jkp.wait_full(600)
@@ -407,12 +415,13 @@ async def steady_round(
     next_pop, least_idle = loop.time() + interval, jkp.target
     try:
         for i in range(n):
-            await asyncio.sleep(max(next_pop - interval / 2 - loop.time(), 0))
+            gap = interval * rng.uniform(0.5, 1.5)
+            await asyncio.sleep(max(next_pop - gap * rng.uniform(0.2, 0.8) - loop.time(), 0))
             floor = await kernel_info_round_trip(conn, 5.0)
             if floor is not None:
                 floors.append(floor)
             await asyncio.sleep(max(next_pop - loop.time(), 0))
-            next_pop = max(next_pop + interval, loop.time())  # a late pop does not bunch the rest
+            next_pop = max(next_pop + gap, loop.time())  # a late pop does not bunch the rest
             r = await pop_round([jkp.url], 1, 1, f"{prefix}-{i}")
             pops.append(r["max_ms"] / 1000)
             ids += r["_ids"]
@@ -757,6 +766,15 @@ async def real_stack(args, work: Path, stack: Stack, out: dict) -> None:
     # and jkp notices only at kernel_ready_timeout (300 s by default): bound that stall.
     options = ("--PoolManager.activation_interval=0", "--PoolManager.max_concurrent_starts=4",
                "--PoolManager.kernel_ready_timeout=60")  # fmt: skip
+    if args.steady_only:
+        # The steady-state round alone, as the full run has it (pool of 40, refill_delay 1 s).
+        jkp = stack.add(Jkp(work, "jkp-steady", redis, eg.url, "bench:real", 40, options))
+        await jkp.wait_full(900)
+        await delete_kernels(eg, (await pop_round([jkp.url], 2, 1, "warm-steady"))["_ids"])
+        n = 10 if args.quick else 60
+        log(f"steady state: {n} pops, one every 0.5 s on average, refills running")
+        out["steady"] = await steady_round(jkp, eg, n, 0.5, "steady")
+        return
     jkp, out["rounds"] = None, {}
     for key, c, n, target, refill_delay in rounds:
         r = {"refill_delay_s": refill_delay}
@@ -994,7 +1012,8 @@ def checks(out: dict) -> list[tuple[str, str, str, str]]:
         s = out["steady"]
         pop, floor = s["pop"], s["floor"]
         row(
-            f"steady state (n={s['pops']}, one pop every {s['interval_s']} s, refills running): "
+            f"steady state (n={s['pops']}, one pop every {s['interval_s']} s on average, refills "
+            "running): "
             "pop p50 / p95",
             f"{pop['p50_ms']:.1f} / {pop['p95_ms']:.1f} ms ({s['kernels_started_meanwhile']} "
             f"kernels started meanwhile, ≥ {s['least_idle_seen']} idle)",
@@ -1140,7 +1159,7 @@ async def main_async(args, work: Path, stack: Stack, out: dict) -> None:
     # Anything else running (a test suite, a build) skews every figure: say so in the report.
     out["machine"]["busy_before_start"] = await machine_busy(2.0)
     await real_stack(args, work, stack, out)
-    if not args.skip_scale:
+    if not (args.skip_scale or args.steady_only):
         await scale(args, work, stack, out)
 
 
@@ -1157,6 +1176,9 @@ def main() -> int:
         help="where to write all figures (default .stack/bench-results.json)",
     )
     parser.add_argument("--skip-scale", action="store_true", help="only the real stack")
+    parser.add_argument(
+        "--steady-only", action="store_true", help="only the steady-state round beside EG's floor"
+    )
     parser.add_argument(
         "--keep", action="store_true", help="keep the logs (work dir) after success"
     )

@@ -14,9 +14,10 @@ USER_DIR_REFUSED = "UserDirectoryRefused"
 
 # The set-up, as it runs in the kernel. The resolved target must lie inside the resolved
 # working dir (a direct child for a pop's user directory), so neither a crafted path nor a
-# symlink planted in the share can move the kernel elsewhere. The check and the directory's
-# making come before any change to the kernel, so a refused kernel can go back to the pool;
-# past them, a mark on ``sys`` tells a replica taking the pop over that it is not pristine.
+# symlink planted in the share can move the kernel elsewhere. Only a directory entered changes
+# the kernel, so a refused kernel (or one whose directory cannot be made or entered) can go back
+# to the pool; past that, a mark on ``sys`` tells a replica taking the pop over that it is not
+# pristine.
 _SET_UP_FUNCTION = """\
 def __jkp_set_up(base, target, child_only, env):
     import os, sys
@@ -33,14 +34,13 @@ def __jkp_set_up(base, target, child_only, env):
             raise UserDirectoryRefused("directory %r is not inside %r" % (target, base))
         try:
             os.makedirs(target, exist_ok=True)
+            os.chdir(target)
         except OSError as e:
             if child_only:
                 raise  # jkp's own user directory: the share failed
-            # A path the client chose (too long, through a file, not the client's to make).
-            raise UserDirectoryRefused("cannot make directory %r: %s" % (target, e)) from None
+            # A path the client chose (too long, through a file, not the client's to enter).
+            raise UserDirectoryRefused("cannot enter directory %r: %s" % (target, e)) from None
     sys._jkp_set_up = True
-    if target is not None:
-        os.chdir(target)
     os.environ.update(env)
 """
 
