@@ -208,7 +208,7 @@ class KernelService(LoggingConfigurable):
         pool_env = pool.kernel_start_env("")
         for variable in self.start_only_env:
             if variable in env and env[variable] != pool_env.get(variable):
-                return f"it sets {variable}, which the pool's kernels were started without"
+                return f"it sets {variable} to a value the pool's kernels were not started with"
         alias = env.get("KERNEL_ID", "")
         if alias and not _is_uuid4(alias):
             return "its KERNEL_ID is not a UUID4 as EG writes them"
