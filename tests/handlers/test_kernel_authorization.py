@@ -87,3 +87,31 @@ async def test_with_impersonation_another_users_create_is_started_cold_by_eg(
 
     status, model = await jkp.request("POST", "/api/kernels", json.dumps(create_body("jovyan")))
     assert status == 201 and model["id"] in pooled  # the pool's own user is served warm
+
+
+async def test_env_values_reach_a_warm_kernel_exactly_and_never_as_code(stack, shared_dir):
+    """What a warm create binds late arrives as data: the kernel's os.environ holds each value
+    as it was sent, and none of them runs."""
+    jkp, _ = stack
+    env = {
+        "KERNEL_USERNAME": "alice",
+        "KERNEL_QUOTES": "'\"'''\"\"\"",
+        "KERNEL_BACKSLASHES": "\\n\\\\x00\\",
+        "KERNEL_NEWLINES": "a\nb\r\nc",
+        "KERNEL_UNICODE": "é€𝄞\u200b",
+        "KERNEL_LONG": "y" * 4096,
+        "KERNEL_CODE": "'); open('pwned', 'w').close(); ('",
+        "KERNEL_MAGIC": "%cd /\n!touch pwned",
+    }
+    status, model = await jkp.request(
+        "POST",
+        "/api/kernels",
+        json.dumps({"env": {**env, "KERNEL_WORKING_DIR": str(shared_dir / "alice")}}),
+    )
+    assert status == 201, model
+    out = await run_in_kernel(
+        jkp, model["id"], "import json, os; print(json.dumps(dict(os.environ)))"
+    )
+    seen = json.loads(out)
+    assert {name: seen[name] for name in env} == env
+    assert not list(shared_dir.rglob("pwned"))
