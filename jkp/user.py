@@ -147,11 +147,6 @@ def set_up_request(
     return {"base": working_dir, "target": target, "child_only": bool(child_only), "env": env}
 
 
-def enter_user_dir_code(working_dir: str, user_id: str, env: dict[str, str] | None = None) -> str:
-    """The pop's set-up as one cell (see set_up_code)."""
-    return set_up_code(working_dir, validate_user_id(user_id), child_only=True, env=env)
-
-
 def set_up_code(
     working_dir: str,
     target: str | None,

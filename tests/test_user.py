@@ -13,7 +13,6 @@ from hypothesis import strategies as st
 from jkp.user import (
     USER_ID_PATTERN,
     InvalidUserId,
-    enter_user_dir_code,
     set_up_code,
     validate_user_id,
 )
@@ -64,6 +63,12 @@ def test_nothing_outside_the_pattern_is_accepted(user_id):
     assert 1 <= len(user_id) <= 128
     assert set(user_id) <= set(SAFE_CHARS)
     assert user_id not in (".", "..")
+
+
+def enter_user_dir_code(working_dir, user_id):
+    """The pop's set-up for ``user_id``, as one cell (the comm's handler runs the same
+    function on the same arguments)."""
+    return set_up_code(working_dir, validate_user_id(user_id), child_only=True)
 
 
 def _shape_and_arguments(code):
