@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 from http.client import responses
@@ -55,12 +56,20 @@ class APIHandler(web.RequestHandler):
         self.set_header("Content-Type", "application/json; charset=UTF-8")
         self.set_header("Cache-Control", "no-store")
 
+    def initialize(self) -> None:
+        # Set when the caller hangs up: tornado does not cancel a handler then, so work for
+        # the caller (a pop, a create) checks this and stops at its next step.
+        self.client_gone = asyncio.Event()
+
     def prepare(self) -> None:
         if self.auth_required and not self.authenticated:
             raise api_error(401, "Missing or invalid Authorization token", "Unauthorized")
         self._body = bytearray()
         if int(self.request.headers.get("Content-Length") or 0) > MAX_BODY_BYTES:
             raise self._body_too_large_error()
+
+    def on_connection_close(self) -> None:
+        self.client_gone.set()
 
     def data_received(self, chunk: bytes) -> None:
         if self._body_too_large or len(self._body) + len(chunk) > MAX_BODY_BYTES:

@@ -5,7 +5,6 @@ Kernel routes come after the pop's (``/api/kernels/pop/``) in the app's handler 
 
 from __future__ import annotations
 
-import asyncio
 from http.client import responses
 from typing import Any
 
@@ -59,19 +58,12 @@ class MainKernelHandler(GatewayHandler):
     """``GET /api/kernels``: EG's list without the pools' kernels; ``POST``: a create, warm
     when a pool can serve it."""
 
-    def prepare(self) -> None:
-        super().prepare()
-        self._client_gone = asyncio.Event()
-
-    def on_connection_close(self) -> None:
-        self._client_gone.set()
-
     async def get(self) -> None:
         await self.relay(self.kernels.list_kernels(self.request.query))
 
     async def post(self) -> None:
         try:
-            await self.relay(self.kernels.create(self.request_body(), self._client_gone))
+            await self.relay(self.kernels.create(self.request_body(), self.client_gone))
         except PopAbandonedError:
             self.set_status(499, "Client Closed Request")  # for the access log; nobody reads it
 

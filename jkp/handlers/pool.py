@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import re
 import time
 
@@ -30,16 +29,9 @@ IDEMPOTENCY_KEY_PATTERN = re.compile(r"[\x20-\x7e]{1,128}")
 class PopHandler(APIHandler):
     """Hands one warm kernel to a user, already in the user's directory.
 
-    A caller that hangs up before the answer costs no kernel: tornado does not cancel the
-    handler, so ``on_connection_close`` tells the pool, which stops at its next step.
+    A caller that hangs up before the answer costs no kernel: ``client_gone`` tells the pool,
+    which stops at its next step.
     """
-
-    def prepare(self) -> None:
-        super().prepare()
-        self._client_gone = asyncio.Event()
-
-    def on_connection_close(self) -> None:
-        self._client_gone.set()
 
     async def post(self) -> None:
         body = self.get_json_body()
@@ -67,7 +59,7 @@ class PopHandler(APIHandler):
             )
         try:
             # The pool checks the userId before it takes anything.
-            model = await pool.pop(body["userId"], key, self._client_gone, env)
+            model = await pool.pop(body["userId"], key, self.client_gone, env)
         except InvalidUserId as e:
             raise api_error(400, str(e), "Invalid userId") from e
         except PopAbandonedError:
