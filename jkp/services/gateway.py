@@ -250,23 +250,32 @@ class GatewayClient(LoggingConfigurable):
         return Forwarded(response.code, kept, response.body or b"")
 
     async def connect_channels(
-        self, kernel_id: str, query: str = "", subprotocols: list[str] | None = None
+        self,
+        kernel_id: str,
+        query: str = "",
+        subprotocols: list[str] | None = None,
+        timeout: float | None = None,
     ) -> WebSocketClientConnection:
-        """Open a client's websocket to a kernel's channels on EG, with the client's query
+        """Open a websocket to a kernel's channels on EG, with a client's query
         (``session_id``) and subprotocols; the connection's ``selected_subprotocol`` is EG's
-        choice. GatewayError (with EG's status when it answered one) when EG refuses it."""
+        choice. GatewayError (with EG's status when it answered one) when EG refuses it, or
+        when it is not open within ``timeout`` (default ``request_timeout``)."""
+        timeout = timeout or self.request_timeout
         url = f"{self.ws_url}/api/kernels/{quote(kernel_id)}/channels"
         request = HTTPRequest(
             url + (f"?{query}" if query else ""),
-            request_timeout=self.request_timeout,
+            request_timeout=timeout,
             **self._request_options(),
         )
         try:
-            return await websocket_connect(
-                request,
-                subprotocols=subprotocols or None,
-                max_message_size=MAX_WEBSOCKET_MESSAGE_BYTES,
-            )
+            async with asyncio.timeout(timeout):
+                return await websocket_connect(
+                    request,
+                    subprotocols=subprotocols or None,
+                    max_message_size=MAX_WEBSOCKET_MESSAGE_BYTES,
+                )
+        except TimeoutError as e:
+            raise GatewayError(f"no websocket to kernel {kernel_id} in {timeout}s") from e
         except HTTPClientError as e:
             status = None if e.code == 599 else e.code
             raise GatewayError(f"EG websocket of kernel {kernel_id}: {e}", status) from e
@@ -439,21 +448,7 @@ class GatewayClient(LoggingConfigurable):
         return answer
 
     async def _connect(self, kernel_id: str, timeout: float) -> KernelChannel:
-        request = HTTPRequest(
-            f"{self.ws_url}/api/kernels/{quote(kernel_id)}/channels",
-            request_timeout=timeout,
-            **self._request_options(),
-        )
-        try:
-            async with asyncio.timeout(timeout):
-                conn = await websocket_connect(request)
-        except TimeoutError as e:
-            raise GatewayError(f"no websocket to kernel {kernel_id} in {timeout}s") from e
-        except HTTPClientError as e:
-            status = None if e.code == 599 else e.code
-            raise GatewayError(f"EG websocket of kernel {kernel_id}: {e}", status) from e
-        except (OSError, WebSocketError) as e:
-            raise GatewayError(f"EG websocket of kernel {kernel_id}: {e}") from e
+        conn = await self.connect_channels(kernel_id, timeout=timeout)
         return KernelChannel(kernel_id, conn)
 
 

@@ -205,10 +205,9 @@ class KernelService(LoggingConfigurable):
         await self._authorize(user, name)
         if self.impersonation and user != pool.kernel_user_name:
             return f"impersonation is on and user {user!r} is not the pool's"
-        pool_env = pool.kernel_start_env("")
-        for variable in self.start_only_env:
-            if variable in env and env[variable] != pool_env.get(variable):
-                return f"it sets {variable} to a value the pool's kernels were not started with"
+        variable = self._changed_start_only(pool, env)
+        if variable is not None:
+            return f"it sets {variable} to a value the pool's kernels were not started with"
         alias = env.get("KERNEL_ID", "")
         if alias and not _is_uuid4(alias):
             return "its KERNEL_ID is not a UUID4 as EG writes them"
@@ -414,13 +413,22 @@ class KernelService(LoggingConfigurable):
         """
         if not isinstance(env, dict) or not all(_bindable(n, v) for n, v in env.items()):
             raise ValueError("env must be an object of strings an environment can hold")
-        pool_env = pool.kernel_start_env("")
-        for name, value in env.items():
+        for name in env:
             if not (name.startswith("KERNEL_") or name in self.client_envs):
                 raise ValueError(f"env {name!r} is neither KERNEL_* nor in client_envs")
-            if name in self.start_only_env and value != pool_env.get(name):
-                raise ValueError(f"env {name!r} cannot change on a started kernel")
+        variable = self._changed_start_only(pool, env)
+        if variable is not None:
+            raise ValueError(f"env {variable!r} cannot change on a started kernel")
         return dict(env)
+
+    def _changed_start_only(self, pool: PoolManager, env: dict[str, str]) -> str | None:
+        """The first start-only variable ``env`` sets to another value than the pool's
+        kernels were started with; None when there is none."""
+        pool_env = pool.kernel_start_env("")
+        for variable in self.start_only_env:
+            if variable in env and env[variable] != pool_env.get(variable):
+                return variable
+        return None
 
     # -- kernel specs ---------------------------------------------------------------------
 
