@@ -134,7 +134,12 @@ class JKP:
 
     async def request(self, method, path, body=None, headers=None, **options):
         """(status, decoded JSON body) of one request to jkp."""
-        response = await AsyncHTTPClient().fetch(
+        response = await self.fetch(method, path, body, headers, **options)
+        return response.code, json.loads(response.body) if response.body else None
+
+    async def fetch(self, method, path, body=None, headers=None, **options):
+        """The whole response to one request to jkp, errors included."""
+        return await AsyncHTTPClient().fetch(
             HTTPRequest(
                 self.url + path,
                 method=method,
@@ -146,7 +151,6 @@ class JKP:
             ),
             raise_error=False,
         )
-        return response.code, json.loads(response.body) if response.body else None
 
     async def pop(self, user_id="zt"):
         return await self.request("POST", "/api/kernels/pop/", json.dumps({"userId": user_id}))
@@ -171,6 +175,15 @@ class JKP:
         if not self.stopped:
             self.stopped = True
             await self.app.stop_services()
+
+
+def server_timing(response):
+    """Step name -> milliseconds, from a response's Server-Timing header ({} when none)."""
+    steps = {}
+    for entry in filter(None, response.headers.get("Server-Timing", "").split(",")):
+        name, _, dur = entry.strip().partition(";dur=")
+        steps[name] = float(dur)
+    return steps
 
 
 async def wait_until(predicate, timeout, what):

@@ -116,6 +116,15 @@ class APIHandler(web.RequestHandler):
             raise api_error(400, "Request body must be a JSON object", "Invalid JSON")
         return body
 
+    def set_server_timing(self, timings: dict[str, float]) -> None:
+        """Tell the caller how long each step of its request took inside jkp (seconds by
+        step), as a Server-Timing header in milliseconds: where a slow pop spent its time."""
+        if timings:
+            self.set_header(
+                "Server-Timing",
+                ", ".join(f"{step};dur={seconds * 1000:.2f}" for step, seconds in timings.items()),
+            )
+
     def write_json(self, data: Any, status: int = 200) -> None:
         self.set_status(status)
         self.finish(json.dumps(data))

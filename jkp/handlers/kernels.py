@@ -32,8 +32,9 @@ class GatewayHandler(APIHandler):
             raise self._body_too_large_error()
         return bytes(self._body)
 
-    async def relay(self, answer: Any) -> None:
-        """Answer with EG's answer; jkp's own errors as JSON."""
+    async def relay(self, answer: Any, timings: dict[str, float] | None = None) -> None:
+        """Answer with EG's answer; jkp's own errors as JSON. ``timings``, filled while the
+        answer was made, go in a Server-Timing header."""
         try:
             forwarded: Forwarded = await answer
         except KernelRequestError as e:
@@ -48,6 +49,7 @@ class GatewayHandler(APIHandler):
         self.set_status(forwarded.status, responses.get(forwarded.status, "Unknown"))
         for name, value in forwarded.headers.items():
             self.set_header(name, value)
+        self.set_server_timing(timings or {})
         if forwarded.status in (204, 304):
             self.finish()
         else:
@@ -62,8 +64,11 @@ class MainKernelHandler(GatewayHandler):
         await self.relay(self.kernels.list_kernels(self.request.query))
 
     async def post(self) -> None:
+        timings: dict[str, float] = {}
         try:
-            await self.relay(self.kernels.create(self.request_body(), self.client_gone))
+            await self.relay(
+                self.kernels.create(self.request_body(), self.client_gone, timings), timings
+            )
         except PopAbandonedError:
             self.set_status(499, "Client Closed Request")  # for the access log; nobody reads it
 

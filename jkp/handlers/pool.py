@@ -57,9 +57,10 @@ class PopHandler(APIHandler):
                 "Idempotency-Key must be 1 to 128 printable ASCII characters",
                 "Invalid Idempotency-Key",
             )
+        timings: dict[str, float] = {}
         try:
             # The pool checks the userId before it takes anything.
-            model = await pool.pop(body["userId"], key, self.client_gone, env)
+            model = await pool.pop(body["userId"], key, self.client_gone, env, timings)
         except InvalidUserId as e:
             raise api_error(400, str(e), "Invalid userId") from e
         except PopAbandonedError:
@@ -93,6 +94,7 @@ class PopHandler(APIHandler):
         except RedisError as e:
             raise api_error(503, f"Redis unavailable: {e}", "Store unavailable") from e
         started = time.perf_counter()
+        self.set_server_timing(timings)
         self.write_json(model)
         pool.metrics.pop_steps.labels("response").observe(time.perf_counter() - started)
 

@@ -67,6 +67,9 @@ class Handout:
     binding: dict[str, Any] | None = None
     # Whether it found its pool empty and waited for a kernel (a miss, not a hit).
     waited: bool = False
+    # Seconds by step (claim, set_up, hand_over), summed over the kernels it tried, for the
+    # caller to report (Server-Timing); None when nobody asked.
+    timings: dict[str, float] | None = None
 
     def remaining(self) -> float:
         """Seconds left until the pop's deadline."""

@@ -138,9 +138,15 @@ class KernelService(LoggingConfigurable):
 
     # -- create ---------------------------------------------------------------------------
 
-    async def create(self, body: bytes, client_gone: asyncio.Event | None = None) -> Forwarded:
+    async def create(
+        self,
+        body: bytes,
+        client_gone: asyncio.Event | None = None,
+        timings: dict[str, float] | None = None,
+    ) -> Forwarded:
         """``POST /api/kernels``: a pooled kernel bound to the request when a pool can serve
-        it, else EG's own answer to the request as it came.
+        it, else EG's own answer to the request as it came. A warm create's steps are added
+        to ``timings`` (seconds by step, as a pop's).
 
         KernelRequestError 403 when the user is refused (as EG would), 409 when the requested
         kernel id exists; PopAbandonedError when the client left.
@@ -150,7 +156,7 @@ class KernelService(LoggingConfigurable):
             self.log.info("Create started cold by EG: %s", plan)
             return await self._create_cold(body)
         if not plan.alias:
-            model = await self._bind(plan, client_gone)
+            model = await self._bind(plan, client_gone, timings)
         else:
             create_id = uuid.uuid4().hex
             try:
@@ -165,14 +171,18 @@ class KernelService(LoggingConfigurable):
             on_eg = asyncio.ensure_future(
                 self.gateway.get_kernel(plan.alias, plan.pool.kernel_request_timeout)
             )
+            model = None
             try:
-                model = await self._bind(plan, client_gone)
+                model = await self._bind(plan, client_gone, timings)
                 exists = await self._exists_on_eg(on_eg)
             finally:
                 if on_eg.done() and not on_eg.cancelled():
                     on_eg.exception()  # looked at: the bind's failure is what is answered
                 on_eg.cancel()
-                await self._drop_reservation(plan.alias, create_id)
+                # A bind's hand-over wrote the binding over the reservation (and taking the
+                # kernel back drops it): only a create that bound nothing gives the id back.
+                if model is None:
+                    await self._drop_reservation(plan.alias, create_id)
             if exists:
                 if model is not None:
                     await plan.pool.take_back(model["id"], "its client's id exists on EG")
@@ -257,7 +267,10 @@ class KernelService(LoggingConfigurable):
             self.log.warning("Reservation of kernel id %s left to expire: %s", alias, e)
 
     async def _bind(
-        self, plan: WarmCreate, client_gone: asyncio.Event | None
+        self,
+        plan: WarmCreate,
+        client_gone: asyncio.Event | None,
+        timings: dict[str, float] | None = None,
     ) -> dict[str, Any] | None:
         """A pooled kernel bound to the create; None when the pool cannot serve it now."""
         binding = {
@@ -274,6 +287,7 @@ class KernelService(LoggingConfigurable):
                 binding=binding,
                 claim_wait=self.gateway_pool_wait,
                 client_gone=client_gone,
+                timings=timings,
             )
         except (
             PoolEmptyError,

@@ -10,7 +10,7 @@ import uuid
 import pytest
 from tornado.websocket import websocket_connect
 
-from tests.conftest import run_in_kernel, wait_until
+from tests.conftest import run_in_kernel, server_timing, wait_until
 
 USER_ENV = {"KERNEL_USERNAME": "alice"}
 
@@ -80,9 +80,12 @@ async def test_create_with_its_own_id_gets_a_pooled_kernel_bound_to_it(stack, sh
 async def test_create_without_id_is_known_by_the_pooled_kernels_id(stack):
     jkp, gateway = stack
     pooled = set(await jkp.idle_ids())
-    status, model = await create(jkp, USER_ENV)
-    assert status == 201
+    response = await jkp.fetch("POST", "/api/kernels", json.dumps({"env": USER_ENV}))
+    assert response.code == 201
+    model = json.loads(response.body)
     assert model["id"] in pooled
+    # Served warm: the pop's steps, timed.
+    assert list(server_timing(response)) == ["claim", "set_up", "hand_over"]
     out = await run_in_kernel(jkp, model["id"], "print(6 * 7)")
     assert out.strip() == "42"
 
@@ -90,9 +93,13 @@ async def test_create_without_id_is_known_by_the_pooled_kernels_id(stack):
 async def test_a_kernel_image_other_than_the_pools_is_started_cold_by_eg(stack):
     jkp, gateway = stack
     pooled = set(await jkp.idle_ids())
-    status, model = await create(jkp, {**USER_ENV, "KERNEL_IMAGE": "another/image:1"})
-    assert status == 201, model
+    response = await jkp.fetch(
+        "POST", "/api/kernels", json.dumps({"env": {**USER_ENV, "KERNEL_IMAGE": "another/i:1"}})
+    )
+    assert response.code == 201, response.body
+    model = json.loads(response.body)
     assert model["id"] not in pooled
+    assert "Server-Timing" not in response.headers  # EG's answer, as EG gave it
     assert set(await jkp.idle_ids()) == pooled  # the pool gave nothing
     assert model["id"] in gateway.list_kernel_ids()
     assert jkp.logged("Create started cold by EG: it sets KERNEL_IMAGE")

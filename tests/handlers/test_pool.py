@@ -7,7 +7,7 @@ import time
 import pytest
 from tornado.httpclient import AsyncHTTPClient
 
-from tests.conftest import localstack, run_in_kernel, wait_until
+from tests.conftest import localstack, run_in_kernel, server_timing, wait_until
 
 
 def _eg_model(gateway, kernel_id):
@@ -71,6 +71,24 @@ async def test_pop_with_and_without_trailing_slash(redis_server, gateway, jkp_fa
         assert status == 200, model
         cwd = await run_in_kernel(gateway, model["id"], "import os; print(os.getcwd())")
         assert cwd.strip() == str(shared_dir / user)
+
+
+async def test_a_pop_tells_its_caller_where_its_time_went(redis_server, gateway, jkp_factory):
+    jkp = await jkp_factory(redis_server, gateway, "--max-pending-kernels=1")
+    await jkp.wait_for_idle(1)
+    started = time.perf_counter()
+    response = await jkp.fetch("POST", "/api/kernels/pop/", json.dumps({"userId": "zt"}))
+    took_ms = 1000 * (time.perf_counter() - started)
+    assert response.code == 200
+    steps = server_timing(response)
+    assert list(steps) == ["claim", "set_up", "hand_over"]
+    assert all(ms > 0 for ms in steps.values())
+    assert sum(steps.values()) < took_ms
+    # The set-up is a round trip through EG to the kernel: more than a Redis script.
+    assert steps["set_up"] > steps["claim"]
+    # A refused pop took no steps worth reporting.
+    refused = await jkp.fetch("POST", "/api/kernels/pop/", json.dumps({"userId": "../x"}))
+    assert refused.code == 400 and "Server-Timing" not in refused.headers
 
 
 async def test_pool_refills_after_pop(redis_server, gateway, jkp_factory):

@@ -59,6 +59,7 @@ class HandingOut(PoolPart):
         idempotency_key: str | None = None,
         client_gone: asyncio.Event | None = None,
         env: dict[str, str] | None = None,
+        timings: dict[str, float] | None = None,
     ) -> dict[str, Any]:
         """Hand one idle kernel to ``user_id``, in ``<working_dir>/<user_id>``; its EG model.
 
@@ -66,7 +67,8 @@ class HandingOut(PoolPart):
         a pop that repeats an earlier one of the same user gets that pop's model again. When
         ``client_gone`` is set (the caller hung up), the pop stops at its next step and the
         kernel goes back to the pool, or is shut down once its set-up has begun. ``env`` is
-        set in the kernel's ``os.environ`` by the set-up.
+        set in the kernel's ``os.environ`` by the set-up. The seconds each step took are added
+        to ``timings`` by step name (claim, set_up, hand_over), as jkp_pop_step_seconds has them.
 
         Raises PoolEmptyError when no kernel is ready in time, GatewayError when EG fails (the
         kernel taken goes back to the pool), RedisError when Redis does, UserDirectoryError when
@@ -83,6 +85,7 @@ class HandingOut(PoolPart):
             idempotency=(
                 None if idempotency_key is None else Idempotency(idempotency_key, uuid.uuid4().hex)
             ),
+            timings=timings,
         )
 
     async def bind(
@@ -94,6 +97,7 @@ class HandingOut(PoolPart):
         binding: dict[str, Any],
         claim_wait: float,
         client_gone: asyncio.Event | None = None,
+        timings: dict[str, float] | None = None,
     ) -> dict[str, Any]:
         """A gateway create served warm: hand an idle kernel to ``user_name``, moved into
         ``working_dir`` (None: left where it is) with ``env`` set, and record ``binding``
@@ -110,6 +114,7 @@ class HandingOut(PoolPart):
             claim_wait=claim_wait,
             alias=alias,
             binding=binding,
+            timings=timings,
         )
 
     async def _serve(
@@ -121,6 +126,7 @@ class HandingOut(PoolPart):
         claim_wait: float | None = None,
         alias: str = "",
         binding: dict[str, Any] | None = None,
+        timings: dict[str, float] | None = None,
     ) -> dict[str, Any]:
         """One hand-out under one deadline, counted in jkp_pops_total by its outcome."""
         loop = asyncio.get_running_loop()
@@ -138,6 +144,7 @@ class HandingOut(PoolPart):
                 claim_deadline=None if claim_wait is None else started + claim_wait,
                 alias=alias,
                 binding=binding,
+                timings=timings,
             )
             model, outcome = await self._pop(handout)
             if handout.waited:
@@ -182,7 +189,7 @@ class HandingOut(PoolPart):
                 raise PoolEmptyError(
                     f"no kernel could be set up within {self.options.pop_timeout:g}s"
                 )
-            step = self._step_timer()
+            step = self._step_timer(handout)
             claim = await self._claim(handout)
             step("claim")
             if isinstance(claim, Replay):
@@ -222,9 +229,10 @@ class HandingOut(PoolPart):
             # Our claim was taken back by a reconcile while we worked: never hand that out.
             self.log.warning("Claim on kernel %s expired during set-up", claim.kernel_id)
 
-    def _step_timer(self) -> Callable[[str], None]:
+    def _step_timer(self, handout: Handout) -> Callable[[str], None]:
         """A function that records the time since it was made, or since its last call, as the
-        duration of a step of a pop (jkp_pop_step_seconds): where a slow pop spent its time."""
+        duration of a step of a pop (jkp_pop_step_seconds, and the pop's own timings): where a
+        slow pop spent its time."""
         loop = asyncio.get_running_loop()
         last = loop.time()
 
@@ -232,6 +240,8 @@ class HandingOut(PoolPart):
             nonlocal last
             now = loop.time()
             self.metrics.pop_steps.labels(name).observe(now - last)
+            if handout.timings is not None:
+                handout.timings[name] = handout.timings.get(name, 0.0) + now - last
             last = now
 
         return step

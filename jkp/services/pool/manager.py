@@ -289,9 +289,10 @@ class PoolManager(LoggingConfigurable):
         idempotency_key: str | None = None,
         client_gone: asyncio.Event | None = None,
         env: dict[str, str] | None = None,
+        timings: dict[str, float] | None = None,
     ) -> dict[str, Any]:
         """Hand one idle kernel to ``user_id``, in its directory; see HandingOut.pop."""
-        return await self.handing.pop(user_id, idempotency_key, client_gone, env)
+        return await self.handing.pop(user_id, idempotency_key, client_gone, env, timings)
 
     async def bind(self, **kwargs: Any) -> dict[str, Any]:
         """Serve a gateway create warm; see HandingOut.bind."""
