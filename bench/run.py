@@ -220,9 +220,16 @@ def summary(seconds: list[float]) -> dict:
 
 
 def cpu_seconds(pid: int) -> float:
-    """CPU time (user + system) a process used so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """CPU time a process used so far: the sum over its threads of the scheduler's own count,
+    in nanoseconds (/proc/<pid>/task/*/schedstat), where /proc/<pid>/stat counts in clock ticks
+    (10 ms) too coarse for a few ms per pop. Threads that already exited are not in it."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            total += int((task / "schedstat").read_text().split()[0])
+        except (FileNotFoundError, ProcessLookupError):
+            pass  # the thread ended meanwhile
+    return total / 1e9
 
 
 def machine_jiffies() -> tuple[int, int]:
@@ -392,60 +399,102 @@ async def pop_steps(jkp: Jkp) -> dict[str, tuple[float, int]]:
     return {step: (s, int(c)) for step, (s, c) in steps.items()}
 
 
-async def steady_round(
-    jkp: Jkp, eg: EnterpriseGateway, n: int, interval: float, prefix: str
-) -> dict:
-    """One pop every ``interval`` seconds on average, as users pop, with the refills they cause
-    running meanwhile (kernel starts compete for the CPU); between two pops, EG's floor on the
-    same machine at nearly the same moment: a kernel_info round trip on an open websocket to an
-    idle kernel of EG's own.
+def server_timing(response) -> dict[str, float]:
+    """Seconds by step of a pop or warm create, from jkp's Server-Timing header."""
+    steps = {}
+    for entry in filter(None, response.headers.get("Server-Timing", "").split(",")):
+        name, _, ms = entry.strip().partition(";dur=")
+        steps[name] = float(ms) / 1000
+    return steps
 
-    The gaps are drawn at random (0.5 to 1.5 × ``interval``, a fixed seed), and the floor is
-    taken at a random point of each gap: users do not pop on a metronome, and a fixed period
-    that divides refill_delay (1 s) would put every pop exactly at the start of an earlier
-    pop's refill, and the floor always between them.
+
+async def steady_round(
+    jkp: Jkp, eg: EnterpriseGateway, work: Path, n: int, interval: float, kind: str = "pop"
+) -> dict:
+    """``n`` pops (``kind="pop"``) or warm creates through the gateway API (``"create"``, with
+    KERNEL_ID and KERNEL_WORKING_DIR), one at a time, as users make them, with the refills
+    they cause running meanwhile (kernel starts compete for the CPU); before each, at a random
+    moment, EG's floor on the same machine: a kernel_info round trip on an open websocket to
+    an idle kernel of EG's own.
+
+    Users arrive independently of each other and of jkp: the gaps are exponential with mean
+    ``interval`` (a Poisson process; a fixed seed), and the floor is taken at a uniformly
+    random point of each gap, so requests and floor alike see the machine as it is on
+    average (Poisson arrivals see time averages). Gaps of one fixed length, or drawn from a
+    narrow range, put requests in step with jkp's refill timer (refill_delay, 1 s, after the
+    first of a burst): each would land at the start of an earlier one's refill.
+
+    Per request: the client's time (a new connection each) and jkp's own steps from its
+    Server-Timing header; the rest is HTTP, both processes' request handling, and waiting for
+    a CPU. Also jkp's CPU per request (refills included), from /proc.
     """
     rng = random.Random(20261128)
     floor_id, conn = await floor_channel(eg)
-    pops, floors, ids = [], [], []
+    client = AsyncHTTPClient(force_instance=True)
+    took, floors, steps, aliases, ids = [], [], [], [], []
     await jkp.wait_full(600)
-    steps_before = await pop_steps(jkp)
     starts_before = await metric_total(jkp, "jkp_kernel_starts_total", outcome="ready")
+    cpu_before = cpu_seconds(jkp.proc.pid)
     loop = asyncio.get_running_loop()
-    next_pop, least_idle = loop.time() + interval, jkp.target
+    next_at, least_idle = loop.time() + interval, jkp.target
     try:
         for i in range(n):
-            gap = interval * rng.uniform(0.5, 1.5)
-            await asyncio.sleep(max(next_pop - gap * rng.uniform(0.2, 0.8) - loop.time(), 0))
+            gap = rng.expovariate(1 / interval)
+            await asyncio.sleep(max(next_at - gap * rng.random() - loop.time(), 0))
             floor = await kernel_info_round_trip(conn, 5.0)
             if floor is not None:
                 floors.append(floor)
-            await asyncio.sleep(max(next_pop - loop.time(), 0))
-            next_pop = max(next_pop + gap, loop.time())  # a late pop does not bunch the rest
-            r = await pop_round([jkp.url], 1, 1, f"{prefix}-{i}")
-            pops.append(r["max_ms"] / 1000)
-            ids += r["_ids"]
-            if r["failed"]:
-                raise RuntimeError(f"steady state: pop {i} failed: {r['failures']}")
+            await asyncio.sleep(max(next_at - loop.time(), 0))
+            next_at = max(next_at + gap, loop.time())  # a late one does not bunch the rest
+            if kind == "pop":
+                path, body = "/api/kernels/pop/", {"userId": f"steady-{i}"}
+            else:
+                env = gateway_env(work, f"steady-create-{i}")
+                path, body = "/api/kernels", {"name": KERNEL_NAME, "env": env}
+            request = HTTPRequest(jkp.url + path, "POST", body=json.dumps(body), request_timeout=60)
+            t0 = time.perf_counter()
+            response = await client.fetch(request, raise_error=False)
+            took.append(time.perf_counter() - t0)
+            model = json.loads(response.body) if response.body else {}
+            if response.code not in (200, 201) or not model.get("id"):
+                raise RuntimeError(f"steady {kind} {i}: {response.code} {response.body[:300]!r}")
+            if kind == "create" and model["id"] != env["KERNEL_ID"]:
+                raise RuntimeError(f"steady create {i} was not given its own id: {model}")
+            (aliases if kind == "create" else ids).append(model["id"])
+            steps.append(server_timing(response))
+            if not steps[-1]:
+                raise RuntimeError(f"steady {kind} {i} was not served warm: no Server-Timing")
             if i % 10 == 9:  # how far refills lag, seldom enough not to load jkp
                 least_idle = min(least_idle, (await jkp.status())["idle"])
+        cpu = cpu_seconds(jkp.proc.pid) - cpu_before
+        starts = await metric_total(jkp, "jkp_kernel_starts_total", outcome="ready")
     finally:
         conn.close()
+        client.close()
+        for alias in aliases:
+            await delete_kernel(jkp.url, alias)
         await delete_kernels(eg, [floor_id, *ids])
-    starts = await metric_total(jkp, "jkp_kernel_starts_total", outcome="ready")
-    steps_after = await pop_steps(jkp)
-    pop, floor = summary(pops), summary(floors)
-    step_ms = mean_step_ms(steps_before, steps_after)
+    answered, floor = summary(took), summary(floors)
+    names = [name for name in steps[0] if name != "total"]
+    step_p50 = {name: summary([s.get(name, 0.0) for s in steps])["p50_ms"] for name in names}
+    # In jkp around its steps (HTTP request and answer, checks), then outside jkp.
+    around = summary([s["total"] - sum(s[k] for k in names) for s in steps])
+    outside = summary([t - s["total"] for t, s in zip(took, steps, strict=True)])
     return {
-        "pops": n,
+        "kind": kind,
+        "requests": n,
         "interval_s": interval,
         "kernels_started_meanwhile": int(starts - starts_before),
         "least_idle_seen": least_idle,
-        "pop": pop,
+        "answered": answered,
         "floor": floor,
-        "p50_vs_floor": pop["p50_ms"] / floor["p50_ms"],
-        "p95_vs_floor": pop["p95_ms"] / floor["p95_ms"],
-        "step_mean_ms": step_ms,
+        "p50_vs_floor": answered["p50_ms"] / floor["p50_ms"],
+        "p95_vs_floor": answered["p95_ms"] / floor["p95_ms"],
+        "set_up_p50_vs_floor": step_p50["set_up"] / floor["p50_ms"],
+        "step_p50_ms": step_p50,
+        "around_steps_p50_ms": around["p50_ms"],
+        "outside_jkp_p50_ms": outside["p50_ms"],
+        "jkp_cpu_ms_per_request": 1000 * cpu / n,
     }
 
 
@@ -746,6 +795,18 @@ async def websocket_round(
     }
 
 
+async def steady_rounds(jkp: Jkp, eg: EnterpriseGateway, work: Path, n: int, out: dict) -> None:
+    """The steady state users see, beside EG's floor: ``n`` pops, then ``n`` warm creates,
+    one every 0.5 s on average, refills running meanwhile."""
+    for key, kind in (("steady", "pop"), ("steady_create", "create")):
+        await jkp.wait_full(600)
+        log(f"steady state: {n} {kind}s, one every 0.5 s on average, refills running")
+        s = out[key] = await steady_round(jkp, eg, work, n, 0.5, kind)
+        log(f"  p50 {s['answered']['p50_ms']:.1f} ms vs floor {s['floor']['p50_ms']:.1f} ms "
+            f"({s['p50_vs_floor']:.2f}×); p95 {s['p95_vs_floor']:.2f}×; "
+            f"{s['kernels_started_meanwhile']} kernels started meanwhile")  # fmt: skip
+
+
 async def real_stack(args, work: Path, stack: Stack, out: dict) -> None:
     redis = stack.add(RedisServer(work / "redis"))
     eg = stack.add(EnterpriseGateway(work / "eg"))
@@ -767,13 +828,29 @@ async def real_stack(args, work: Path, stack: Stack, out: dict) -> None:
     options = ("--PoolManager.activation_interval=0", "--PoolManager.max_concurrent_starts=4",
                "--PoolManager.kernel_ready_timeout=60")  # fmt: skip
     if args.steady_only:
-        # The steady-state round alone, as the full run has it (pool of 40, refill_delay 1 s).
+        # What issue #13 asks, alone: jkp's CPU per pop from a full pool (no refill during it),
+        # the cold path, and the steady state of pops and of warm creates beside EG's floor.
         jkp = stack.add(Jkp(work, "jkp-steady", redis, eg.url, "bench:real", 40, options))
         await jkp.wait_full(900)
         await delete_kernels(eg, (await pop_round([jkp.url], 2, 1, "warm-steady"))["_ids"])
-        n = 10 if args.quick else 60
-        log(f"steady state: {n} pops, one every 0.5 s on average, refills running")
-        out["steady"] = await steady_round(jkp, eg, n, 0.5, "steady")
+        await jkp.wait_full(600)
+        n = 10 if args.quick else 30
+        log(f"round c1: {n} pops from a full pool, for jkp's CPU per pop")
+        served_before = await jkp.served_pops()
+        r = await pop_round([jkp.url], n, 1, "c1", {"jkp": jkp.proc.pid})
+        served_after = await jkp.served_pops()
+        r["jkp_mean_ms"] = (
+            1000 * (served_after[0] - served_before[0]) / max(served_after[1] - served_before[1], 1)
+        )
+        await delete_kernels(eg, r.pop("_ids"))
+        r.pop("_users")
+        r["refill_delay_s"], r["user_dirs_made"] = 1, r["ok"]
+        out["rounds"] = {"c1": r}
+        await jkp.wait_full(600)
+        times = [await cold_path(eg, work / "shared" / f"cold-{i}")
+                 for i in range(3 if args.quick else 10)]  # fmt: skip
+        out["cold_path"] = summary(times)
+        await steady_rounds(jkp, eg, work, 10 if args.quick else 60, out)
         return
     jkp, out["rounds"] = None, {}
     for key, c, n, target, refill_delay in rounds:
@@ -814,14 +891,7 @@ async def real_stack(args, work: Path, stack: Stack, out: dict) -> None:
                      for i in range(3 if args.quick else 10)]  # fmt: skip
             out["cold_path"] = summary(times)
             log(f"cold path: p50 {out['cold_path']['p50_ms']:.0f} ms")
-            # The steady state users see: one pop every 0.5 s, refills running meanwhile.
-            n = 10 if args.quick else 60
-            log(f"steady state: {n} pops, one every 0.5 s with refills running, beside EG's floor")
-            out["steady"] = await steady_round(jkp, eg, n, 0.5, "steady")
-            s = out["steady"]
-            log(f"  pop p50 {s['pop']['p50_ms']:.1f} ms vs floor {s['floor']['p50_ms']:.1f} ms "
-                f"({s['p50_vs_floor']:.2f}×); p95 {s['p95_vs_floor']:.2f}×; "
-                f"{s['kernels_started_meanwhile']} kernels started meanwhile")  # fmt: skip
+            await steady_rounds(jkp, eg, work, 10 if args.quick else 60, out)
             # The gateway: creates as EG's clients make them, warm through jkp vs cold on EG.
             n_warm, n_cold = (10, 3) if args.quick else (40, 10)
             log(f"gateway: {n_warm} warm creates through jkp, each 0.5 s after the pool "
@@ -997,6 +1067,9 @@ def checks(out: dict) -> list[tuple[str, str, str, str]]:
         name = f"c={c}" + (", refill at once" if r["refill_delay_s"] == 0 else "")
         row(f"pop {name} (n={r['pops']}) min / p50 / p95 / p99 / max", f"{ms} ms{bad}")
         row(f"pop {name}: mean inside jkp (claim to hand-over)", f"{r['jkp_mean_ms']:.1f} ms")
+        if "jkp_s" in r["cpu"]:
+            per_pop = 1000 * r["cpu"]["jkp_s"] / r["pops"]
+            row(f"pop {name}: jkp CPU per pop (/proc schedstat)", f"{per_pop:.2f} ms")
         if key == "c1":
             row("pop p50, c=1", f"{r['p50_ms']:.1f} ms", "≤ 10 ms", r["p50_ms"] <= 10 and not bad)
             row("pop p99, c=1", f"{r['p99_ms']:.1f} ms", "≤ 30 ms", r["p99_ms"] <= 30 and not bad)
@@ -1008,24 +1081,36 @@ def checks(out: dict) -> list[tuple[str, str, str, str]]:
             row("pops/s from a full pool, c=32", f"{r['pops_per_s']:.0f}/s", "≥ 200/s", ok)
         else:
             row(f"pops/s, {name}", f"{r['pops_per_s']:.0f}/s")
-    if "steady" in out:
-        s = out["steady"]
-        pop, floor = s["pop"], s["floor"]
+    if "cold_path" in out and "steady" in out:
+        ratio = out["cold_path"]["p50_ms"] / out["steady"]["answered"]["p50_ms"]
+        out["cold_vs_steady_pop_p50"] = ratio
+        row("cold path p50 / steady-state pop p50", f"{ratio:.1f}×", "≥ 30×", ratio >= 30)
+    for key, what in (("steady", "pop"), ("steady_create", "warm create")):
+        if key not in out:
+            continue
+        s = out[key]
+        answered, floor = s["answered"], s["floor"]
         row(
-            f"steady state (n={s['pops']}, one pop every {s['interval_s']} s on average, refills "
-            "running): "
-            "pop p50 / p95",
-            f"{pop['p50_ms']:.1f} / {pop['p95_ms']:.1f} ms ({s['kernels_started_meanwhile']} "
-            f"kernels started meanwhile, ≥ {s['least_idle_seen']} idle)",
+            f"steady state: {what} (n={s['requests']}, Poisson arrivals, one every "
+            f"{s['interval_s']} s on average, refills running) p50 / p95",
+            f"{answered['p50_ms']:.1f} / {answered['p95_ms']:.1f} ms "
+            f"({s['kernels_started_meanwhile']} kernels started meanwhile, "
+            f"≥ {s['least_idle_seen']} idle)",
         )
-        row("steady state: EG floor (kernel_info on an open websocket) p50 / p95",
+        row(f"steady state ({what}s): EG floor (kernel_info on an open websocket) p50 / p95",
             f"{floor['p50_ms']:.1f} / {floor['p95_ms']:.1f} ms")  # fmt: skip
-        row("steady state: pop p50 / floor p50", f"{s['p50_vs_floor']:.2f}×", "≤ 1.5×",
+        row(f"steady state: {what} p50 / floor p50", f"{s['p50_vs_floor']:.2f}×", "≤ 1.5×",
             s["p50_vs_floor"] <= 1.5)  # fmt: skip
-        row("steady state: pop p95 / floor p95", f"{s['p95_vs_floor']:.2f}×", "≤ 3×",
+        row(f"steady state: {what} p95 / floor p95", f"{s['p95_vs_floor']:.2f}×", "≤ 3×",
             s["p95_vs_floor"] <= 3)  # fmt: skip
-        steps = ", ".join(f"{k} {v:.2f}" for k, v in s["step_mean_ms"].items())
-        row("steady state: mean per step inside jkp (ms)", steps)
+        steps = ", ".join(f"{k} {v:.2f}" for k, v in s["step_p50_ms"].items())
+        row(f"steady state: {what} p50 per step inside jkp (Server-Timing, ms); around "
+            "them in jkp (HTTP, checks); outside jkp (client, connection, waits for a CPU)",
+            f"{steps}; around {s['around_steps_p50_ms']:.2f}; "
+            f"outside {s['outside_jkp_p50_ms']:.2f}")  # fmt: skip
+        row(f"steady state: {what} set-up p50 / floor p50", f"{s['set_up_p50_vs_floor']:.2f}×")
+        row(f"steady state: jkp CPU per {what}, its refill included",
+            f"{s['jkp_cpu_ms_per_request']:.2f} ms")  # fmt: skip
     if "gateway" in out:
         g = out["gateway"]
         warm, info, cold = g["warm_answered"], g["warm_first_kernel_info"], g["cold"]

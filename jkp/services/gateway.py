@@ -42,8 +42,8 @@ class ShellReply:
     """A kernel's reply to a shell request, once the kernel said it is idle again."""
 
     content: dict[str, Any]
-    # The kernel's timestamp of that idle status: its last activity, as EG records it.
-    idle_at: str | None
+    # The kernel's timestamp of the reply: when it was last active for this request.
+    replied_at: str | None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -371,12 +371,17 @@ class GatewayClient(LoggingConfigurable):
         data: dict[str, Any],
         timeout: float,
         keep_open: bool = False,
+        answered: asyncio.Future[ShellReply] | None = None,
     ) -> ShellReply:
         """Send ``data`` on comm ``comm_id``; the data of the kernel's answer on that comm,
-        once the kernel is idle again. KernelReplyError when its ``status`` is not ``ok``."""
+        once the kernel is idle again. KernelReplyError when its ``status`` is not ``ok``.
+
+        ``answered``, when given, gets the answer as soon as it comes, before the kernel's
+        idle status (ipykernel flushes its output streams in between, 1-2 ms): work that
+        needs only the answer can start then. It stays pending when no answer comes."""
         content = {"comm_id": comm_id, "data": data}
         reply = await self._shell_request(
-            kernel_id, "comm_msg", content, timeout, keep_open, reply="comm_msg"
+            kernel_id, "comm_msg", content, timeout, keep_open, "comm_msg", answered
         )
         if reply.content.get("status") != "ok":
             ename, evalue = reply.content.get("ename", "error"), reply.content.get("evalue")
@@ -423,11 +428,12 @@ class GatewayClient(LoggingConfigurable):
         timeout: float,
         keep_open: bool,
         reply: str | None = "shell",
+        answered: asyncio.Future[ShellReply] | None = None,
     ) -> ShellReply:
         """Send one shell request on the kernel's websocket; its reply once the kernel is idle.
 
         ``reply`` says what answers it: the shell reply, a ``comm_msg`` from the kernel, or
-        nothing (None: done at idle)."""
+        nothing (None: done at idle). ``answered``: see comm_request."""
         msg = self._session.msg(msg_type, content)
         msg["channel"] = "shell"
         loop = asyncio.get_running_loop()
@@ -436,7 +442,7 @@ class GatewayClient(LoggingConfigurable):
         try:
             if channel is None or channel.closed:
                 channel = await self._connect(kernel_id, timeout)
-            answer = await channel.request(msg, max(deadline - loop.time(), 0.001), reply)
+            answer = await channel.request(msg, max(deadline - loop.time(), 0.001), reply, answered)
         except BaseException:
             if channel is not None:
                 channel.close()  # in an unknown state: never reuse it
@@ -470,11 +476,15 @@ class KernelChannel:
         return self._reader.done()
 
     async def request(
-        self, msg: dict[str, Any], timeout: float, reply: str | None = "shell"
+        self,
+        msg: dict[str, Any],
+        timeout: float,
+        reply: str | None = "shell",
+        answered: asyncio.Future[ShellReply] | None = None,
     ) -> ShellReply:
         """Send ``msg``; its reply (see GatewayClient._shell_request) once the kernel is idle
         again after it."""
-        waiter = _ReplyWaiter(reply)
+        waiter = _ReplyWaiter(reply, answered)
         msg_id = msg["header"]["msg_id"]
         self._waiters[msg_id] = waiter
         try:
@@ -482,9 +492,14 @@ class KernelChannel:
                 await self._conn.write_message(json.dumps(msg, default=json_default))
                 return await waiter.done
         except TimeoutError as e:
+            what = msg["header"]["msg_type"]
+            if waiter.replied:
+                raise GatewayError(
+                    f"kernel {self.kernel_id} answered its {what} but did not report itself "
+                    f"idle within {timeout:.3g}s"
+                ) from e
             raise GatewayError(
-                f"no {msg['header']['msg_type']} reply from kernel {self.kernel_id} in "
-                f"{timeout:.3g}s"
+                f"no {what} reply from kernel {self.kernel_id} in {timeout:.3g}s"
             ) from e
         except (OSError, WebSocketError) as e:
             raise GatewayError(f"EG websocket of kernel {self.kernel_id}: {e}") from e
@@ -526,27 +541,41 @@ class _ReplyWaiter:
     kernel is known idle, not "starting" or "busy" from this request, when it is done.
 
     The answer is the shell reply (``reply="shell"``), the data of a ``comm_msg`` the kernel
-    sent in response (``"comm_msg"``), or nothing (None).
+    sent in response (``"comm_msg"``), or nothing (None). ``answered`` gets the answer as it
+    comes, before the idle status.
     """
 
-    def __init__(self, reply: str | None = "shell") -> None:
+    def __init__(
+        self, reply: str | None = "shell", answered: asyncio.Future[ShellReply] | None = None
+    ) -> None:
         self.done: asyncio.Future[ShellReply] = asyncio.get_running_loop().create_future()
         self._kind = reply
+        self._answered = answered
         self._reply: dict[str, Any] | None = None if reply else {}
-        self._idle_at: str | None = None
+        self._replied_at: str | None = None
         self._idle = False
 
     def feed(self, message: dict[str, Any]) -> None:
         msg_type = message.get("msg_type")
         if self._kind == "shell" and message.get("channel") == "shell":
-            self._reply = message.get("content", {})
+            self._replied(message, message.get("content", {}))
         elif self._kind == "comm_msg" and msg_type == "comm_msg":
-            self._reply = message.get("content", {}).get("data", {})
+            self._replied(message, message.get("content", {}).get("data", {}))
         elif msg_type == "status":
             self._idle = message.get("content", {}).get("execution_state") == "idle"
-            self._idle_at = message.get("header", {}).get("date") if self._idle else None
         if self._reply is not None and self._idle and not self.done.done():
-            self.done.set_result(ShellReply(self._reply, self._idle_at))
+            self.done.set_result(ShellReply(self._reply, self._replied_at))
+
+    @property
+    def replied(self) -> bool:
+        """Whether the answer came (the request is done once the idle status came too)."""
+        return self._kind is not None and self._reply is not None
+
+    def _replied(self, message: dict[str, Any], reply: dict[str, Any]) -> None:
+        self._reply = reply
+        self._replied_at = message.get("header", {}).get("date")
+        if self._answered is not None and not self._answered.done():
+            self._answered.set_result(ShellReply(reply, self._replied_at))
 
     def fail(self, error: Exception) -> None:
         if not self.done.done():

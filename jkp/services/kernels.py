@@ -159,34 +159,32 @@ class KernelService(LoggingConfigurable):
             model = await self._bind(plan, client_gone, timings)
         else:
             create_id = uuid.uuid4().hex
+            # EG may have a kernel of that id that jkp never bound (one it started cold). It is
+            # asked beside the reservation, before a kernel is taken: asked beside the set-up,
+            # EG would answer it while it relays the set-up, and the answer would come later.
+            on_eg = asyncio.ensure_future(
+                self._exists_on_eg(plan.alias, plan.pool.kernel_request_timeout)
+            )
             try:
                 reserved = await self.aliases.reserve(plan.alias, create_id, plan.pool.claim_lease)
             except RedisError as e:
+                on_eg.cancel()
                 self.log.info("Create started cold by EG: its id cannot be reserved (%s)", e)
                 return await self._create_cold(body)
             if not reserved:
+                on_eg.cancel()
                 raise _already_exists(plan.alias)
-            # EG may have a kernel of that id that jkp never bound (one it started cold): it is
-            # asked beside the bind, not before it, which would cost every create a round trip.
-            on_eg = asyncio.ensure_future(
-                self.gateway.get_kernel(plan.alias, plan.pool.kernel_request_timeout)
-            )
             model = None
             try:
+                if await on_eg:
+                    raise _already_exists(plan.alias)
                 model = await self._bind(plan, client_gone, timings)
-                exists = await self._exists_on_eg(on_eg)
             finally:
-                if on_eg.done() and not on_eg.cancelled():
-                    on_eg.exception()  # looked at: the bind's failure is what is answered
-                on_eg.cancel()
-                # A bind's hand-over wrote the binding over the reservation (and taking the
-                # kernel back drops it): only a create that bound nothing gives the id back.
+                on_eg.cancel()  # only when the create itself was cancelled: it is done otherwise
+                # A bind's hand-over wrote the binding over the reservation: only a create that
+                # bound nothing gives the id back.
                 if model is None:
                     await self._drop_reservation(plan.alias, create_id)
-            if exists:
-                if model is not None:
-                    await plan.pool.take_back(model["id"], "its client's id exists on EG")
-                raise _already_exists(plan.alias)
         if model is None:
             return await self._create_cold(body)
         kernel_id = plan.alias or model["id"]
@@ -249,11 +247,11 @@ class KernelService(LoggingConfigurable):
             "Forbidden",
         )
 
-    async def _exists_on_eg(self, on_eg: asyncio.Future) -> bool:
-        """Whether EG answered that it has the kernel; when EG could not say, False (the
-        bind, if it succeeded, stands)."""
+    async def _exists_on_eg(self, kernel_id: str, timeout: float) -> bool:
+        """Whether EG answers that it has a kernel of this id; when EG cannot say, False (a
+        kernel jkp binds to the id would then stand)."""
         try:
-            return await on_eg is not None
+            return await self.gateway.get_kernel(kernel_id, timeout) is not None
         except GatewayError as e:
             self.log.warning("Cannot ask EG whether a kernel id is in use: %s", e)
             return False

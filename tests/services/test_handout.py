@@ -11,7 +11,7 @@ import time
 import pytest
 
 from jkp.services.handout import SET_UP_FAILURES_BEFORE_PAUSE, SetUpGuard, SetUpPausedError
-from tests.conftest import kernel_pid, localstack, metric, wait_until
+from tests.conftest import kernel_pid, localstack, metric, run_in_kernel, wait_until
 
 
 async def pop_end_kernel(jkp):
@@ -58,6 +58,42 @@ async def test_hung_kernel_at_the_pop_end_is_shut_down_and_pops_go_on(
             pass
     assert took[0] < 2.5  # the set-up's timeout plus asking EG, not a hang
     assert hung not in await jkp.store.handed_out()
+
+
+async def test_kernel_that_answers_its_set_up_but_never_gets_idle_is_not_handed_out(
+    redis_server, gateway, jkp_factory
+):
+    # The hand-over runs beside the wait for the kernel's idle status: a kernel that hangs in
+    # between (here in ipykernel's flush of stdout, once it is in the user's directory) was
+    # recorded as handed out, and must be taken back, its Idempotency-Key too.
+    jkp = await jkp_factory(redis_server, gateway, "--max-pending-kernels=3")
+    await jkp.wait_for_idle(3)
+    stuck = await pop_end_kernel(jkp)
+    await run_in_kernel(
+        gateway,
+        stuck,
+        "import os, sys, time\n"
+        "def _flush(cwd=os.getcwd(), flush=sys.stdout.flush):\n"
+        "    if os.getcwd() != cwd:\n"
+        "        time.sleep(3600)\n"
+        "    flush()\n"
+        "sys.stdout.flush = _flush\n",
+    )
+    headers = {"Idempotency-Key": "stuck-1"}
+    body = json.dumps({"userId": "zt"})
+    started = time.monotonic()
+    status, model = await jkp.request("POST", "/api/kernels/pop/", body, headers)
+    took = time.monotonic() - started
+    assert status == 200, model
+    assert model["id"] != stuck
+    assert took < 4  # the set-up's timeout, then the next kernel
+    handed = await jkp.store.handed_out()
+    assert stuck not in handed and handed[model["id"]]["user_id"] == "zt"
+    # A retry with the key gets the kernel that was served, not the stuck one.
+    assert await jkp.request("POST", "/api/kernels/pop/", body, headers) == (200, model)
+    await wait_until(lambda: stuck not in gateway.list_kernel_ids(), 30, "stuck kernel shut down")
+    assert stuck not in await jkp.idle_ids()
+    assert jkp.logged(f"Kernel {stuck} removed (not idle after its set-up: kernel {stuck} answered")
 
 
 async def test_callers_that_hang_up_mid_pop_cost_no_kernel(redis_server, gateway, jkp_factory):

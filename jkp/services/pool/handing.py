@@ -9,7 +9,7 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
-from jkp.services.gateway import GatewayError, KernelReplyError
+from jkp.services.gateway import GatewayError, KernelReplyError, ShellReply
 from jkp.services.handout import (
     Handout,
     PoolEmptyError,
@@ -199,21 +199,19 @@ class HandingOut(PoolPart):
             if handout.client_gone.is_set():
                 await self.store.release(claim)  # its set-up had not begun: the pool keeps it
                 handout.check_client()
-            model = await self._set_up(claim, handout)
+            set_up = await self._set_up(claim, handout)
             step("set_up")
-            if model is None:
+            if set_up is None:
                 continue  # that kernel is gone or hung: the next one
-            if handout.client_gone.is_set():
-                if await self.store.retire_claim(claim):
-                    self.retirer.retire_soon(claim.kernel_id, "caller left during its set-up")
-                handout.check_client()
-            ttl = self.options.idempotency_ttl
-            alias, binding = "", None
-            if handout.binding is not None:
-                # A gateway create: its client knows the kernel by its own id, or by ours.
-                alias = handout.alias or claim.kernel_id
-                binding = {**handout.binding, "kernel_id": claim.kernel_id}
-            handed = await self.store.hand_over(claim, handout.user_id, model, ttl, alias, binding)
+            model, handing = set_up
+            if handing is None:
+                if handout.client_gone.is_set():
+                    if await self.store.retire_claim(claim):
+                        self.retirer.retire_soon(claim.kernel_id, "caller left during its set-up")
+                    handout.check_client()
+                handing = asyncio.ensure_future(self._hand_over(claim, handout, model))
+            # Usually done already: it ran beside the set-up's wait for the kernel's idle status.
+            handed = await handing
             step("hand_over")
             if handed:
                 # Its set-up closed the websocket it used; a reconcile or activation running
@@ -273,13 +271,31 @@ class HandingOut(PoolPart):
                 raise PoolEmptyError("no idle kernel within the gateway's pool wait")
             await self.filler.wait_for_kernel(min(remaining, _EMPTY_POOL_POLL))
 
-    async def _set_up(self, claim: Claim, handout: Handout) -> dict[str, Any] | None:
-        """Move a claimed kernel into the user's dir; its model, or None to take the next one.
+    async def _hand_over(self, claim: Claim, handout: Handout, model: dict[str, Any]) -> bool:
+        """Record the claimed kernel as handed to the pop's user (and a gateway create's
+        binding); False when the claim was taken back meanwhile."""
+        alias, binding = "", None
+        if handout.binding is not None:
+            # A gateway create: its client knows the kernel by its own id, or by ours.
+            alias = handout.alias or claim.kernel_id
+            binding = {**handout.binding, "kernel_id": claim.kernel_id}
+        ttl = self.options.idempotency_ttl
+        return await self.store.hand_over(claim, handout.user_id, model, ttl, alias, binding)
+
+    async def _set_up(
+        self, claim: Claim, handout: Handout
+    ) -> tuple[dict[str, Any], asyncio.Future[bool] | None] | None:
+        """Move a claimed kernel into the user's dir: its model, and its hand-over when that
+        began already; None to take the next kernel.
+
+        The kernel answers the set-up (in the user's directory now), then reports itself idle
+        1-2 ms later, once ipykernel has flushed its output streams. The hand-over (a Redis
+        script) needs only the answer: it runs beside that wait, and the pop answers after
+        both, so no caller sees the kernel busy with its set-up.
 
         The model is the one EG reported when the kernel was pooled, with ``execution_state``
-        and ``last_activity`` as the kernel itself reported them at the end of the set-up, and
-        ``connections`` not counting jkp's own websockets: asking EG again would add a round
-        trip to every pop.
+        idle and ``last_activity`` the kernel's answer's time, and ``connections`` not
+        counting jkp's own websockets: asking EG again would add a round trip to every pop.
 
         Who is at fault decides what becomes of the kernel. A kernel that EG still has but that
         did not answer in time, or that EG no longer has, is retired and None returned. When EG
@@ -292,10 +308,25 @@ class HandingOut(PoolPart):
         # Part of the time is kept back for asking EG whose fault a timeout was.
         budget = handout.timeout(self.options.kernel_request_timeout)
         verdict_time = min(_VERDICT_TIME_MAX, budget * _VERDICT_TIME_SHARE)
-        try:
-            reply = await self.gateway.comm_request(
-                kernel_id, set_up_comm_id(kernel_id), handout.set_up, budget - verdict_time
+        answered: asyncio.Future[ShellReply] = asyncio.get_running_loop().create_future()
+        request = asyncio.ensure_future(
+            self.gateway.comm_request(
+                kernel_id,
+                set_up_comm_id(kernel_id),
+                handout.set_up,
+                budget - verdict_time,
+                answered=answered,
             )
+        )
+        model: dict[str, Any] | None = None
+        handing: asyncio.Future[bool] | None = None
+        try:
+            await asyncio.wait({request, answered}, return_when=asyncio.FIRST_COMPLETED)
+            if answered.done() and answered.result().content.get("status") == "ok":
+                model = self._handed_model(claim, answered.result())
+                if not request.done() and not handout.client_gone.is_set():
+                    handing = asyncio.ensure_future(self._hand_over(claim, handout, model))
+            await request
         except KernelReplyError as e:
             if e.content.get("ename") == USER_DIR_REFUSED:
                 await self.store.release(claim)
@@ -306,13 +337,29 @@ class HandingOut(PoolPart):
             self.set_up_guard.failed(e)
             raise SetUpError(str(e)) from e
         except GatewayError as e:
-            return await self._set_up_failed(claim, e, handout.timeout(verdict_time))
+            if handing is None:
+                return await self._set_up_failed(claim, e, handout.timeout(verdict_time))
+            # Set up, but never reported idle again (it died, or EG or its websocket failed):
+            # nobody got it, so it is shut down and the next one taken.
+            self.gateway.close_channel(kernel_id)
+            if await handing and await self.store.retire_handed(kernel_id):
+                await self.store.forget_idempotency(claim)
+                self.retirer.retire_soon(kernel_id, f"not idle after its set-up: {e}")
+            return None
+        finally:
+            request.cancel()  # only when this pop itself was cancelled: it is done otherwise
         self.set_up_guard.succeeded()
+        assert model is not None  # the request succeeded: its answer came, with status ok
+        return model, handing
+
+    @staticmethod
+    def _handed_model(claim: Claim, reply: ShellReply) -> dict[str, Any]:
+        """The model a pop answers: the pooled one, idle, last active at the set-up's answer."""
         # jkp's own fields stay in Redis; the caller gets EG's model.
         model = {k: v for k, v in claim.model.items() if k not in (SPEC_FIELD, POOLED_AT_FIELD)}
         model["execution_state"] = "idle"
-        if reply.idle_at:
-            model["last_activity"] = reply.idle_at
+        if reply.replied_at:
+            model["last_activity"] = reply.replied_at
         # EG counted jkp's own websockets when the kernel was pooled; they close as it is handed
         # out (another replica's at its next sync), and nobody else has been given its id.
         model["connections"] = 0
