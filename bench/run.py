@@ -1,12 +1,15 @@
 """jkp benchmark: pop latency on the real local stack, the cold path, and scale on the simulator.
 
-    .venv/bin/python bench/run.py [--quick] [--json PATH] [--skip-scale]   (or scripts/bench)
+    .venv/bin/python bench/run.py [--quick] [--json PATH] [--skip-scale] [--steady-only]
+    (or scripts/bench)
 
 1. Real stack (redis-server + Enterprise Gateway from dev/localstack.py, jkp as a process):
    pop latency and throughput at concurrency 1, 8 and 32 from a full pool, then the cold path a
    user takes without jkp (start a kernel on EG, wait until it answers, enter the user dir);
-   the steady state (one pop every 0.5 s, refills running) beside EG's floor (a kernel_info
-   round trip on an open websocket); jkp as a drop-in gateway: warm creates through EG's
+   the steady state (pops, then warm creates, one every 0.5 s on average, refills running,
+   on a new connection each and on one kept open) beside EG's floor (a kernel_info round trip
+   on an open websocket); ``--steady-only`` runs just that, jkp's CPU per pop and the cold
+   path (what issue #13 asks); jkp as a drop-in gateway: warm creates through EG's
    kernels API on jkp vs cold creates on EG, and kernel_info round trips through jkp's
    websocket bridge vs straight to EG on the same kernel.
 2. Scale (bench/gateway_simulator.py instead of EG, since 2 cores cannot hold 1000 real
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import io
 import json
 import os
 import platform
@@ -42,7 +46,8 @@ from pathlib import Path
 import redis.asyncio as aioredis
 from jupyter_client.jsonutil import json_default
 from jupyter_client.session import Session
-from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest, HTTPResponse
+from tornado.httputil import HTTPHeaders
 from tornado.websocket import websocket_connect
 
 REPO = Path(__file__).resolve().parent.parent
@@ -399,6 +404,39 @@ async def pop_steps(jkp: Jkp) -> dict[str, tuple[float, int]]:
     return {step: (s, int(c)) for step, (s, c) in steps.items()}
 
 
+class KeptConnection:
+    """A minimal HTTP/1.1 client on one connection kept open, as a service's HTTP client keeps
+    its connections (requests.Session, httpx, aiohttp): what a request costs without a TCP
+    connect and accept each. Lean on purpose, as the floor's raw websocket client is."""
+
+    def __init__(self, url: str):
+        self.host, _, port = url.split("://", 1)[1].partition(":")
+        self.port = int(port)
+        self._streams: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
+
+    async def post(self, path: str, body: bytes) -> HTTPResponse:
+        """POST ``body`` (JSON) to ``path``; the response, as tornado's client gives it."""
+        if self._streams is None:  # asyncio sets TCP_NODELAY on it
+            self._streams = await asyncio.open_connection(self.host, self.port)
+        reader, writer = self._streams
+        head = (
+            f"POST {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+        )
+        writer.write(head.encode() + body)
+        status_line, _, header_text = (
+            (await reader.readuntil(b"\r\n\r\n")).decode().partition("\r\n")
+        )
+        headers = HTTPHeaders.parse(header_text)
+        content = await reader.readexactly(int(headers.get("Content-Length", "0")))
+        request = HTTPRequest(f"http://{self.host}:{self.port}{path}", "POST")
+        return HTTPResponse(request, int(status_line.split()[1]), headers, io.BytesIO(content))
+
+    def close(self) -> None:
+        if self._streams is not None:
+            self._streams[1].close()
+
+
 def server_timing(response) -> dict[str, float]:
     """Seconds by step of a pop or warm create, from jkp's Server-Timing header."""
     steps = {}
@@ -409,7 +447,13 @@ def server_timing(response) -> dict[str, float]:
 
 
 async def steady_round(
-    jkp: Jkp, eg: EnterpriseGateway, work: Path, n: int, interval: float, kind: str = "pop"
+    jkp: Jkp,
+    eg: EnterpriseGateway,
+    work: Path,
+    n: int,
+    interval: float,
+    kind: str = "pop",
+    kept: bool = False,
 ) -> dict:
     """``n`` pops (``kind="pop"``) or warm creates through the gateway API (``"create"``, with
     KERNEL_ID and KERNEL_WORKING_DIR), one at a time, as users make them, with the refills
@@ -424,13 +468,14 @@ async def steady_round(
     narrow range, put requests in step with jkp's refill timer (refill_delay, 1 s, after the
     first of a burst): each would land at the start of an earlier one's refill.
 
-    Per request: the client's time (a new connection each) and jkp's own steps from its
-    Server-Timing header; the rest is HTTP, both processes' request handling, and waiting for
-    a CPU. Also jkp's CPU per request (refills included), from /proc.
+    Per request: the client's time (a new connection each; with ``kept``, one connection
+    kept open, see KeptConnection) and jkp's own steps from its Server-Timing header; the
+    rest is HTTP, both processes' request handling, and waiting for a CPU. Also jkp's CPU per
+    request (refills included), from /proc.
     """
     rng = random.Random(20261128)
     floor_id, conn = await floor_channel(eg)
-    client = AsyncHTTPClient(force_instance=True)
+    client = KeptConnection(jkp.url) if kept else AsyncHTTPClient(force_instance=True)
     took, floors, steps, aliases, ids = [], [], [], [], []
     await jkp.wait_full(600)
     starts_before = await metric_total(jkp, "jkp_kernel_starts_total", outcome="ready")
@@ -451,9 +496,13 @@ async def steady_round(
             else:
                 env = gateway_env(work, f"steady-create-{i}")
                 path, body = "/api/kernels", {"name": KERNEL_NAME, "env": env}
-            request = HTTPRequest(jkp.url + path, "POST", body=json.dumps(body), request_timeout=60)
+            data = json.dumps(body).encode()
+            request = HTTPRequest(jkp.url + path, "POST", body=data, request_timeout=60)
             t0 = time.perf_counter()
-            response = await client.fetch(request, raise_error=False)
+            if kept:
+                response = await client.post(path, data)
+            else:
+                response = await client.fetch(request, raise_error=False)
             took.append(time.perf_counter() - t0)
             model = json.loads(response.body) if response.body else {}
             if response.code not in (200, 201) or not model.get("id"):
@@ -482,6 +531,7 @@ async def steady_round(
     outside = summary([t - s["total"] for t, s in zip(took, steps, strict=True)])
     return {
         "kind": kind,
+        "connection": "one kept open" if kept else "a new one per request",
         "requests": n,
         "interval_s": interval,
         "kernels_started_meanwhile": int(starts - starts_before),
@@ -798,10 +848,17 @@ async def websocket_round(
 async def steady_rounds(jkp: Jkp, eg: EnterpriseGateway, work: Path, n: int, out: dict) -> None:
     """The steady state users see, beside EG's floor: ``n`` pops, then ``n`` warm creates,
     one every 0.5 s on average, refills running meanwhile."""
-    for key, kind in (("steady", "pop"), ("steady_create", "create")):
+    rounds = (
+        ("steady", "pop", False),
+        ("steady_kept", "pop", True),
+        ("steady_create", "create", False),
+        ("steady_create_kept", "create", True),
+    )
+    for key, kind, kept in rounds:
         await jkp.wait_full(600)
-        log(f"steady state: {n} {kind}s, one every 0.5 s on average, refills running")
-        s = out[key] = await steady_round(jkp, eg, work, n, 0.5, kind)
+        connection = "one connection kept open" if kept else "a new connection each"
+        log(f"steady state: {n} {kind}s, one every 0.5 s on average, {connection}")
+        s = out[key] = await steady_round(jkp, eg, work, n, 0.5, kind, kept)
         log(f"  p50 {s['answered']['p50_ms']:.1f} ms vs floor {s['floor']['p50_ms']:.1f} ms "
             f"({s['p50_vs_floor']:.2f}×); p95 {s['p95_vs_floor']:.2f}×; "
             f"{s['kernels_started_meanwhile']} kernels started meanwhile")  # fmt: skip
@@ -1085,31 +1142,37 @@ def checks(out: dict) -> list[tuple[str, str, str, str]]:
         ratio = out["cold_path"]["p50_ms"] / out["steady"]["answered"]["p50_ms"]
         out["cold_vs_steady_pop_p50"] = ratio
         row("cold path p50 / steady-state pop p50", f"{ratio:.1f}×", "≥ 30×", ratio >= 30)
-    for key, what in (("steady", "pop"), ("steady_create", "warm create")):
+    for key, kind in (
+        ("steady", "pop"),
+        ("steady_kept", "pop, connection kept"),
+        ("steady_create", "warm create"),
+        ("steady_create_kept", "warm create, connection kept"),
+    ):
         if key not in out:
             continue
         s = out[key]
         answered, floor = s["answered"], s["floor"]
         row(
-            f"steady state: {what} (n={s['requests']}, Poisson arrivals, one every "
-            f"{s['interval_s']} s on average, refills running) p50 / p95",
+            f"steady state: {kind} (n={s['requests']}, Poisson arrivals, one every "
+            f"{s['interval_s']} s on average, refills running; connection: {s['connection']}) "
+            "p50 / p95",
             f"{answered['p50_ms']:.1f} / {answered['p95_ms']:.1f} ms "
             f"({s['kernels_started_meanwhile']} kernels started meanwhile, "
             f"≥ {s['least_idle_seen']} idle)",
         )
-        row(f"steady state ({what}s): EG floor (kernel_info on an open websocket) p50 / p95",
+        row(f"steady state ({kind}): EG floor (kernel_info on an open websocket) p50 / p95",
             f"{floor['p50_ms']:.1f} / {floor['p95_ms']:.1f} ms")  # fmt: skip
-        row(f"steady state: {what} p50 / floor p50", f"{s['p50_vs_floor']:.2f}×", "≤ 1.5×",
+        row(f"steady state: {kind} p50 / floor p50", f"{s['p50_vs_floor']:.2f}×", "≤ 1.5×",
             s["p50_vs_floor"] <= 1.5)  # fmt: skip
-        row(f"steady state: {what} p95 / floor p95", f"{s['p95_vs_floor']:.2f}×", "≤ 3×",
+        row(f"steady state: {kind} p95 / floor p95", f"{s['p95_vs_floor']:.2f}×", "≤ 3×",
             s["p95_vs_floor"] <= 3)  # fmt: skip
         steps = ", ".join(f"{k} {v:.2f}" for k, v in s["step_p50_ms"].items())
-        row(f"steady state: {what} p50 per step inside jkp (Server-Timing, ms); around "
+        row(f"steady state: {kind} p50 per step inside jkp (Server-Timing, ms); around "
             "them in jkp (HTTP, checks); outside jkp (client, connection, waits for a CPU)",
             f"{steps}; around {s['around_steps_p50_ms']:.2f}; "
             f"outside {s['outside_jkp_p50_ms']:.2f}")  # fmt: skip
-        row(f"steady state: {what} set-up p50 / floor p50", f"{s['set_up_p50_vs_floor']:.2f}×")
-        row(f"steady state: jkp CPU per {what}, its refill included",
+        row(f"steady state: {kind} set-up p50 / floor p50", f"{s['set_up_p50_vs_floor']:.2f}×")
+        row(f"steady state: jkp CPU per {kind}, its refill included",
             f"{s['jkp_cpu_ms_per_request']:.2f} ms")  # fmt: skip
     if "gateway" in out:
         g = out["gateway"]
@@ -1202,7 +1265,10 @@ def report(out: dict) -> str:
         *(f"| {' | '.join(r)} |" for r in checks(out)),
         "",
         "Notes: each pop is timed in the client from send to full response (a new TCP connection "
-        "per request; client, jkp, Redis, EG and the kernels share the same cores). jkp "
+        "per request, but in the steady rounds marked 'connection kept', which send every "
+        "request on one connection kept open; client, jkp, Redis, EG and the kernels share the "
+        "same cores). The steady rounds' requests come as a Poisson process; each floor sample "
+        "is taken at a uniformly random moment before one. jkp "
         "starts replacements refill_delay (default 1 s) after a burst's first pop; each round "
         "is shorter, so its pops do not compete with kernel starts (~0.4 s CPU each here). The "
         "'refill at once' round (refill_delay=0) shows what they cost when they do. "
