@@ -31,8 +31,8 @@ from jkp.app import JKPManagerApp  # noqa: E402
 # The steps of a pop, in order: (object attribute, method, label).
 STEPS = [
     ("store", "claim", "claim (Redis script: RPOP + record)"),
-    ("gateway", "execute", "execute_request: make + enter user dir"),
-    ("store", "hand_over", "hand over (Redis script)"),
+    ("gateway", "comm_request", "set-up comm message, until the kernel is idle"),
+    ("store", "hand_over", "hand over (Redis script, beside the set-up's end)"),
     ("pool", "pop", "whole pop, inside jkp"),
 ]
 

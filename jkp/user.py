@@ -60,6 +60,9 @@ finally:
 # message whose data are the set-up's arguments, not code: the kernel answers as fast as a
 # kernel_info_request, where a cell costs IPython's whole execute machinery (~7 ms here).
 SET_UP_COMM_TARGET = "jkp.set_up"
+# Which answers the set-up comm gives, for the pool's spec fingerprint: kernels pooled by a jkp
+# with other answers are rolled over. 2: success is the comm_close, with {"status": "ok"}.
+SET_UP_PROTOCOL = 2
 
 # Run once in each new kernel before it is pooled. It installs the set-up behind the comm
 # target (in closures: nothing in the user's namespace), and pays a fresh kernel's one-time
@@ -85,8 +88,7 @@ WARM_UP_CODE = (
             except Exception as e:
                 comm.send({"status": "error", "ename": type(e).__name__, "evalue": str(e)})
             else:
-                comm.send({"status": "ok"})
-                comm.close()
+                comm.close({"status": "ok"})  # the answer: one message fewer than send + close
                 manager.unregister_target(target_name, open_set_up)
 
     manager.register_target(target_name, open_set_up)

@@ -381,7 +381,7 @@ class GatewayClient(LoggingConfigurable):
         needs only the answer can start then. It stays pending when no answer comes."""
         content = {"comm_id": comm_id, "data": data}
         reply = await self._shell_request(
-            kernel_id, "comm_msg", content, timeout, keep_open, "comm_msg", answered
+            kernel_id, "comm_msg", content, timeout, keep_open, "comm", answered
         )
         if reply.content.get("status") != "ok":
             ename, evalue = reply.content.get("ename", "error"), reply.content.get("evalue")
@@ -432,8 +432,8 @@ class GatewayClient(LoggingConfigurable):
     ) -> ShellReply:
         """Send one shell request on the kernel's websocket; its reply once the kernel is idle.
 
-        ``reply`` says what answers it: the shell reply, a ``comm_msg`` from the kernel, or
-        nothing (None: done at idle). ``answered``: see comm_request."""
+        ``reply`` says what answers it: the shell reply, a ``comm_msg`` or ``comm_close`` from
+        the kernel (``"comm"``), or nothing (None: done at idle). ``answered``: see comm_request."""
         msg = self._session.msg(msg_type, content)
         msg["channel"] = "shell"
         loop = asyncio.get_running_loop()
@@ -540,9 +540,9 @@ class _ReplyWaiter:
     """Collects a request's answer and the kernel's return to idle, in either order, so the
     kernel is known idle, not "starting" or "busy" from this request, when it is done.
 
-    The answer is the shell reply (``reply="shell"``), the data of a ``comm_msg`` the kernel
-    sent in response (``"comm_msg"``), or nothing (None). ``answered`` gets the answer as it
-    comes, before the idle status.
+    The answer is the shell reply (``reply="shell"``), the data of a ``comm_msg`` or
+    ``comm_close`` the kernel sent in response (``"comm"``), or nothing (None).
+    ``answered`` gets the answer as it comes, before the idle status.
     """
 
     def __init__(
@@ -559,7 +559,7 @@ class _ReplyWaiter:
         msg_type = message.get("msg_type")
         if self._kind == "shell" and message.get("channel") == "shell":
             self._replied(message, message.get("content", {}))
-        elif self._kind == "comm_msg" and msg_type == "comm_msg":
+        elif self._kind == "comm" and msg_type in ("comm_msg", "comm_close"):
             self._replied(message, message.get("content", {}).get("data", {}))
         elif msg_type == "status":
             self._idle = message.get("content", {}).get("execution_state") == "idle"

@@ -298,6 +298,12 @@ class PoolManager(LoggingConfigurable):
         """Serve a gateway create warm; see HandingOut.bind."""
         return await self.handing.bind(**kwargs)
 
+    async def take_back(self, kernel_id: str, reason: str) -> None:
+        """Shut down a kernel just handed out whose hand-out must not stand (its alias goes
+        with it)."""
+        if await self.store.retire_handed(kernel_id):
+            self.retirer.retire_soon(kernel_id, reason)
+
     async def reconcile(self) -> None:
         """Make Redis and EG agree; see Keeper.reconcile."""
         await self.keeper.reconcile()

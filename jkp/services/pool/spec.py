@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from traitlets import TraitError
 
-from jkp.user import SET_UP_COMM_TARGET
+from jkp.user import SET_UP_COMM_TARGET, SET_UP_PROTOCOL
 
 if TYPE_CHECKING:
     from jkp.services.pool.manager import PoolManager
@@ -47,7 +47,7 @@ def spec_fingerprint(options: PoolManager) -> str:
         "env": env,
         "init_code": options.init_code,
         # Kernels pooled by a jkp with another set-up protocol are rolled over.
-        "set_up": SET_UP_COMM_TARGET,
+        "set_up": [SET_UP_COMM_TARGET, SET_UP_PROTOCOL],
     }
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
 
