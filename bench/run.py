@@ -1141,7 +1141,8 @@ def checks(out: dict) -> list[tuple[str, str, str, str]]:
     if "cold_path" in out and "steady" in out:
         ratio = out["cold_path"]["p50_ms"] / out["steady"]["answered"]["p50_ms"]
         out["cold_vs_steady_pop_p50"] = ratio
-        row("cold path p50 / steady-state pop p50", f"{ratio:.1f}×", "≥ 30×", ratio >= 30)
+        # No target: the cold path is timed on a quiet pool, the steady pops beside refills.
+        row("cold path p50 / steady-state pop p50", f"{ratio:.1f}×")
     for key, kind in (
         ("steady", "pop"),
         ("steady_kept", "pop, connection kept"),

@@ -290,8 +290,9 @@ class HandingOut(PoolPart):
 
         The kernel answers the set-up (in the user's directory now), then reports itself idle
         1-2 ms later, once ipykernel has flushed its output streams. The hand-over (a Redis
-        script) needs only the answer: it runs beside that wait, and the pop answers after
-        both, so no caller sees the kernel busy with its set-up.
+        script) needs only the answer: it runs beside that wait (but for a pop with an
+        Idempotency-Key), and the pop answers after both, so no caller sees the kernel busy
+        with its set-up.
 
         The model is the one EG reported when the kernel was pooled, with ``execution_state``
         idle and ``last_activity`` the kernel's answer's time, and ``connections`` not
@@ -324,7 +325,11 @@ class HandingOut(PoolPart):
             await asyncio.wait({request, answered}, return_when=asyncio.FIRST_COMPLETED)
             if answered.done() and answered.result().content.get("status") == "ok":
                 model = self._handed_model(claim, answered.result())
-                if not request.done() and not handout.client_gone.is_set():
+                # A pop with an Idempotency-Key is handed over after the idle status: a retry
+                # with the key is answered from the hand-over, and must never get a kernel that
+                # may still fail to get idle.
+                early = handout.idempotency is None and not handout.client_gone.is_set()
+                if early and not request.done():
                     handing = asyncio.ensure_future(self._hand_over(claim, handout, model))
             await request
         except KernelReplyError as e:
@@ -343,7 +348,6 @@ class HandingOut(PoolPart):
             # nobody got it, so it is shut down and the next one taken.
             self.gateway.close_channel(kernel_id)
             if await handing and await self.store.retire_handed(kernel_id):
-                await self.store.forget_idempotency(claim)
                 self.retirer.retire_soon(kernel_id, f"not idle after its set-up: {e}")
             return None
         finally:
