@@ -845,6 +845,23 @@ async def websocket_round(
     }
 
 
+async def served_round(
+    jkp: Jkp, eg: EnterpriseGateway, work: Path, n: int, c: int, key: str, watch: dict[str, int]
+) -> dict:
+    """A pop_round on one jkp, with the same pops' mean time inside jkp (claim to hand-over,
+    from its /metrics: the rest is HTTP and client) and the user directories they made; the
+    kernels handed out are deleted after."""
+    served_before = await jkp.served_pops()
+    r = await pop_round([jkp.url], n, c, key, watch)
+    served_after = await jkp.served_pops()
+    r["jkp_mean_ms"] = (
+        1000 * (served_after[0] - served_before[0]) / max(served_after[1] - served_before[1], 1)
+    )
+    r["user_dirs_made"] = sum((work / "shared" / u).is_dir() for u in r.pop("_users"))
+    await delete_kernels(eg, r.pop("_ids"))
+    return r
+
+
 async def steady_rounds(jkp: Jkp, eg: EnterpriseGateway, work: Path, n: int, out: dict) -> None:
     """The steady state users see, beside EG's floor: ``n`` pops, then ``n`` warm creates,
     one every 0.5 s on average, refills running meanwhile."""
@@ -893,15 +910,8 @@ async def real_stack(args, work: Path, stack: Stack, out: dict) -> None:
         await jkp.wait_full(600)
         n = 10 if args.quick else 30
         log(f"round c1: {n} pops from a full pool, for jkp's CPU per pop")
-        served_before = await jkp.served_pops()
-        r = await pop_round([jkp.url], n, 1, "c1", {"jkp": jkp.proc.pid})
-        served_after = await jkp.served_pops()
-        r["jkp_mean_ms"] = (
-            1000 * (served_after[0] - served_before[0]) / max(served_after[1] - served_before[1], 1)
-        )
-        await delete_kernels(eg, r.pop("_ids"))
-        r.pop("_users")
-        r["refill_delay_s"], r["user_dirs_made"] = 1, r["ok"]
+        r = await served_round(jkp, eg, work, n, 1, "c1", {"jkp": jkp.proc.pid})
+        r["refill_delay_s"] = 1
         out["rounds"] = {"c1": r}
         await jkp.wait_full(600)
         times = [await cold_path(eg, work / "shared" / f"cold-{i}")
@@ -925,18 +935,10 @@ async def real_stack(args, work: Path, stack: Stack, out: dict) -> None:
         busy_before = await machine_busy(1.0)
         log(f"round {key}: {n} pops from a full pool of {target} (CPU {busy_before:.0%} busy)")
         watch = {"jkp": jkp.proc.pid, "eg": eg.pid, "redis": redis.pid}
-        served_before = await jkp.served_pops()
-        r.update(await pop_round([jkp.url], n, c, key, watch))
-        served_after = await jkp.served_pops()
-        # The same pops timed inside jkp, from claim to hand-over: the rest is HTTP and client.
-        r["jkp_mean_ms"] = (
-            1000 * (served_after[0] - served_before[0]) / max(served_after[1] - served_before[1], 1)
-        )
+        r.update(await served_round(jkp, eg, work, n, c, key, watch))
         after = await jkp.status()
         r["pool_after_round"] = {k: after[k] for k in ("idle", "starting")}
         r["cpu"]["machine_busy_1s_before"] = busy_before  # the full pool at rest: ~0 expected
-        r["user_dirs_made"] = sum((work / "shared" / u).is_dir() for u in r.pop("_users"))
-        await delete_kernels(eg, r.pop("_ids"))
         log(f"  p50 {r['p50_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms, {r['pops_per_s']:.1f} pops/s, "
             f"{r['failed']} failed; refilling")  # fmt: skip
         # Refilled before anything else runs, so no kernel start is cut short or competes.

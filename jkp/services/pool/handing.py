@@ -204,14 +204,15 @@ class HandingOut(PoolPart):
             if set_up is None:
                 continue  # that kernel is gone or hung: the next one
             model, handing = set_up
-            if handing is None:
+            if handing is not None:
+                # Usually done already: it ran beside the set-up's wait for the idle status.
+                handed = await handing
+            else:
                 if handout.client_gone.is_set():
                     if await self.store.retire_claim(claim):
                         self.retirer.retire_soon(claim.kernel_id, "caller left during its set-up")
                     handout.check_client()
-                handing = asyncio.ensure_future(self._hand_over(claim, handout, model))
-            # Usually done already: it ran beside the set-up's wait for the kernel's idle status.
-            handed = await handing
+                handed = await self._hand_over(claim, handout, model)
             step("hand_over")
             if handed:
                 # Its set-up closed the websocket it used; a reconcile or activation running
