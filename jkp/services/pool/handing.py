@@ -215,9 +215,11 @@ class HandingOut(PoolPart):
                 handed = await self._hand_over(claim, handout, model)
             step("hand_over")
             if handed:
-                # Its set-up closed the websocket it used; a reconcile or activation running
-                # beside the pop may have opened another: a handed-out kernel keeps none.
-                self.gateway.close_channel(claim.kernel_id)
+                # A handed-out kernel keeps no websocket of ours (one open keeps EG's culler
+                # off it): the set-up's, or another a reconcile or activation opened beside
+                # the pop. Closed once the answer is written, which the caller does in this
+                # same step: the close frame is nothing the caller needs to wait for.
+                asyncio.get_running_loop().call_soon(self.gateway.close_channel, claim.kernel_id)
                 if handout.client_gone.is_set() and await self.store.retire_handed(claim.kernel_id):
                     self.retirer.retire_soon(claim.kernel_id, "caller left during its hand-over")
                     # A retry with the key must not be answered with a kernel being shut down.
@@ -317,6 +319,7 @@ class HandingOut(PoolPart):
                 set_up_comm_id(kernel_id),
                 handout.set_up,
                 budget - verdict_time,
+                keep_open=True,  # closed after the answer (see _pop), or when retired
                 answered=answered,
             )
         )
