@@ -70,6 +70,8 @@ class Handout:
     # Seconds by step (claim, set_up, hand_over), summed over the kernels it tried, for the
     # caller to report (Server-Timing); None when nobody asked.
     timings: dict[str, float] | None = None
+    # Set once a kernel is claimed for it, just before that kernel's set-up is sent.
+    claimed: asyncio.Event | None = None
 
     def remaining(self) -> float:
         """Seconds left until the pop's deadline."""

@@ -98,13 +98,15 @@ class HandingOut(PoolPart):
         claim_wait: float,
         client_gone: asyncio.Event | None = None,
         timings: dict[str, float] | None = None,
+        claimed: asyncio.Event | None = None,
     ) -> dict[str, Any]:
         """A gateway create served warm: hand an idle kernel to ``user_name``, moved into
         ``working_dir`` (None: left where it is) with ``env`` set, and record ``binding``
         under ``alias`` with the hand-over; the kernel's EG model.
 
         It waits at most ``claim_wait`` seconds for an idle kernel (PoolEmptyError then, so
-        the create can go to EG cold); otherwise as ``pop``.
+        the create can go to EG cold); otherwise as ``pop``. ``claimed`` is set once a kernel
+        is claimed, just before its set-up is sent.
         """
         set_up = set_up_request(self.options.working_dir, working_dir, env=env)
         return await self._serve(
@@ -115,6 +117,7 @@ class HandingOut(PoolPart):
             alias=alias,
             binding=binding,
             timings=timings,
+            claimed=claimed,
         )
 
     async def _serve(
@@ -127,6 +130,7 @@ class HandingOut(PoolPart):
         alias: str = "",
         binding: dict[str, Any] | None = None,
         timings: dict[str, float] | None = None,
+        claimed: asyncio.Event | None = None,
     ) -> dict[str, Any]:
         """One hand-out under one deadline, counted in jkp_pops_total by its outcome."""
         loop = asyncio.get_running_loop()
@@ -145,6 +149,7 @@ class HandingOut(PoolPart):
                 alias=alias,
                 binding=binding,
                 timings=timings,
+                claimed=claimed,
             )
             model, outcome = await self._pop(handout)
             if handout.waited:
@@ -196,6 +201,8 @@ class HandingOut(PoolPart):
                 self.log.info("Pop repeated with its Idempotency-Key: kernel %s", claim.model["id"])
                 return claim.model, "repeated"
             self.filler.refill_later()
+            if handout.claimed is not None:
+                handout.claimed.set()
             if handout.client_gone.is_set():
                 await self.store.release(claim)  # its set-up had not begun: the pool keeps it
                 handout.check_client()
