@@ -219,3 +219,57 @@ async def test_a_websocket_route_asked_with_another_method_is_a_json_405(bound):
     status, error = await jkp.request("POST", f"/api/kernels/{kernel_id}/channels", b"{}")
     assert status == 405
     assert set(error) == {"message", "reason"}
+
+
+def _v1_frame(channel, msg):
+    """A message in Jupyter's v1 websocket protocol: offsets, channel, then its JSON parts."""
+    parts = [
+        json.dumps(msg[k], default=json_default).encode()
+        for k in ("header", "parent_header", "metadata", "content")
+    ]
+    offsets = [8 * (1 + 1 + len(parts) + 1), 8 * (1 + 1 + len(parts) + 1) + len(channel)]
+    for part in parts:
+        offsets.append(offsets[-1] + len(part))
+    head = b"".join(n.to_bytes(8, "little") for n in (len(offsets), *offsets))
+    return head + channel.encode() + b"".join(parts)
+
+
+def _v1_parts(frame):
+    """The channel and the decoded header, parent header, metadata and content of a v1 frame."""
+    count = int.from_bytes(frame[:8], "little")
+    offsets = [int.from_bytes(frame[8 * (i + 1) : 8 * (i + 2)], "little") for i in range(count)]
+    channel = frame[offsets[0] : offsets[1]].decode()
+    parts = [frame[offsets[i] : offsets[i + 1]] for i in range(1, min(count - 1, 5))]
+    return channel, [json.loads(part) for part in parts]
+
+
+async def test_jupyters_v1_websocket_protocol_is_bridged_as_eg_selects_it(bound):
+    """A client offering the v1 websocket protocol (as Jupyter Server 2 does) gets EG's choice
+    through jkp, as it would straight from EG, and speaks it to the kernel through jkp."""
+    jkp, gateway, kernel_id = bound
+    upstream = (await jkp.app.kernels.binding(kernel_id))["kernel_id"]
+    offered = ["v1.kernel.websocket.jupyter.org"]
+    straight = await websocket_connect(
+        gateway.url.replace("http", "ws", 1) + f"/api/kernels/{upstream}/channels",
+        subprotocols=offered,
+    )
+    through = await websocket_connect(
+        jkp.url.replace("http", "ws", 1) + f"/api/kernels/{kernel_id}/channels",
+        subprotocols=offered,
+    )
+    try:
+        assert straight.selected_subprotocol == offered[0]  # EG 3.3's jupyter_server 1.24
+        assert through.selected_subprotocol == straight.selected_subprotocol
+        request = Session(username="test-client").msg("kernel_info_request", {})
+        await through.write_message(_v1_frame("shell", request), binary=True)
+        async with asyncio.timeout(30):
+            while True:
+                frame = await through.read_message()
+                assert isinstance(frame, bytes), frame
+                channel, (header, parent, _, content) = _v1_parts(frame)
+                if parent.get("msg_id") == request["header"]["msg_id"] and channel == "shell":
+                    break
+        assert header["msg_type"] == "kernel_info_reply" and content["status"] == "ok"
+    finally:
+        straight.close()
+        through.close()
