@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import functools
-import json
 import statistics
 import sys
 import tempfile
@@ -29,10 +28,16 @@ sys.path.insert(0, str(REPO / "bench"))
 
 import localstack  # noqa: E402
 from pyinstrument import Profiler  # noqa: E402
-from run import _SESSION, delete_kernels, floor_channel, json_default, quickack  # noqa: E402
+from run import (  # noqa: E402
+    answers,
+    arm_set_up,
+    delete_kernels,
+    floor_channel,
+    send_shell,
+    straight_set_up,
+)
 
 from jkp.app import JKPManagerApp  # noqa: E402
-from jkp.user import SET_UP_COMM_TARGET, WARM_UP_CODE, enter_user_dir_request  # noqa: E402
 
 # The steps of a pop, in order: (object attribute, method, label).
 STEPS = [
@@ -121,35 +126,9 @@ async def main(pops: int, gap: float, html: str | None) -> None:
         print(f"{label:62} {_summary(values)}")
 
 
-async def _send(conn, msg_type: str, content: dict) -> tuple[str, float]:
-    msg = _SESSION.msg(msg_type, content)
-    msg["channel"] = "shell"
-    started = time.perf_counter()
-    await conn.write_message(json.dumps(msg, default=json_default))
-    return msg["header"]["msg_id"], started
-
-
-async def _until(conn, sent: tuple[str, float], wanted: set[str]) -> dict[str, float]:
-    """Milliseconds from sending to each of ``wanted`` (message types; ``idle`` for the idle
-    status) among the messages answering the request ``sent``."""
-    msg_id, started = sent
-    seen: dict[str, float] = {}
-    while len(seen) < len(wanted):
-        quickack(conn)
-        message = json.loads(await conn.read_message())
-        if message.get("parent_header", {}).get("msg_id") != msg_id:
-            continue
-        kind = message["msg_type"]
-        if kind == "status":
-            kind = message["content"]["execution_state"]
-        if kind in wanted and kind not in seen:
-            seen[kind] = (time.perf_counter() - started) * 1000
-    return seen
-
-
 async def straight_on_eg(gateway, shared: Path, n: int) -> dict[str, list[float]]:
-    """``n`` set-ups sent straight to EG, each to a kernel of its own warmed up as jkp warms
-    its kernels, beside EG's floor on another kernel, interleaved: milliseconds by label."""
+    """``n`` set-ups sent straight to EG, each to a kernel of its own armed as jkp arms its
+    kernels, beside EG's floor on another kernel, interleaved: milliseconds by label."""
     floor_id, floor = await floor_channel(gateway)
     times: dict[str, list[float]] = {
         "EG floor: kernel_info, to its reply": [],
@@ -162,22 +141,18 @@ async def straight_on_eg(gateway, shared: Path, n: int) -> dict[str, list[float]
         for i in range(n):
             kernel_id, conn = await floor_channel(gateway)
             ids.append(kernel_id)
-            warm_up = {"code": WARM_UP_CODE, "silent": True, "store_history": False}
-            await _until(conn, await _send(conn, "execute_request", warm_up), {"idle"})
-            comm = {"comm_id": f"set-up-{i}", "target_name": SET_UP_COMM_TARGET, "data": {}}
-            await _until(conn, await _send(conn, "comm_open", comm), {"idle"})
+            await arm_set_up(conn, f"set-up-{i}")
             await asyncio.sleep(0.1)
-            got = await _until(
-                floor, await _send(floor, "kernel_info_request", {}), {"kernel_info_reply", "idle"}
-            )
-            times["EG floor: kernel_info, to its reply"].append(got["kernel_info_reply"])
-            times["EG floor: kernel_info, to the kernel's idle status"].append(got["idle"])
+            sent = await send_shell(floor, "kernel_info_request", {})
+            got = await answers(floor, sent, {"kernel_info_reply", "idle"})
+            times["EG floor: kernel_info, to its reply"].append(1000 * got["kernel_info_reply"])
+            times["EG floor: kernel_info, to the kernel's idle status"].append(1000 * got["idle"])
             await asyncio.sleep(0.05)
-            data = enter_user_dir_request(str(shared), f"straight-{i}")
-            set_up = {"comm_id": comm["comm_id"], "data": data}
-            got = await _until(conn, await _send(conn, "comm_msg", set_up), {"comm_close", "idle"})
-            times["the set-up comm message, to its answer (comm_close)"].append(got["comm_close"])
-            times["the set-up comm message, to the kernel's idle status"].append(got["idle"])
+            got = await straight_set_up(conn, f"set-up-{i}", shared, f"straight-{i}")
+            times["the set-up comm message, to its answer (comm_close)"].append(
+                1000 * got["comm_close"]
+            )
+            times["the set-up comm message, to the kernel's idle status"].append(1000 * got["idle"])
             conn.close()
     finally:
         floor.close()

@@ -50,6 +50,8 @@ from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest, HT
 from tornado.httputil import HTTPHeaders
 from tornado.websocket import websocket_connect
 
+from jkp.user import SET_UP_COMM_TARGET, WARM_UP_CODE, enter_user_dir_request
+
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "dev"))
 from localstack import HOST, EnterpriseGateway, RedisServer, free_port  # noqa: E402
@@ -389,6 +391,52 @@ async def floor_round_trip(conn, wait: float) -> tuple[float, float] | None:
     return None if answer is None else (answer[0], answer[2])
 
 
+async def send_shell(conn, msg_type: str, content: dict) -> tuple[str, float]:
+    """Send a shell request on an open kernel websocket: its msg_id and when it was sent."""
+    msg = _SESSION.msg(msg_type, content)
+    msg["channel"] = "shell"
+    started = time.perf_counter()
+    await conn.write_message(json.dumps(msg, default=json_default))
+    return msg["header"]["msg_id"], started
+
+
+async def answers(conn, sent: tuple[str, float], wanted: set[str]) -> dict[str, float]:
+    """Seconds from sending the request ``sent`` to each of ``wanted`` among the messages
+    answering it (message types; ``idle`` for the kernel's idle status)."""
+    msg_id, started = sent
+    seen: dict[str, float] = {}
+    while len(seen) < len(wanted):
+        quickack(conn)
+        raw = await conn.read_message()
+        if raw is None:
+            raise RuntimeError("the kernel's websocket closed")
+        message = json.loads(raw) if isinstance(raw, str) else {}
+        if message.get("parent_header", {}).get("msg_id") != msg_id:
+            continue
+        kind = message["msg_type"]
+        if kind == "status":
+            kind = message["content"]["execution_state"]
+        if kind in wanted and kind not in seen:
+            seen[kind] = time.perf_counter() - started
+    return seen
+
+
+async def arm_set_up(conn, comm_id: str) -> None:
+    """Install jkp's set-up in a kernel straight on EG, as jkp's warm-up does, and open its
+    comm as ``comm_id``: the kernel then takes one set-up, as a pooled kernel does."""
+    warm_up = {"code": WARM_UP_CODE, "silent": True, "store_history": False}
+    await answers(conn, await send_shell(conn, "execute_request", warm_up), {"idle"})
+    comm = {"comm_id": comm_id, "target_name": SET_UP_COMM_TARGET, "data": {}}
+    await answers(conn, await send_shell(conn, "comm_open", comm), {"idle"})
+
+
+async def straight_set_up(conn, comm_id: str, shared: Path, user: str) -> dict[str, float]:
+    """jkp's set-up for ``user`` sent straight to EG on an armed kernel, without jkp: seconds
+    to its answer (``comm_close``) and to the kernel's idle status."""
+    set_up = {"comm_id": comm_id, "data": enter_user_dir_request(str(shared), user)}
+    return await answers(conn, await send_shell(conn, "comm_msg", set_up), {"comm_close", "idle"})
+
+
 def mean_step_ms(before: dict, after: dict) -> dict[str, float]:
     """Mean ms per pop step between two readings of jkp_pop_step_seconds (sum, count)."""
     return {
@@ -479,6 +527,7 @@ async def steady_round(
     interval: float,
     kind: str = "pop",
     kept: bool = False,
+    straight_kernels: int = 1,
 ) -> dict:
     """``n`` pops (``kind="pop"``) or warm creates through the gateway API (``"create"``, with
     KERNEL_ID and KERNEL_WORKING_DIR), one at a time, as users make them, with the refills
@@ -495,7 +544,12 @@ async def steady_round(
 
     The floor is also timed to the kernel's idle status after it: ipykernel flushes its
     output streams between any reply and that status, and a pop, whose set-up is answered
-    only once the kernel is idle again, pays that flush too.
+    only once the kernel is idle again, pays that flush too. And right after the floor, the
+    pop's own set-up is sent straight to EG, without jkp, to a kernel of EG's own armed as jkp
+    arms its kernels: what the set-up costs EG and the kernel at that moment, which no change
+    in jkp can cut. ``straight_kernels`` take turns, each armed again after its turn: a kernel
+    idle for a while answers its set-up 0.2-0.8 ms later than one just used (as pooled
+    kernels are, which wait their turn ~20 s here).
 
     Per request: the client's time (a new connection each; with ``kept``, one connection
     kept open; see RawHTTPClient) and jkp's own steps from its Server-Timing header; the
@@ -504,8 +558,12 @@ async def steady_round(
     """
     rng = random.Random(20261128)
     floor_id, conn = await floor_channel(eg)
+    straights = [await floor_channel(eg) for _ in range(straight_kernels)]
+    shared = work / "shared"
+    for j, (_, straight) in enumerate(straights):
+        await arm_set_up(straight, f"straight-{j}")
     client = RawHTTPClient(jkp.url, keep_alive=kept)
-    took, floors, floors_to_idle, steps, aliases, ids = [], [], [], [], [], []
+    took, floors, floors_to_idle, set_ups, steps, aliases, ids = [], [], [], [], [], [], []
     await jkp.wait_full(600)
     starts_before = await metric_total(jkp, "jkp_kernel_starts_total", outcome="ready")
     cpu_before = cpu_seconds(jkp.proc.pid)
@@ -519,6 +577,9 @@ async def steady_round(
             if floor is not None:
                 floors.append(floor[0])
                 floors_to_idle.append(floor[1])
+            user = f"straight-{kind}-{kept:d}-{i}"
+            straight = straights[i % straight_kernels][1]
+            set_ups.append((await straight_set_up(straight, f"straight-{i}", shared, user))["idle"])
             await asyncio.sleep(max(next_at - loop.time(), 0))
             next_at = max(next_at + gap, loop.time())  # a late one does not bunch the rest
             if kind == "pop":
@@ -539,17 +600,22 @@ async def steady_round(
             steps.append(server_timing(response))
             if not steps[-1]:
                 raise RuntimeError(f"steady {kind} {i} was not served warm: no Server-Timing")
+            # Armed again after the request, its load away from the next one.
+            await arm_set_up(straight, f"straight-{i + straight_kernels}")
             if i % 10 == 9:  # how far refills lag, seldom enough not to load jkp
                 least_idle = min(least_idle, (await jkp.status())["idle"])
         cpu = cpu_seconds(jkp.proc.pid) - cpu_before
         starts = await metric_total(jkp, "jkp_kernel_starts_total", outcome="ready")
     finally:
         conn.close()
+        for _, straight in straights:
+            straight.close()
         client.close()
         for alias in aliases:
             await delete_kernel(jkp.url, alias)
-        await delete_kernels(eg, [floor_id, *ids])
+        await delete_kernels(eg, [floor_id, *(k for k, _ in straights), *ids])
     answered, floor, floor_to_idle = summary(took), summary(floors), summary(floors_to_idle)
+    set_up_on_eg = summary(set_ups)
     names = [name for name in steps[0] if name != "total"]
     step_p50 = {name: summary([s.get(name, 0.0) for s in steps])["p50_ms"] for name in names}
     # In jkp around its steps (HTTP request and answer, checks), then outside jkp.
@@ -567,6 +633,10 @@ async def steady_round(
         "floor_to_idle": floor_to_idle,
         "p50_vs_floor": answered["p50_ms"] / floor["p50_ms"],
         "p50_vs_floor_to_idle": answered["p50_ms"] / floor_to_idle["p50_ms"],
+        "set_up_straight_on_eg": set_up_on_eg,
+        "set_up_straight_on_eg_p50_vs_floor": set_up_on_eg["p50_ms"] / floor["p50_ms"],
+        "set_up_p50_vs_straight_on_eg": step_p50["set_up"] / set_up_on_eg["p50_ms"],
+        "p50_minus_straight_set_up_ms": answered["p50_ms"] - set_up_on_eg["p50_ms"],
         "p95_vs_floor": answered["p95_ms"] / floor["p95_ms"],
         "set_up_p50_vs_floor": step_p50["set_up"] / floor["p50_ms"],
         "step_p50_ms": step_p50,
@@ -903,7 +973,7 @@ async def steady_rounds(jkp: Jkp, eg: EnterpriseGateway, work: Path, n: int, out
         await jkp.wait_full(600)
         connection = "one connection kept open" if kept else "a new connection each"
         log(f"steady state: {n} {kind}s, one every 0.5 s on average, {connection}")
-        s = out[key] = await steady_round(jkp, eg, work, n, 0.5, kind, kept)
+        s = out[key] = await steady_round(jkp, eg, work, n, 0.5, kind, kept, straight_kernels=20)
         log(f"  p50 {s['answered']['p50_ms']:.1f} ms vs floor {s['floor']['p50_ms']:.1f} ms "
             f"({s['p50_vs_floor']:.2f}×); p95 {s['p95_vs_floor']:.2f}×; "
             f"{s['kernels_started_meanwhile']} kernels started meanwhile")  # fmt: skip
@@ -1205,6 +1275,13 @@ def checks(out: dict) -> list[tuple[str, str, str, str]]:
             f"{steps}; around {s['around_steps_p50_ms']:.2f}; "
             f"outside {s['outside_jkp_p50_ms']:.2f}")  # fmt: skip
         row(f"steady state: {kind} set-up p50 / floor p50", f"{s['set_up_p50_vs_floor']:.2f}×")
+        # No target: the part of a pop that is EG's and the kernel's, measured beside it.
+        on_eg = s["set_up_straight_on_eg"]
+        row(f"steady state ({kind}): the same set-up straight on EG, without jkp, p50 (/ floor "
+            f"p50); jkp's set-up step / it; {kind} p50 minus it",
+            f"{on_eg['p50_ms']:.1f} ms ({s['set_up_straight_on_eg_p50_vs_floor']:.2f}×); "
+            f"{s['set_up_p50_vs_straight_on_eg']:.2f}×; "
+            f"{s['p50_minus_straight_set_up_ms']:.2f} ms")  # fmt: skip
         # No target: what a pop would cost against a floor that, like it, ends at idle.
         row(f"steady state: {kind} p50 / floor-until-idle p50",
             f"{s['p50_vs_floor_to_idle']:.2f}×")  # fmt: skip
