@@ -4,6 +4,7 @@ Real Redis, real EG, real ipykernel kernels. EG runs with EG_MIRROR_WORKING_DIRS
 pooled kernels would be moved, and its default kernel spec is the pooled one.
 """
 
+import asyncio
 import json
 import uuid
 
@@ -266,6 +267,35 @@ async def test_an_id_eg_has_from_a_cold_create_is_refused_and_its_warm_kernel_sh
     await wait_until(lambda: not taken & set(gateway.list_kernel_ids()), 10, "it shut down")
     assert (await jkp.store.counts())["handed"] == 0
     # Its binding went with it: jkp holds nothing under the id (EG's kernel keeps it).
+    assert not await jkp.app.kernels.aliases.taken(kernel_id)
+
+
+async def test_an_id_eg_has_in_a_create_no_pooled_kernel_serves_gets_eg_s_own_answer(
+    redis_server, gateway, jkp_factory
+):
+    jkp = await jkp_factory(
+        redis_server,
+        gateway,
+        "--PoolManager.max_pending_kernels=1",
+        "--PoolManager.refill_delay=60",  # the pool stays empty after the pop below
+        "--KernelService.gateway_pool_wait=0.2",
+    )
+    await jkp.wait_for_idle(1)
+    kernel_id = str(uuid.uuid4())
+    status, _ = await create(jkp, {**USER_ENV, "KERNEL_ID": kernel_id, "KERNEL_IMAGE": "other"})
+    assert status == 201  # cold: EG's own kernel
+    status, _ = await jkp.pop("zt")
+    assert status == 200 and not await jkp.idle_ids()
+    body = {"env": {**USER_ENV, "KERNEL_ID": kernel_id}}
+
+    status, error = await create(jkp, body["env"])
+
+    # Not served warm (no idle kernel), so not jkp's to refuse: EG answers as it does straight.
+    eg_status, eg_error = await asyncio.to_thread(gateway.request, "POST", "/api/kernels", body)
+    assert (status, error["message"]) == (eg_status, eg_error["message"])
+    # EG 3.3 names the duplicate only in its traceback.
+    assert status == 500 and f"Kernel already exists: {kernel_id}" in error["traceback"]
+    assert (await jkp.store.counts())["handed"] == 1  # the pop's only
     assert not await jkp.app.kernels.aliases.taken(kernel_id)
 
 
