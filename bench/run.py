@@ -973,7 +973,8 @@ async def steady_rounds(jkp: Jkp, eg: EnterpriseGateway, work: Path, n: int, out
         await jkp.wait_full(600)
         connection = "one connection kept open" if kept else "a new connection each"
         log(f"steady state: {n} {kind}s, one every 0.5 s on average, {connection}")
-        s = out[key] = await steady_round(jkp, eg, work, n, 0.5, kind, kept, straight_kernels=20)
+        straight = min(n, 20)  # kernels whose turns age them as pooled kernels age
+        s = out[key] = await steady_round(jkp, eg, work, n, 0.5, kind, kept, straight)
         log(f"  p50 {s['answered']['p50_ms']:.1f} ms vs floor {s['floor']['p50_ms']:.1f} ms "
             f"({s['p50_vs_floor']:.2f}×); p95 {s['p95_vs_floor']:.2f}×; "
             f"{s['kernels_started_meanwhile']} kernels started meanwhile")  # fmt: skip
