@@ -346,33 +346,16 @@ async def shell_request(conn, msg_type: str, content: dict, wait: float, until_i
     ``until_idle``, a third item: seconds until the kernel's idle status after it (ipykernel
     flushes its output streams between the reply and that status). None after ``wait``
     seconds."""
-    msg = _SESSION.msg(msg_type, content)
-    msg["channel"] = "shell"
-    msg_id = msg["header"]["msg_id"]
-    t0 = time.perf_counter()
-    await conn.write_message(json.dumps(msg, default=json_default))
-
-    async def reply() -> tuple:
-        replied = idle = None
-        while replied is None or (until_idle and idle is None):
-            quickack(conn)
-            raw = await conn.read_message()
-            if raw is None:
-                raise RuntimeError("the kernel's websocket closed")
-            answer = json.loads(raw) if isinstance(raw, str) else {}
-            if answer.get("parent_header", {}).get("msg_id") != msg_id:
-                continue
-            if answer.get("channel") == "shell":
-                replied = time.perf_counter() - t0, answer["content"]
-            elif answer.get("msg_type") == "status":
-                if answer["content"].get("execution_state") == "idle":
-                    idle = time.perf_counter() - t0
-        return (*replied, idle) if until_idle else replied
-
+    reply_type = msg_type.removesuffix("_request") + "_reply"
+    contents: dict[str, dict] = {}
+    sent = await send_shell(conn, msg_type, content)
+    wanted = {reply_type, "idle"} if until_idle else {reply_type}
     try:
-        return await asyncio.wait_for(reply(), wait)
+        seen = await asyncio.wait_for(answers(conn, sent, wanted, contents), wait)
     except asyncio.TimeoutError:
         return None
+    replied = seen[reply_type], contents[reply_type]
+    return (*replied, seen["idle"]) if until_idle else replied
 
 
 async def kernel_info_round_trip(conn, wait: float) -> float | None:
@@ -400,9 +383,12 @@ async def send_shell(conn, msg_type: str, content: dict) -> tuple[str, float]:
     return msg["header"]["msg_id"], started
 
 
-async def answers(conn, sent: tuple[str, float], wanted: set[str]) -> dict[str, float]:
+async def answers(
+    conn, sent: tuple[str, float], wanted: set[str], contents: dict[str, dict] | None = None
+) -> dict[str, float]:
     """Seconds from sending the request ``sent`` to each of ``wanted`` among the messages
-    answering it (message types; ``idle`` for the kernel's idle status)."""
+    answering it (message types; ``idle`` for the kernel's idle status), re-arming
+    TCP_QUICKACK before each read. ``contents``, when given, gets each one's content."""
     msg_id, started = sent
     seen: dict[str, float] = {}
     while len(seen) < len(wanted):
@@ -418,6 +404,8 @@ async def answers(conn, sent: tuple[str, float], wanted: set[str]) -> dict[str, 
             kind = message["content"]["execution_state"]
         if kind in wanted and kind not in seen:
             seen[kind] = time.perf_counter() - started
+            if contents is not None:
+                contents[kind] = message["content"]
     return seen
 
 
