@@ -516,6 +516,7 @@ async def steady_round(
     kind: str = "pop",
     kept: bool = False,
     straight_kernels: int = 1,
+    hops: HopFloors | None = None,
 ) -> dict:
     """``n`` pops (``kind="pop"``) or warm creates through the gateway API (``"create"``, with
     KERNEL_ID and KERNEL_WORKING_DIR), one at a time, as users make them, with the refills
@@ -539,6 +540,12 @@ async def steady_round(
     idle for a while answers its set-up 0.2-0.8 ms later than one just used (as pooled
     kernels are, which wait their turn ~20 s here).
 
+    With ``hops``, then the floors of the two hops a pop adds to that set-up, at the same
+    moment: a POST to a bare tornado service (bench/tornado_floor.py, on a connection of the
+    round's kind) and a Redis script's round trip from redis-py's asyncio client (jkp's
+    client). Their sum with the straight set-up is the least a request can take here, its
+    path being client -> jkp -> Redis, then jkp -> EG -> kernel; the rest is jkp's.
+
     Per request: the client's time (a new connection each; with ``kept``, one connection
     kept open; see RawHTTPClient) and jkp's own steps from its Server-Timing header; the
     rest is HTTP, both processes' request handling, and waiting for a CPU. Also jkp's CPU per
@@ -552,6 +559,8 @@ async def steady_round(
         await arm_set_up(straight, f"straight-{j}")
     client = RawHTTPClient(jkp.url, keep_alive=kept)
     took, floors, floors_to_idle, set_ups, steps, aliases, ids = [], [], [], [], [], [], []
+    http_floors: list[float] = []
+    redis_floors: list[float] = []
     await jkp.wait_full(600)
     starts_before = await metric_total(jkp, "jkp_kernel_starts_total", outcome="ready")
     cpu_before = cpu_seconds(jkp.proc.pid)
@@ -568,6 +577,9 @@ async def steady_round(
             user = f"straight-{kind}-{kept:d}-{i}"
             straight = straights[i % straight_kernels][1]
             set_ups.append((await straight_set_up(straight, f"straight-{i}", shared, user))["idle"])
+            if hops is not None:
+                http_floors.append(await hops.http_round_trip(kept))
+                redis_floors.append(await hops.redis_round_trip())
             await asyncio.sleep(max(next_at - loop.time(), 0))
             next_at = max(next_at + gap, loop.time())  # a late one does not bunch the rest
             if kind == "pop":
@@ -599,6 +611,8 @@ async def steady_round(
         for _, straight in straights:
             straight.close()
         client.close()
+        if hops is not None:
+            hops.close()
         for alias in aliases:
             await delete_kernel(jkp.url, alias)
         await delete_kernels(eg, [floor_id, *(k for k, _ in straights), *ids])
@@ -631,7 +645,82 @@ async def steady_round(
         "around_steps_p50_ms": around["p50_ms"],
         "outside_jkp_p50_ms": outside["p50_ms"],
         "jkp_cpu_ms_per_request": 1000 * cpu / n,
+        **(_least_request(answered, floor, set_ups, http_floors, redis_floors) if hops else {}),
     }
+
+
+def _least_request(
+    answered: dict, floor: dict, set_ups: list[float], http: list[float], redis: list[float]
+) -> dict:
+    """The least a request can take here, sample by sample: the set-up straight on EG plus
+    the floors of the HTTP and Redis hops, all taken at one moment; and the request beside it."""
+    least = summary([s + h + r for s, h, r in zip(set_ups, http, redis, strict=True)])
+    return {
+        "http_floor": summary(http),
+        "redis_floor": summary(redis),
+        "least": least,
+        "least_p50_vs_floor": least["p50_ms"] / floor["p50_ms"],
+        "p50_vs_least": answered["p50_ms"] / least["p50_ms"],
+        "p50_minus_least_ms": answered["p50_ms"] - least["p50_ms"],
+    }
+
+
+class HopFloors:
+    """The floors of the hops a pop adds to its set-up: an HTTP request to a bare tornado
+    service (bench/tornado_floor.py, its own process), and a Redis script's round trip."""
+
+    def __init__(self, work: Path, redis: RedisServer):
+        self.port = free_port()
+        self.server = Proc(
+            "tornado-floor",
+            [PYTHON, str(REPO / "bench" / "tornado_floor.py"), str(self.port)],
+            work / "tornado-floor.log",
+        )
+        self.redis_url = redis.url
+        self._redis: aioredis.Redis | None = None
+        self._script = None
+        self._clients: dict[bool, RawHTTPClient] = {}
+
+    async def wait_listening(self) -> None:
+        deadline = time.monotonic() + 30
+        while True:
+            self.server.check_alive()
+            try:
+                await RawHTTPClient(f"http://{HOST}:{self.port}", False).post("/", b"{}")
+                return
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.1)
+
+    async def http_round_trip(self, kept: bool) -> float:
+        """Seconds for one POST answered by the bare service, on a new connection or on one
+        kept open."""
+        client = self._clients.get(kept)
+        if client is None:
+            client = self._clients[kept] = RawHTTPClient(f"http://{HOST}:{self.port}", kept)
+        started = time.perf_counter()
+        await client.post("/api/kernels/pop/", b'{"userId": "floor"}')
+        return time.perf_counter() - started
+
+    async def redis_round_trip(self) -> float:
+        """Seconds for one Lua script's round trip, as jkp's claim makes it (EVALSHA)."""
+        if self._redis is None:
+            self._redis = aioredis.Redis.from_url(self.redis_url)
+            self._script = self._redis.register_script("return redis.call('LLEN', KEYS[1])")
+            await self._script(keys=["bench:floor"])  # loaded: EVALSHA from here on
+        started = time.perf_counter()
+        await self._script(keys=["bench:floor"])
+        return time.perf_counter() - started
+
+    def close(self) -> None:
+        for client in self._clients.values():
+            client.close()
+        self._clients.clear()
+
+    def stop(self) -> None:
+        self.close()
+        self.server.stop()
 
 
 # -- real stack -----------------------------------------------------------------------------
@@ -948,24 +1037,33 @@ async def served_round(
     return r
 
 
-async def steady_rounds(jkp: Jkp, eg: EnterpriseGateway, work: Path, n: int, out: dict) -> None:
+async def steady_rounds(
+    jkp: Jkp, eg: EnterpriseGateway, redis: RedisServer, stack: Stack, work: Path, n: int, out: dict
+) -> None:
     """The steady state users see, beside EG's floor: ``n`` pops, then ``n`` warm creates,
-    one every 0.5 s on average, refills running meanwhile."""
+    one every 0.5 s on average, refills running meanwhile; beside each, the floors of the
+    hops it adds (HopFloors)."""
     rounds = (
         ("steady", "pop", False),
         ("steady_kept", "pop", True),
         ("steady_create", "create", False),
         ("steady_create_kept", "create", True),
     )
+    hops = stack.add(HopFloors(work, redis))
+    await hops.wait_listening()
     for key, kind, kept in rounds:
         await jkp.wait_full(600)
         connection = "one connection kept open" if kept else "a new connection each"
         log(f"steady state: {n} {kind}s, one every 0.5 s on average, {connection}")
         straight = min(n, 20)  # kernels whose turns age them as pooled kernels age
-        s = out[key] = await steady_round(jkp, eg, work, n, 0.5, kind, kept, straight)
+        s = out[key] = await steady_round(jkp, eg, work, n, 0.5, kind, kept, straight, hops)
         log(f"  p50 {s['answered']['p50_ms']:.1f} ms vs floor {s['floor']['p50_ms']:.1f} ms "
             f"({s['p50_vs_floor']:.2f}×); p95 {s['p95_vs_floor']:.2f}×; "
             f"{s['kernels_started_meanwhile']} kernels started meanwhile")  # fmt: skip
+        log(f"  least it can take here {s['least']['p50_ms']:.1f} ms "
+            f"({s['least_p50_vs_floor']:.2f}× floor); "
+            f"it took {s['p50_vs_least']:.2f}× that")  # fmt: skip
+    stack.remove(hops)
 
 
 async def real_stack(args, work: Path, stack: Stack, out: dict) -> None:
@@ -1004,7 +1102,7 @@ async def real_stack(args, work: Path, stack: Stack, out: dict) -> None:
         times = [await cold_path(eg, work / "shared" / f"cold-{i}")
                  for i in range(3 if args.quick else 10)]  # fmt: skip
         out["cold_path"] = summary(times)
-        await steady_rounds(jkp, eg, work, 10 if args.quick else 60, out)
+        await steady_rounds(jkp, eg, redis, stack, work, 10 if args.quick else 60, out)
         return
     jkp, out["rounds"] = None, {}
     for key, c, n, target, refill_delay in rounds:
@@ -1037,7 +1135,7 @@ async def real_stack(args, work: Path, stack: Stack, out: dict) -> None:
                      for i in range(3 if args.quick else 10)]  # fmt: skip
             out["cold_path"] = summary(times)
             log(f"cold path: p50 {out['cold_path']['p50_ms']:.0f} ms")
-            await steady_rounds(jkp, eg, work, 10 if args.quick else 60, out)
+            await steady_rounds(jkp, eg, redis, stack, work, 10 if args.quick else 60, out)
             # The gateway: creates as EG's clients make them, warm through jkp vs cold on EG.
             n_warm, n_cold = (10, 3) if args.quick else (40, 10)
             log(f"gateway: {n_warm} warm creates through jkp, each 0.5 s after the pool "
@@ -1271,6 +1369,16 @@ def checks(out: dict) -> list[tuple[str, str, str, str]]:
             f"{on_eg['p50_ms']:.1f} ms ({s['set_up_straight_on_eg_p50_vs_floor']:.2f}×); "
             f"{s['set_up_p50_vs_straight_on_eg']:.2f}×; "
             f"{s['p50_minus_straight_set_up_ms']:.2f} ms")  # fmt: skip
+        if "least" in s:
+            # No target: the floors of what a request passes through besides EG, same moments.
+            row(f"steady state ({kind}): the hops it adds, p50: an HTTP POST to a bare tornado "
+                "service (a JSON answer); a Redis script round trip (redis-py asyncio)",
+                f"{s['http_floor']['p50_ms']:.2f} ms; "
+                f"{s['redis_floor']['p50_ms']:.2f} ms")  # fmt: skip
+            row(f"steady state ({kind}): the least it can take here (set-up straight on EG + "
+                f"both hops, per sample) p50 (/ floor p50); {kind} p50 / it; minus it",
+                f"{s['least']['p50_ms']:.1f} ms ({s['least_p50_vs_floor']:.2f}×); "
+                f"{s['p50_vs_least']:.2f}×; {s['p50_minus_least_ms']:.2f} ms")  # fmt: skip
         # No target: what a pop would cost against a floor that, like it, ends at idle.
         row(f"steady state: {kind} p50 / floor-until-idle p50",
             f"{s['p50_vs_floor_to_idle']:.2f}×")  # fmt: skip
