@@ -17,21 +17,21 @@ import redis.asyncio as redis
 
 _NOW = "local t = redis.call('TIME'); local now = tonumber(t[1]) + tonumber(t[2]) / 1e6\n"
 
-# Reserve alias ARGV[1] for create ARGV[2] until ARGV[3] seconds from now, unless it is bound,
-# or reserved by a create whose reservation has not run out.
-_RESERVE = (
-    _NOW
-    + """
-local entry = redis.call('HGET', KEYS[1], ARGV[1])
-if entry then
+# Lua: whether an alias is bound, or reserved by a create whose reservation has not run out
+# (needs ``now``); and its reservation for a create until ``seconds`` from now: a warm create's
+# claim (PoolStore.claim) checks and reserves its client's id in the same script.
+ALIAS_RESERVATION = """
+local function alias_taken(aliases, alias)
+  local entry = redis.call('HGET', aliases, alias)
+  if not entry then return false end
   entry = cjson.decode(entry)
-  if not entry['reserved_by'] or entry['expires'] > now then return 0 end
+  return not entry['reserved_by'] or entry['expires'] > now
 end
-redis.call('HSET', KEYS[1], ARGV[1],
-           cjson.encode({reserved_by = ARGV[2], expires = now + tonumber(ARGV[3])}))
-return 1
+local function reserve_alias(aliases, alias, create, seconds)
+  redis.call('HSET', aliases, alias,
+             cjson.encode({reserved_by = create, expires = now + tonumber(seconds)}))
+end
 """
-)
 
 # Drop alias ARGV[1] when it is still create ARGV[2]'s reservation, or bound to kernel ARGV[3].
 _DROP = """
@@ -47,16 +47,7 @@ return 0
 
 
 # Whether alias ARGV[1] is bound, or reserved by a create whose reservation has not run out.
-_TAKEN = (
-    _NOW
-    + """
-local entry = redis.call('HGET', KEYS[1], ARGV[1])
-if not entry then return 0 end
-entry = cjson.decode(entry)
-if entry['reserved_by'] and entry['expires'] <= now then return 0 end
-return 1
-"""
-)
+_TAKEN = _NOW + ALIAS_RESERVATION + "return alias_taken(KEYS[1], ARGV[1]) and 1 or 0\n"
 
 
 class AliasStore:
@@ -65,13 +56,8 @@ class AliasStore:
     def __init__(self, client: redis.Redis, key: str):
         self.client = client
         self.key = key
-        self._reserve = client.register_script(_RESERVE)
         self._drop = client.register_script(_DROP)
         self._taken = client.register_script(_TAKEN)
-
-    async def reserve(self, alias: str, create_id: str, lease_seconds: float) -> bool:
-        """Reserve ``alias`` for one create; False when it is taken (bound or reserved)."""
-        return bool(await self._reserve(keys=[self.key], args=[alias, create_id, lease_seconds]))
 
     async def drop_reservation(self, alias: str, create_id: str) -> None:
         """Give back a reservation that did not end in a binding."""

@@ -62,9 +62,11 @@ class Handout:
     # The latest a kernel may be claimed, when sooner than the deadline (a gateway create
     # waits only briefly for one before it starts cold).
     claim_deadline: float | None = None
-    # A gateway create's client-side kernel id and its binding, stored with the hand-over.
+    # A gateway create's client-side kernel id and its binding, stored with the hand-over;
+    # the create's id, under which the claim reserves that kernel id until then.
     alias: str = ""
     binding: dict[str, Any] | None = None
+    create_id: str = ""
     # Whether it found its pool empty and waited for a kernel (a miss, not a hit).
     waited: bool = False
     # Seconds by step (claim, set_up, hand_over), summed over the kernels it tried, for the

@@ -32,6 +32,7 @@ from jkp.services.handout import (
 )
 from jkp.services.pool import PoolManager
 from jkp.services.pools import PoolRegistry
+from jkp.services.store import AliasTaken
 from jkp.traits import EnvBool, EnvFloat, EnvList
 from jkp.user import set_up_code
 
@@ -168,20 +169,14 @@ class KernelService(LoggingConfigurable):
             on_eg = asyncio.ensure_future(
                 self._exists_on_eg(plan.alias, plan.pool.kernel_request_timeout, claimed)
             )
-            try:
-                reserved = await self.aliases.reserve(plan.alias, create_id, plan.pool.claim_lease)
-            except RedisError as e:
-                on_eg.cancel()
-                self.log.info("Create started cold by EG: its id cannot be reserved (%s)", e)
-                return await self._create_cold(body)
-            if not reserved:
-                on_eg.cancel()
-                raise _already_exists(plan.alias)
             model = None
             try:
-                model = await self._bind(plan, client_gone, timings, claimed)
+                # The claim reserves the id for this create, or finds it taken (AliasTaken).
+                model = await self._bind(plan, client_gone, timings, claimed, create_id)
                 # Nothing bound: the create goes to EG as it came, and EG answers for its ids.
                 exists = model is not None and await on_eg
+            except AliasTaken:
+                raise _already_exists(plan.alias) from None
             finally:
                 on_eg.cancel()  # when it was not awaited: it is done otherwise
                 # A bind's hand-over wrote the binding over the reservation (and taking the
@@ -278,9 +273,10 @@ class KernelService(LoggingConfigurable):
         client_gone: asyncio.Event | None,
         timings: dict[str, float] | None = None,
         claimed: asyncio.Event | None = None,
+        create_id: str = "",
     ) -> dict[str, Any] | None:
         """A pooled kernel bound to the create; None when the pool cannot serve it now.
-        ``claimed``: see HandingOut.bind."""
+        ``claimed``, ``create_id`` and AliasTaken: see HandingOut.bind."""
         binding = {
             "pool": plan.pool.kernel_name,
             "working_dir": plan.working_dir,
@@ -297,6 +293,7 @@ class KernelService(LoggingConfigurable):
                 client_gone=client_gone,
                 timings=timings,
                 claimed=claimed,
+                create_id=create_id,
             )
         except (
             PoolEmptyError,

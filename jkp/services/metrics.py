@@ -58,7 +58,7 @@ class Metrics:
             Counter,
             "jkp_pops",
             "Pops by outcome: served, repeated (same Idempotency-Key), pool_empty, abandoned "
-            "(the caller hung up), error",
+            "(the caller hung up), conflict (an Idempotency-Key or kernel id in use), error",
             ("outcome",),
         )
         self.pop_waits = family(

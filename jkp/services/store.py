@@ -28,7 +28,7 @@ from traitlets import Any as AnyTrait
 from traitlets import Dict, default
 from traitlets.config import LoggingConfigurable
 
-from jkp.services.aliases import AliasStore
+from jkp.services.aliases import ALIAS_RESERVATION, AliasStore
 from jkp.traits import EnvInt, EnvUnicode
 
 # Redis server time in seconds, so leases do not depend on the replicas' clocks.
@@ -172,15 +172,21 @@ return claim['model']
 """
 )
 
-# A pop's claim. With an idempotency key (KEYS[3]) it first looks at the key's record: another
+# A pop's claim. With an idempotency key (KEYS[4]) it first looks at the key's record: another
 # user's key is a conflict, a finished pop's model is answered again, another pop still in flight
 # with it is "pending"; else the claim records this pop (ARGV[4]) as the key's owner, until the
 # claim lease (ARGV[5], ms) runs out or the pop ends. The claim names its replica (ARGV[2]).
+# A gateway create's claim names its client's kernel id (ARGV[6]): "taken" when that is bound
+# or reserved in the aliases hash (KEYS[3]), else reserved with the claim for create ARGV[7],
+# ARGV[8] seconds (the hand-over writes the binding over it).
 _CLAIM = (
     _NOW
     + _OF_SPEC
+    + ALIAS_RESERVATION
     + """
-local idem = KEYS[3]
+local idem = KEYS[4]
+local alias = ARGV[6]
+if alias ~= '' and alias_taken(KEYS[3], alias) then return {'taken', ''} end
 if idem then
   local record = redis.call('GET', idem)
   if record then
@@ -210,6 +216,7 @@ if idem then
   redis.call('SET', idem, cjson.encode({user_id = ARGV[1], owner = ARGV[4], kernel_id = id}),
              'PX', ARGV[5])
 end
+if alias ~= '' then reserve_alias(KEYS[3], alias, ARGV[7], ARGV[8]) end
 return {'claimed', model}
 """
 )
@@ -450,6 +457,10 @@ class IdempotencyPending(Exception):
     """Another pop with the same idempotency key is still running."""
 
 
+class AliasTaken(Exception):
+    """A gateway create's client-side kernel id is bound, or reserved by another create."""
+
+
 class PoolStore:
     """Atomic operations on one pool's keys."""
 
@@ -582,19 +593,25 @@ class PoolStore:
         lease_seconds: float = 60,
         replica: str = "",
         spec: str = "",
+        alias: str = "",
+        create_id: str = "",
     ) -> Claim | Replay | None:
         """Take the oldest idle kernel for ``user_id``; None when the pool is empty.
 
         With ``idempotency``, a key an earlier pop of this user finished with gives a Replay of
         its model instead; IdempotencyConflict when another user's pop used the key, and
         IdempotencyPending while another pop with it runs (at most ``lease_seconds``).
+
+        With ``alias``, a gateway create's client-side kernel id: AliasTaken when it is bound
+        or reserved, else it is reserved for ``create_id`` with the claim, for
+        ``lease_seconds`` (a create then costs one script, not two).
         """
         k = self.keys
-        keys = [k.idle, k.claimed]
-        args: list[Any] = [user_id, replica, spec]
+        keys = [k.idle, k.claimed, k.aliases]
+        args: list[Any] = [user_id, replica, spec, "", 0, alias, create_id, lease_seconds]
         if idempotency is not None:
             keys.append(k.idempotency(idempotency.key))
-            args += [idempotency.owner, int(lease_seconds * 1000)]
+            args[3:5] = [idempotency.owner, int(lease_seconds * 1000)]
         outcome, model_json = [_text(v) for v in await self._claim(keys=keys, args=args)]
         if outcome == "claimed":
             return Claim(json.loads(model_json)["id"], model_json, idempotency, replica)
@@ -604,6 +621,8 @@ class PoolStore:
             raise IdempotencyConflict("the Idempotency-Key was used for another userId")
         if outcome == "pending":
             raise IdempotencyPending("a pop with this Idempotency-Key is still running")
+        if outcome == "taken":
+            raise AliasTaken(f"kernel id {alias} is bound or being bound")
         return None
 
     async def hand_over(

@@ -66,9 +66,11 @@ async def test_create_with_its_own_id_gets_a_pooled_kernel_bound_to_it(stack, sh
     assert status == 200
     assert {m["id"] for m in listed} == {kernel_id}  # idle and starting ones are not shown
 
+    idle_before = set(await jkp.idle_ids())
     status, again = await create(jkp, env)
     assert status == 409
     assert f"Kernel already exists: {kernel_id}" in again["message"]
+    assert idle_before <= set(await jkp.idle_ids())  # its claim, refused, took no kernel
 
     status, _ = await jkp.request("DELETE", f"/api/kernels/{kernel_id}")
     assert status == 204

@@ -1,5 +1,6 @@
 """GET /api/health, /api/ready and /api/pool against real Redis and EG, up and down."""
 
+import json
 import time
 
 
@@ -61,6 +62,12 @@ async def test_metrics_count_pops_starts_and_pool_size(redis_server, gateway, jk
     assert (await jkp.pop("zt"))[0] == 200
     await jkp.wait_for_idle(2)
     await jkp.request("POST", "/api/kernels/pop/", '{"userId": "../x"}')  # 400: not a pop
+    for user, code in (("zt", 200), ("other", 409)):  # the key is zt's: a conflict for other
+        status, _ = await jkp.request(
+            "POST", "/api/kernels/pop/", json.dumps({"userId": user}), {"Idempotency-Key": "k"}
+        )
+        assert status == code
+    await jkp.wait_for_idle(2)
     redis_server.kill()
     assert (await jkp.pop("zt"))[0] == 503
     redis_server.start()
@@ -70,14 +77,15 @@ async def test_metrics_count_pops_starts_and_pool_size(redis_server, gateway, jk
     response = await AsyncHTTPClient().fetch(jkp.url + "/metrics")
     assert response.headers["Content-Type"].startswith("text/plain")
     text = response.body.decode()
-    assert _metric(text, "jkp_pops_total", 'outcome="served"') == 1
+    assert _metric(text, "jkp_pops_total", 'outcome="served"') == 2
+    assert _metric(text, "jkp_pops_total", 'outcome="conflict"') == 1
     assert _metric(text, "jkp_pops_total", 'outcome="error"') == 1
-    assert _metric(text, "jkp_pop_duration_seconds_count", 'outcome="served"') == 1
-    # Where the served pop's time went, step by step.
+    assert _metric(text, "jkp_pop_duration_seconds_count", 'outcome="served"') == 2
+    # Where the served pops' time went, step by step.
     for step in ("claim", "set_up", "hand_over", "response"):
-        assert _metric(text, "jkp_pop_step_seconds_count", f'step="{step}"') == 1
-    assert _metric(text, "jkp_kernel_starts_total", 'outcome="ready"') == 3
-    assert _metric(text, "jkp_kernel_start_duration_seconds_count") == 3
+        assert _metric(text, "jkp_pop_step_seconds_count", f'step="{step}"') == 2
+    assert _metric(text, "jkp_kernel_starts_total", 'outcome="ready"') == 4
+    assert _metric(text, "jkp_kernel_start_duration_seconds_count") == 4
     assert _metric(text, "jkp_dependency_errors_total", 'dependency="redis"') >= 1
     assert _metric(text, "jkp_target_kernels") == 2
     assert _metric(text, "jkp_idle_kernels") >= 0 and _metric(text, "jkp_starting_kernels") >= 0

@@ -8,6 +8,7 @@ import pytest
 
 from jkp.services.aliases import AliasStore
 from jkp.services.store import (
+    AliasTaken,
     Claim,
     Idempotency,
     IdempotencyConflict,
@@ -285,8 +286,8 @@ async def test_a_bound_hand_over_records_its_alias_and_forgetting_the_kernel_dro
     store, aliases
 ):
     await pooled(store, "k1", "k2")
-    assert await aliases.reserve("client-id", "create-1", 60)
-    claim = await store.claim("alice")
+    claim = await store.claim("alice", alias="client-id", create_id="create-1")
+    assert await aliases.taken("client-id") and await aliases.binding("client-id") is None
     binding = {"kernel_id": claim.kernel_id, "pool": "python_kubernetes", "env": {}}
     assert await store.hand_over(claim, "alice", alias="client-id", binding=binding)
     assert await aliases.binding("client-id") == binding
@@ -298,19 +299,44 @@ async def test_a_bound_hand_over_records_its_alias_and_forgetting_the_kernel_dro
     assert not await aliases.taken("client-id")
 
 
-async def test_an_alias_is_reserved_by_one_create_at_a_time(aliases):
-    assert await aliases.reserve("client-id", "create-1", 60)
-    assert not await aliases.reserve("client-id", "create-2", 60)
+async def test_a_create_s_claim_reserves_its_kernel_id_for_it_alone(store, aliases):
+    await pooled(store, "k1", "k2")
+    first = await store.claim("alice", alias="client-id", create_id="create-1", lease_seconds=60)
+    with pytest.raises(AliasTaken):
+        await store.claim("bob", alias="client-id", create_id="create-2", lease_seconds=60)
+    # The refused claim took nothing.
+    assert await store.unhanded_ids() == {"k1", "k2"}
+    assert (await store.counts())["idle"] == 1
     assert await aliases.binding("client-id") is None  # reserved is not bound
     await aliases.drop_reservation("client-id", "create-2")  # not its reservation
     assert await aliases.taken("client-id")
     await aliases.drop_reservation("client-id", "create-1")
-    assert await aliases.reserve("client-id", "create-2", 60)
+    assert not await aliases.taken("client-id")
+    second = await store.claim("bob", alias="client-id", create_id="create-2", lease_seconds=60)
+    assert {first.kernel_id, second.kernel_id} == {"k1", "k2"}
 
 
-async def test_a_reservation_whose_create_died_runs_out(aliases):
-    assert await aliases.reserve("client-id", "create-1", 0.0)
-    assert await aliases.reserve("client-id", "create-2", 60)
+async def test_a_bound_kernel_id_is_taken_for_a_create_s_claim(store):
+    await pooled(store, "k1", "k2")
+    claim = await store.claim("alice", alias="client-id", create_id="create-1")
+    binding = {"kernel_id": claim.kernel_id, "pool": "python_kubernetes"}
+    assert await store.hand_over(claim, "alice", alias="client-id", binding=binding)
+    with pytest.raises(AliasTaken):
+        await store.claim("alice", alias="client-id", create_id="create-2")
+    assert (await store.counts())["idle"] == 1
+
+
+async def test_a_create_s_claim_on_an_empty_pool_reserves_nothing(store, aliases):
+    assert await store.claim("alice", alias="client-id", create_id="create-1") is None
+    assert not await aliases.taken("client-id")
+
+
+async def test_a_reservation_whose_create_died_runs_out(store, aliases):
+    await pooled(store, "k1", "k2")
+    await store.claim("alice", alias="client-id", create_id="create-1", lease_seconds=0.0)
+    assert not await aliases.taken("client-id")
+    assert await store.claim("bob", alias="client-id", create_id="create-2", lease_seconds=60)
+    assert await aliases.taken("client-id")
 
 
 async def test_a_bound_kernel_taken_back_from_its_caller_loses_its_alias(store, aliases):
@@ -320,9 +346,4 @@ async def test_a_bound_kernel_taken_back_from_its_caller_loses_its_alias(store, 
     assert await store.hand_over(claim, "alice", alias="client-id", binding=binding)
     assert await store.retire_handed("k1")
     assert await store.retiring_ids() == ["k1"]
-    assert not await aliases.taken("client-id")
-
-
-async def test_an_expired_reservation_does_not_hold_its_alias(aliases):
-    assert await aliases.reserve("client-id", "create-1", 0.0)
     assert not await aliases.taken("client-id")

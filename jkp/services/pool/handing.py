@@ -27,7 +27,14 @@ from jkp.services.pool.common import (
     Shared,
 )
 from jkp.services.pool.filling import Filler
-from jkp.services.store import Claim, Idempotency, IdempotencyPending, Replay
+from jkp.services.store import (
+    AliasTaken,
+    Claim,
+    Idempotency,
+    IdempotencyConflict,
+    IdempotencyPending,
+    Replay,
+)
 from jkp.user import (
     USER_DIR_REFUSED,
     enter_user_dir_request,
@@ -99,14 +106,16 @@ class HandingOut(PoolPart):
         client_gone: asyncio.Event | None = None,
         timings: dict[str, float] | None = None,
         claimed: asyncio.Event | None = None,
+        create_id: str = "",
     ) -> dict[str, Any]:
         """A gateway create served warm: hand an idle kernel to ``user_name``, moved into
         ``working_dir`` (None: left where it is) with ``env`` set, and record ``binding``
         under ``alias`` with the hand-over; the kernel's EG model.
 
-        It waits at most ``claim_wait`` seconds for an idle kernel (PoolEmptyError then, so
-        the create can go to EG cold); otherwise as ``pop``. ``claimed`` is set once a kernel
-        is claimed, just before its set-up is sent.
+        The claim reserves ``alias`` (when not empty) for ``create_id``, or raises AliasTaken
+        when it is bound or reserved. It waits at most ``claim_wait`` seconds for an idle
+        kernel (PoolEmptyError then, so the create can go to EG cold); otherwise as ``pop``.
+        ``claimed`` is set once a kernel is claimed, just before its set-up is sent.
         """
         set_up = set_up_request(self.options.working_dir, working_dir, env=env)
         return await self._serve(
@@ -118,6 +127,7 @@ class HandingOut(PoolPart):
             binding=binding,
             timings=timings,
             claimed=claimed,
+            create_id=create_id,
         )
 
     async def _serve(
@@ -131,6 +141,7 @@ class HandingOut(PoolPart):
         binding: dict[str, Any] | None = None,
         timings: dict[str, float] | None = None,
         claimed: asyncio.Event | None = None,
+        create_id: str = "",
     ) -> dict[str, Any]:
         """One hand-out under one deadline, counted in jkp_pops_total by its outcome."""
         loop = asyncio.get_running_loop()
@@ -150,6 +161,7 @@ class HandingOut(PoolPart):
                 binding=binding,
                 timings=timings,
                 claimed=claimed,
+                create_id=create_id,
             )
             model, outcome = await self._pop(handout)
             if handout.waited:
@@ -160,6 +172,9 @@ class HandingOut(PoolPart):
             raise
         except PopAbandonedError:
             outcome = "abandoned"
+            raise
+        except (IdempotencyConflict, AliasTaken):
+            outcome = "conflict"  # the caller's request, not jkp, is at fault
             raise
         except (RedisError, GatewayError) as e:
             self.health.count_error(e)
@@ -266,6 +281,8 @@ class HandingOut(PoolPart):
                     self.options.claim_lease,
                     self.options.replica_id,
                     self.options.spec_fingerprint,
+                    handout.alias,
+                    handout.create_id,
                 )
             except IdempotencyPending:
                 claim = None  # the pop holding the key answers soon, or gives it up
