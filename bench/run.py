@@ -564,6 +564,7 @@ async def steady_round(
     await jkp.wait_full(600)
     starts_before = await metric_total(jkp, "jkp_kernel_starts_total", outcome="ready")
     cpu_before = cpu_seconds(jkp.proc.pid)
+    floor_cpu_before = cpu_seconds(hops.server.proc.pid) if hops else 0.0
     loop = asyncio.get_running_loop()
     next_at, least_idle = loop.time() + interval, jkp.target
     try:
@@ -605,6 +606,7 @@ async def steady_round(
             if i % 10 == 9:  # how far refills lag, seldom enough not to load jkp
                 least_idle = min(least_idle, (await jkp.status())["idle"])
         cpu = cpu_seconds(jkp.proc.pid) - cpu_before
+        floor_cpu = cpu_seconds(hops.server.proc.pid) - floor_cpu_before if hops else 0.0
         starts = await metric_total(jkp, "jkp_kernel_starts_total", outcome="ready")
     finally:
         conn.close()
@@ -646,6 +648,7 @@ async def steady_round(
         "outside_jkp_p50_ms": outside["p50_ms"],
         "jkp_cpu_ms_per_request": 1000 * cpu / n,
         **(_least_request(answered, floor, set_ups, http_floors, redis_floors) if hops else {}),
+        **({"http_floor_cpu_ms_per_request": 1000 * floor_cpu / n} if hops else {}),
     }
 
 
@@ -1384,6 +1387,9 @@ def checks(out: dict) -> list[tuple[str, str, str, str]]:
             f"{s['p50_vs_floor_to_idle']:.2f}×")  # fmt: skip
         row(f"steady state: jkp CPU per {kind}, its refill included",
             f"{s['jkp_cpu_ms_per_request']:.2f} ms")  # fmt: skip
+        if "http_floor_cpu_ms_per_request" in s:
+            row(f"steady state ({kind}): the bare tornado service's CPU per request",
+                f"{s['http_floor_cpu_ms_per_request']:.2f} ms")  # fmt: skip
     if "gateway" in out:
         g = out["gateway"]
         warm, info, cold = g["warm_answered"], g["warm_first_kernel_info"], g["cold"]
