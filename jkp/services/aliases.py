@@ -17,15 +17,17 @@ import redis.asyncio as redis
 
 _NOW = "local t = redis.call('TIME'); local now = tonumber(t[1]) + tonumber(t[2]) / 1e6\n"
 
-# Lua: whether an alias is bound, or reserved by a create whose reservation has not run out
-# (needs ``now``); and its reservation for a create until ``seconds`` from now: a warm create's
-# claim (PoolStore.claim) checks and reserves its client's id in the same script.
+# Lua: whether an alias is bound, or reserved by a create other than ``create`` whose
+# reservation has not run out (needs ``now``); and its reservation for a create until
+# ``seconds`` from now: a warm create's claim (PoolStore.claim) checks and reserves its
+# client's id in the same script, and its next claim, when a kernel failed, finds it its own.
 ALIAS_RESERVATION = """
-local function alias_taken(aliases, alias)
+local function alias_taken(aliases, alias, create)
   local entry = redis.call('HGET', aliases, alias)
   if not entry then return false end
   entry = cjson.decode(entry)
-  return not entry['reserved_by'] or entry['expires'] > now
+  if not entry['reserved_by'] then return true end
+  return entry['reserved_by'] ~= create and entry['expires'] > now
 end
 local function reserve_alias(aliases, alias, create, seconds)
   redis.call('HSET', aliases, alias,
@@ -47,7 +49,7 @@ return 0
 
 
 # Whether alias ARGV[1] is bound, or reserved by a create whose reservation has not run out.
-_TAKEN = _NOW + ALIAS_RESERVATION + "return alias_taken(KEYS[1], ARGV[1]) and 1 or 0\n"
+_TAKEN = _NOW + ALIAS_RESERVATION + "return alias_taken(KEYS[1], ARGV[1], '') and 1 or 0\n"
 
 
 class AliasStore:

@@ -177,8 +177,8 @@ return claim['model']
 # with it is "pending"; else the claim records this pop (ARGV[4]) as the key's owner, until the
 # claim lease (ARGV[5], ms) runs out or the pop ends. The claim names its replica (ARGV[2]).
 # A gateway create's claim names its client's kernel id (ARGV[6]): "taken" when that is bound
-# or reserved in the aliases hash (KEYS[3]), else reserved with the claim for create ARGV[7],
-# ARGV[8] seconds (the hand-over writes the binding over it).
+# or reserved by another create in the aliases hash (KEYS[3]), else reserved with the claim for
+# create ARGV[7], ARGV[8] seconds (the hand-over writes the binding over it).
 _CLAIM = (
     _NOW
     + _OF_SPEC
@@ -186,7 +186,7 @@ _CLAIM = (
     + """
 local idem = KEYS[4]
 local alias = ARGV[6]
-if alias ~= '' and alias_taken(KEYS[3], alias) then return {'taken', ''} end
+if alias ~= '' and alias_taken(KEYS[3], alias, ARGV[7]) then return {'taken', ''} end
 if idem then
   local record = redis.call('GET', idem)
   if record then

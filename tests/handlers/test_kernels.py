@@ -317,3 +317,28 @@ async def test_creates_eg_would_refuse_go_to_eg_as_they_came(stack, body):
     status, _ = await jkp.request("POST", "/api/kernels", json.dumps(body))
     assert status >= 400  # EG's own answer
     assert set(await jkp.idle_ids()) == pooled
+
+
+async def test_a_create_whose_kernel_is_gone_from_eg_is_bound_to_the_next(
+    redis_server, gateway, jkp_factory
+):
+    jkp = await jkp_factory(
+        redis_server,
+        gateway,
+        "--PoolManager.max_pending_kernels=2",
+        "--PoolManager.check_task_interval=3600",  # no check drops the gone one first
+    )
+    await jkp.wait_for_idle(2)
+    *_, oldest = await jkp.idle_ids()  # the next claimed
+    status, _ = await asyncio.to_thread(gateway.request, "DELETE", f"/api/kernels/{oldest}")
+    assert status == 204
+    kernel_id = str(uuid.uuid4())
+
+    status, model = await create(jkp, {**USER_ENV, "KERNEL_ID": kernel_id})
+
+    # The create's claim reserved its id; the claim of the next kernel finds it its own.
+    assert status == 201, model
+    assert model["id"] == kernel_id
+    assert jkp.logged(f"Kernel {oldest} is gone from EG; taking the next")
+    status, got = await jkp.request("GET", f"/api/kernels/{kernel_id}")
+    assert status == 200 and got["id"] == kernel_id

@@ -316,6 +316,17 @@ async def test_a_create_s_claim_reserves_its_kernel_id_for_it_alone(store, alias
     assert {first.kernel_id, second.kernel_id} == {"k1", "k2"}
 
 
+async def test_a_create_whose_kernel_failed_claims_the_next_under_its_own_reservation(
+    store, aliases
+):
+    await pooled(store, "k1", "k2")
+    first = await store.claim("alice", alias="client-id", create_id="create-1", lease_seconds=60)
+    assert await store.retire_claim(first)  # its set-up failed: the create takes the next
+    second = await store.claim("alice", alias="client-id", create_id="create-1", lease_seconds=60)
+    assert {first.kernel_id, second.kernel_id} == {"k1", "k2"}
+    assert await aliases.taken("client-id")
+
+
 async def test_a_bound_kernel_id_is_taken_for_a_create_s_claim(store):
     await pooled(store, "k1", "k2")
     claim = await store.claim("alice", alias="client-id", create_id="create-1")
