@@ -237,7 +237,11 @@ async def jkp_factory(shared_dir):
                 f"--GatewayClient.url={gateway.url}",
                 f"--PoolManager.working_dir={shared_dir}",
                 "--PoolManager.nfs_volume_server=",
-                "--PoolManager.kernel_ready_timeout=60",
+                # Now and then EG starts a local kernel on a port another one just took: it
+                # dies at once ("ZMQError: Address already in use") and EG keeps reporting it.
+                # jkp gives such a start up after this and starts another, which must still fit
+                # in the tests' waits for idle kernels (15-60 s); a local kernel answers in ~1 s.
+                "--PoolManager.kernel_ready_timeout=10",
                 *argv,
             ]
         )

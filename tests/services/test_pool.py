@@ -199,8 +199,10 @@ async def test_kernel_dying_while_it_starts_is_given_up_early(
 ):
     # A kernel that exits at once: EG restarts it a few times, then drops it.
     gateway = gateway_factory(kernel_argv=["/bin/sh", "-c", "exit 1", "{connection_file}"])
-    # kernel_ready_timeout is 60 s here: the start must be given up well before.
-    jkp = await jkp_factory(redis_server, gateway, "--max-pending-kernels=1")
+    # With kernel_ready_timeout at 60 s, the start must be given up well before.
+    jkp = await jkp_factory(
+        redis_server, gateway, "--max-pending-kernels=1", "--PoolManager.kernel_ready_timeout=60"
+    )
     await wait_until(lambda: jkp.logged("Starting kernel"), 40, "the failed start to be noticed")
     assert "died while starting" in jkp.logged("Starting kernel")[0]
     assert (await jkp.store.counts())["idle"] == 0
