@@ -227,24 +227,24 @@ async def jkp_factory(shared_dir):
     started: list[JKP] = []
 
     async def make(redis, gateway, *argv) -> JKP:
+        defaults = [
+            "--ip=127.0.0.1",
+            f"--port={localstack.free_port()}",
+            f"--RedisStore.redis_url={redis.url}",
+            "--RedisStore.key=test:kernels:idle",
+            f"--GatewayClient.url={gateway.url}",
+            f"--PoolManager.working_dir={shared_dir}",
+            "--PoolManager.nfs_volume_server=",
+            # Now and then EG starts a local kernel on a port another one just took: it
+            # dies at once ("ZMQError: Address already in use") and EG keeps reporting it.
+            # jkp gives such a start up after this and starts another, which must still fit
+            # in the tests' waits for idle kernels (15-60 s); a local kernel answers in ~1 s.
+            "--PoolManager.kernel_ready_timeout=10",
+        ]
+        # traitlets refuses an option given twice: a test's own value replaces the default.
+        given = {arg.split("=", 1)[0] for arg in argv}
         app = JKPManagerApp()
-        app.initialize(
-            [
-                "--ip=127.0.0.1",
-                f"--port={localstack.free_port()}",
-                f"--RedisStore.redis_url={redis.url}",
-                "--RedisStore.key=test:kernels:idle",
-                f"--GatewayClient.url={gateway.url}",
-                f"--PoolManager.working_dir={shared_dir}",
-                "--PoolManager.nfs_volume_server=",
-                # Now and then EG starts a local kernel on a port another one just took: it
-                # dies at once ("ZMQError: Address already in use") and EG keeps reporting it.
-                # jkp gives such a start up after this and starts another, which must still fit
-                # in the tests' waits for idle kernels (15-60 s); a local kernel answers in ~1 s.
-                "--PoolManager.kernel_ready_timeout=10",
-                *argv,
-            ]
-        )
+        app.initialize([*(d for d in defaults if d.split("=", 1)[0] not in given), *argv])
         await app.start_services()
         jkp = JKP(app)
         started.append(jkp)
