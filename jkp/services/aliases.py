@@ -51,6 +51,17 @@ return 0
 # Whether alias ARGV[1] is bound, or reserved by a create whose reservation has not run out.
 _TAKEN = _NOW + ALIAS_RESERVATION + "return alias_taken(KEYS[1], ARGV[1], '') and 1 or 0\n"
 
+# Reserve alias ARGV[1] for create ARGV[2], ARGV[3] seconds, unless it is taken: 1 when reserved.
+_RESERVE = (
+    _NOW
+    + ALIAS_RESERVATION
+    + """
+if alias_taken(KEYS[1], ARGV[1], ARGV[2]) then return 0 end
+reserve_alias(KEYS[1], ARGV[1], ARGV[2], ARGV[3])
+return 1
+"""
+)
+
 
 class AliasStore:
     """Atomic operations on the aliases hash."""
@@ -60,6 +71,12 @@ class AliasStore:
         self.key = key
         self._drop = client.register_script(_DROP)
         self._taken = client.register_script(_TAKEN)
+        self._reserve = client.register_script(_RESERVE)
+
+    async def reserve(self, alias: str, create_id: str, seconds: float) -> bool:
+        """Reserve ``alias`` for ``create_id`` for ``seconds``, as a warm create's claim does;
+        False when it is bound or reserved by another create."""
+        return bool(await self._reserve(keys=[self.key], args=[alias, create_id, seconds]))
 
     async def drop_reservation(self, alias: str, create_id: str) -> None:
         """Give back a reservation that did not end in a binding."""

@@ -315,19 +315,30 @@ class KernelService(LoggingConfigurable):
             alias = env.get("KERNEL_ID") if isinstance(env, dict) else None
         except (ValueError, AttributeError):
             alias = None
+        create_id = ""
         if isinstance(alias, str) and alias:
+            # Reserved, as a warm create's claim reserves it, until EG answered: then EG has
+            # the id and a warm create's question to EG finds it. Checked and forwarded
+            # instead, a warm create of the id could bind a kernel while EG starts this one.
+            create_id = uuid.uuid4().hex
             try:
-                taken = await self.aliases.taken(alias)
+                reserved = await self.aliases.reserve(
+                    alias, create_id, self.gateway.request_timeout
+                )
             except RedisError:
-                taken = False  # EG still refuses ids it has
-            if taken:
+                reserved = True  # EG still refuses ids it has
+            if not reserved:
                 raise _already_exists(alias)
-        return await self.gateway.forward(
-            "POST",
-            "/api/kernels",
-            body=_with_env(body),
-            headers={"Content-Type": "application/json"},
-        )
+        try:
+            return await self.gateway.forward(
+                "POST",
+                "/api/kernels",
+                body=_with_env(body),
+                headers={"Content-Type": "application/json"},
+            )
+        finally:
+            if create_id:
+                await self._drop_reservation(alias, create_id)
 
     # -- requests that name a kernel ------------------------------------------------------
 

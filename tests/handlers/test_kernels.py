@@ -342,3 +342,27 @@ async def test_a_create_whose_kernel_is_gone_from_eg_is_bound_to_the_next(
     assert jkp.logged(f"Kernel {oldest} is gone from EG; taking the next")
     status, got = await jkp.request("GET", f"/api/kernels/{kernel_id}")
     assert status == 200 and got["id"] == kernel_id
+
+
+async def test_a_cold_and_a_warm_create_of_one_id_at_once_make_one_kernel(stack):
+    jkp, gateway = stack
+    # KERNEL_CPUS is start-only: that create goes to EG as it came, beside the warm one.
+    cold_env = {**USER_ENV, "KERNEL_CPUS": "2"}
+    for _ in range(6):
+        await jkp.wait_for_idle(2)
+        kernel_id = str(uuid.uuid4())
+
+        answers = await asyncio.gather(
+            create(jkp, {**cold_env, "KERNEL_ID": kernel_id}),
+            create(jkp, {**USER_ENV, "KERNEL_ID": kernel_id}),
+        )
+
+        statuses = sorted(status for status, _ in answers)
+        assert statuses[0] == 201 and statuses[1] >= 400, answers
+        refused = next(body for status, body in answers if status >= 400)
+        assert f"Kernel already exists: {kernel_id}" in json.dumps(refused)
+        assert gateway.list_kernel_ids().count(kernel_id) <= 1
+        status, listed = await jkp.request("GET", "/api/kernels")
+        assert status == 200 and [m["id"] for m in listed].count(kernel_id) == 1
+        status, _ = await jkp.request("DELETE", f"/api/kernels/{kernel_id}")
+        assert status == 204
