@@ -16,7 +16,7 @@ from tornado.websocket import (
 
 from jkp.handlers.base import token_authenticated
 from jkp.services.gateway import MAX_WEBSOCKET_MESSAGE_BYTES, GatewayError, ack_quickly
-from jkp.services.kernels import KernelService
+from jkp.services.kernels import KernelRequestError, KernelService
 
 
 class ChannelsHandler(WebSocketHandler):
@@ -58,6 +58,9 @@ class ChannelsHandler(WebSocketHandler):
         subprotocols = [p.strip() for p in protocols.split(",") if p.strip()]
         try:
             upstream_id = await self.kernels.upstream_id(kernel_id)
+        except KernelRequestError as e:
+            return self._refuse(e.status, str(e), e.reason)
+        try:
             self.upstream = await self.kernels.gateway.connect_channels(
                 upstream_id, query, subprotocols
             )

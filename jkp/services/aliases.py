@@ -6,6 +6,10 @@ binding: ``{kernel_id, pool, working_dir, env}``. Every replica resolves every r
 it, and a restart of the kernel is bound again from it. While a create is under way its
 client id holds a reservation ``{reserved_by, expires}`` instead, so two creates with the same
 id never both get a kernel. The binding itself is written by the hand-over (PoolStore).
+
+No client may reach a pool's kernel that is not handed out (idle, starting, claimed, retiring),
+whichever replica runs the pool: each pool registers the keys of those kernels in the pools
+hash (PoolStore), and an id is resolved against all of them in the same script as its alias.
 """
 
 from __future__ import annotations
@@ -48,18 +52,88 @@ return 0
 """
 
 
+# Lua: whether kernel ``id`` is one of a registered pool's (in hash ``pools``) that no client
+# may reach. A plain find before decoding: most idle models do not hold the id at all.
+_UNHANDED = """
+local function unhanded(pools, id)
+  for _, keys in ipairs(redis.call('HVALS', pools)) do
+    keys = cjson.decode(keys)
+    if redis.call('ZSCORE', keys['starting'], id)
+       or redis.call('HEXISTS', keys['claimed'], id) == 1
+       or redis.call('HEXISTS', keys['retiring'], id) == 1 then
+      return true
+    end
+    for _, model in ipairs(redis.call('LRANGE', keys['idle'], 0, -1)) do
+      if string.find(model, id, 1, true) and cjson.decode(model)['id'] == id then return true end
+    end
+  end
+  return false
+end
+"""
+
+# Kernel id ARGV[1] as a request names it: {'bound', binding} when it is an alias (KEYS[1]),
+# {'unhanded', ''} when it is a pool's kernel no client may reach (KEYS[2]), else {'', ''}.
+_RESOLVE = (
+    _UNHANDED
+    + """
+local entry = redis.call('HGET', KEYS[1], ARGV[1])
+if entry and cjson.decode(entry)['kernel_id'] then return {'bound', entry} end
+if unhanded(KEYS[2], ARGV[1]) then return {'unhanded', ''} end
+return {'', ''}
+"""
+)
+
+# The ids of every registered pool's (KEYS[1]) kernels that no client may reach.
+_UNHANDED_IDS = """
+local ids = {}
+for _, keys in ipairs(redis.call('HVALS', KEYS[1])) do
+  keys = cjson.decode(keys)
+  for _, model in ipairs(redis.call('LRANGE', keys['idle'], 0, -1)) do
+    table.insert(ids, cjson.decode(model)['id'])
+  end
+  for _, id in ipairs(redis.call('ZRANGE', keys['starting'], 0, -1)) do table.insert(ids, id) end
+  for _, id in ipairs(redis.call('HKEYS', keys['claimed'])) do table.insert(ids, id) end
+  for _, id in ipairs(redis.call('HKEYS', keys['retiring'])) do table.insert(ids, id) end
+end
+return ids
+"""
+
 # Whether alias ARGV[1] is bound, or reserved by a create whose reservation has not run out.
 _TAKEN = _NOW + ALIAS_RESERVATION + "return alias_taken(KEYS[1], ARGV[1], '') and 1 or 0\n"
 
+# Reserve alias ARGV[1] for create ARGV[2], ARGV[3] seconds, unless it is taken: 1 when reserved.
+_RESERVE = (
+    _NOW
+    + ALIAS_RESERVATION
+    + """
+if alias_taken(KEYS[1], ARGV[1], ARGV[2]) then return 0 end
+reserve_alias(KEYS[1], ARGV[1], ARGV[2], ARGV[3])
+return 1
+"""
+)
+
+
+class UnhandedKernel(LookupError):
+    """The id names a pool's kernel that is not handed out: no client may reach it."""
+
 
 class AliasStore:
-    """Atomic operations on the aliases hash."""
+    """Atomic operations on the aliases hash, and the pools' kernels no client may reach."""
 
-    def __init__(self, client: redis.Redis, key: str):
+    def __init__(self, client: redis.Redis, key: str, pools_key: str):
         self.client = client
         self.key = key
+        self.pools_key = pools_key
+        self._resolve = client.register_script(_RESOLVE)
+        self._unhanded_ids = client.register_script(_UNHANDED_IDS)
         self._drop = client.register_script(_DROP)
         self._taken = client.register_script(_TAKEN)
+        self._reserve = client.register_script(_RESERVE)
+
+    async def reserve(self, alias: str, create_id: str, seconds: float) -> bool:
+        """Reserve ``alias`` for ``create_id`` for ``seconds``, as a warm create's claim does;
+        False when it is bound or reserved by another create."""
+        return bool(await self._reserve(keys=[self.key], args=[alias, create_id, seconds]))
 
     async def drop_reservation(self, alias: str, create_id: str) -> None:
         """Give back a reservation that did not end in a binding."""
@@ -70,12 +144,18 @@ class AliasStore:
         return bool(await self._taken(keys=[self.key], args=[alias]))
 
     async def binding(self, alias: str) -> dict[str, Any] | None:
-        """The binding of ``alias``; None when it is not bound (unknown, or still reserved)."""
-        raw = await self.client.hget(self.key, alias)
-        if raw is None:
-            return None
-        entry = json.loads(raw)
-        return entry if "kernel_id" in entry else None
+        """The binding of ``alias``; None when it is not bound (unknown, or still reserved).
+        UnhandedKernel when it is a pool's kernel that is not handed out."""
+        outcome, raw = await self._resolve(keys=[self.key, self.pools_key], args=[alias])
+        if outcome in (b"unhanded", "unhanded"):
+            raise UnhandedKernel(alias)
+        return json.loads(raw) if raw else None
+
+    async def unhanded_ids(self) -> set[str]:
+        """The ids of every pool's kernels that are not handed out: idle, starting, claimed,
+        retiring; whichever replicas run the pools."""
+        ids = await self._unhanded_ids(keys=[self.pools_key])
+        return {i.decode() if isinstance(i, bytes) else i for i in ids}
 
     async def forget(self, alias: str, kernel_id: str) -> None:
         """Forget ``alias`` if it is still bound to ``kernel_id`` (the kernel is gone)."""

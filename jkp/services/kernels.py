@@ -20,7 +20,7 @@ from urllib.parse import quote
 from redis.exceptions import RedisError
 from traitlets.config import LoggingConfigurable
 
-from jkp.services.aliases import AliasStore
+from jkp.services.aliases import AliasStore, UnhandedKernel
 from jkp.services.gateway import Forwarded, GatewayClient, GatewayError
 from jkp.services.handout import (
     PoolEmptyError,
@@ -56,6 +56,8 @@ START_ONLY_ENV = [
 ]
 # EG's text when a kernel id is taken; pybox looks for it to reuse the kernel.
 ALREADY_EXISTS = "Kernel already exists: {}"
+# EG's text for a kernel it does not have (404).
+DOES_NOT_EXIST = "Kernel does not exist: {}"
 _EG_TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
 # EG refuses longer KERNEL_* values with 400.
 _MAX_ENV_VALUE = 4096
@@ -315,19 +317,30 @@ class KernelService(LoggingConfigurable):
             alias = env.get("KERNEL_ID") if isinstance(env, dict) else None
         except (ValueError, AttributeError):
             alias = None
+        create_id = ""
         if isinstance(alias, str) and alias:
+            # Reserved, as a warm create's claim reserves it, until EG answered: then EG has
+            # the id and a warm create's question to EG finds it. Checked and forwarded
+            # instead, a warm create of the id could bind a kernel while EG starts this one.
+            create_id = uuid.uuid4().hex
             try:
-                taken = await self.aliases.taken(alias)
+                reserved = await self.aliases.reserve(
+                    alias, create_id, self.gateway.request_timeout
+                )
             except RedisError:
-                taken = False  # EG still refuses ids it has
-            if taken:
+                reserved = True  # EG still refuses ids it has
+            if not reserved:
                 raise _already_exists(alias)
-        return await self.gateway.forward(
-            "POST",
-            "/api/kernels",
-            body=_with_env(body),
-            headers={"Content-Type": "application/json"},
-        )
+        try:
+            return await self.gateway.forward(
+                "POST",
+                "/api/kernels",
+                body=_with_env(body),
+                headers={"Content-Type": "application/json"},
+            )
+        finally:
+            if create_id:
+                await self._drop_reservation(alias, create_id)
 
     # -- requests that name a kernel ------------------------------------------------------
 
@@ -363,9 +376,15 @@ class KernelService(LoggingConfigurable):
 
     async def binding(self, kernel_id: str) -> dict[str, Any] | None:
         """The binding of a client's kernel id; None for ids EG knows as they are (and when
-        Redis cannot tell: a cold kernel still works then)."""
+        Redis cannot tell: a cold kernel still works then).
+
+        KernelRequestError 404, as EG answers for a kernel it does not have, when the id is a
+        pool's kernel not handed out (any replica's pool): no client may reach it.
+        """
         try:
             return await self.aliases.binding(kernel_id)
+        except UnhandedKernel:
+            raise KernelRequestError(404, DOES_NOT_EXIST.format(kernel_id), "Not Found") from None
         except RedisError as e:
             self.log.warning(
                 "Cannot resolve kernel %s in Redis (%s); passed as it is", kernel_id, e
@@ -373,7 +392,8 @@ class KernelService(LoggingConfigurable):
             return None
 
     async def upstream_id(self, kernel_id: str) -> str:
-        """The id EG knows the client's kernel ``kernel_id`` by."""
+        """The id EG knows the client's kernel ``kernel_id`` by; KernelRequestError: see
+        binding."""
         binding = await self.binding(kernel_id)
         return binding["kernel_id"] if binding else kernel_id
 
@@ -405,15 +425,13 @@ class KernelService(LoggingConfigurable):
 
     async def list_kernels(self, query: str = "") -> Forwarded:
         """EG's kernel list without the pools' own kernels (idle, starting, being handed
-        out), each shown by the id its client knows it by."""
+        out, retiring; of any replica's pools), each shown by the id its client knows it by."""
         answer = await self.gateway.forward("GET", "/api/kernels", query)
         models = answer.json()
         if answer.status != 200 or not isinstance(models, list):
             return answer
         try:
-            hidden: set[str] = set()
-            for pool in self.pools.pools.values():
-                hidden |= await pool.store.unhanded_ids()
+            hidden = await self.aliases.unhanded_ids()
             shown = await self.aliases.aliases_by_kernel()
         except RedisError as e:
             raise KernelRequestError(503, f"Redis unavailable: {e}", "Store unavailable") from e

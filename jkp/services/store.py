@@ -11,6 +11,8 @@ state lives under keys derived from it (see docs/redis.md):
 - ``<key>:idempotency:<k>``  string with expiry: the pop that used idempotency key ``k``
 - ``<JKP_REDIS_KEY>:aliases``  hash, shared by all pools: the gateway's kernel aliases
   (jkp.services.aliases)
+- ``<JKP_REDIS_KEY>:pools``  hash, shared by all replicas: each pool's idle key -> the keys of
+  its kernels no client may reach (PoolKeys.unhanded), whichever replicas run it
 
 Every move between them is one Lua script, so a kernel is always in exactly one place.
 """
@@ -69,7 +71,8 @@ end
 """
 
 # Kernels of another spec (ARGV[5]) do not count toward the target: during a roll-over the
-# new spec's pool fills while the old kernels wait to be retired.
+# new spec's pool fills while the old kernels wait to be retired. The pool is registered
+# (KEYS[5], ARGV[6]) in the same step: no kernel of it is ever outside the registry's reach.
 _RESERVE = (
     _NOW
     + _OF_SPEC
@@ -79,6 +82,7 @@ if idle_of_spec(KEYS[1], ARGV[5]) + live >= tonumber(ARGV[1]) then return 0 end
 redis.call('ZADD', KEYS[2], now + tonumber(ARGV[3]), ARGV[2])
 if ARGV[4] ~= '' then redis.call('HSET', KEYS[3], ARGV[2], ARGV[4]) end
 if ARGV[5] ~= '' then redis.call('HSET', KEYS[4], ARGV[2], ARGV[5]) end
+if KEYS[5] then redis.call('HSET', KEYS[5], KEYS[1], ARGV[6]) end
 return 1
 """
 )
@@ -96,11 +100,13 @@ return 1
 """
 
 # Refresh replica ARGV[1]'s heartbeat for ARGV[2] seconds; forget heartbeats long expired.
+# The pool registers itself (KEYS[3], ARGV[4]) too: its kernels pooled before it ever was.
 _BEAT = (
     _NOW
     + """
 redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
+if KEYS[3] then redis.call('HSET', KEYS[3], KEYS[4], ARGV[4]) end
 for _, replica in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now - 3600)) do
   redis.call('ZREM', KEYS[1], replica)
   redis.call('HDEL', KEYS[2], replica)
@@ -273,18 +279,6 @@ end
 return 1
 """
 
-# The pool's kernels that no client may see: idle, being started, claimed, retiring.
-_UNHANDED_IDS = """
-local ids = {}
-for _, model in ipairs(redis.call('LRANGE', KEYS[1], 0, -1)) do
-  table.insert(ids, cjson.decode(model)['id'])
-end
-for _, id in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do table.insert(ids, id) end
-for _, id in ipairs(redis.call('HKEYS', KEYS[3])) do table.insert(ids, id) end
-for _, id in ipairs(redis.call('HKEYS', KEYS[4])) do table.insert(ids, id) end
-return ids
-"""
-
 # A claim that ends without a hand-out: back to the pop end of the idle list ("release") or to
 # the retiring set ("retire"), if replica ARGV[5] holds it ('' for any). The pop's idempotency
 # record goes too, so a retry starts afresh.
@@ -395,10 +389,11 @@ def _derived_key(suffix: str, what: str) -> property:
 @dataclass(frozen=True)
 class PoolKeys:
     """The Redis keys of one pool, all derived from its idle-list key (see docs/redis.md), and
-    the aliases hash all pools share."""
+    the aliases hash and pools registry all pools share."""
 
     idle: str
     aliases: str = ""
+    pools: str = ""
 
     starting = _derived_key("starting", "kernel id -> start lease expiry")
     start_owners = _derived_key("start-owners", "kernel id -> the replica starting it")
@@ -413,6 +408,11 @@ class PoolKeys:
 
     def idempotency(self, key: str) -> str:
         return f"{self.idle}:idempotency:{key}"
+
+    def unhanded(self) -> str:
+        """The keys of the pool's kernels no client may reach, as registered in ``pools``."""
+        keys = {"idle": self.idle, "starting": self.starting}
+        return json.dumps({**keys, "claimed": self.claimed, "retiring": self.retiring})
 
 
 @dataclass(frozen=True)
@@ -483,7 +483,6 @@ class PoolStore:
         self._stale_claims = client.register_script(_STALE_CLAIMS)
         self._counts = client.register_script(_COUNTS)
         self._forget_handed = client.register_script(_FORGET_HANDED)
-        self._unhanded_ids = client.register_script(_UNHANDED_IDS)
 
     async def reserve_start(
         self, kernel_id: str, target: int, lease_seconds: float, replica: str = "", spec: str = ""
@@ -496,12 +495,9 @@ class PoolStore:
         out, another replica takes the start over (take_over_start).
         """
         k = self.keys
-        return bool(
-            await self._reserve(
-                keys=[k.idle, k.starting, k.start_owners, k.start_specs],
-                args=[target, kernel_id, lease_seconds, replica, spec],
-            )
-        )
+        keys = [k.idle, k.starting, k.start_owners, k.start_specs, *([k.pools] if k.pools else [])]
+        args = [target, kernel_id, lease_seconds, replica, spec, k.unhanded()]
+        return bool(await self._reserve(keys=keys, args=args))
 
     async def finish_start(self, kernel_id: str, model: dict[str, Any], replica: str = "") -> int:
         """Move a started kernel from its lease into the idle list.
@@ -532,7 +528,8 @@ class PoolStore:
         """Refresh ``replica``'s heartbeat: it counts as alive, running ``spec``, for
         ``ttl_seconds``."""
         k = self.keys
-        await self._beat(keys=[k.replicas, k.replica_specs], args=[replica, ttl_seconds, spec])
+        keys = [k.replicas, k.replica_specs, *([k.pools, k.idle] if k.pools else [])]
+        await self._beat(keys=keys, args=[replica, ttl_seconds, spec, k.unhanded()])
 
     async def leave(self, replica: str) -> None:
         """Withdraw ``replica``'s heartbeat at once (a clean stop)."""
@@ -737,13 +734,6 @@ class PoolStore:
         if kernel_ids:
             await self._forget_handed(keys=[self.keys.handed, self.keys.aliases], args=kernel_ids)
 
-    async def unhanded_ids(self) -> set[str]:
-        """The ids of the pool's kernels that are not handed out: idle, starting, claimed,
-        retiring."""
-        k = self.keys
-        ids = await self._unhanded_ids(keys=[k.idle, k.starting, k.claimed, k.retiring])
-        return {_text(i) for i in ids}
-
     async def counts(self) -> dict[str, int]:
         """How many kernels are idle, starting (live leases), being handed out, handed out."""
         k = self.keys
@@ -813,16 +803,21 @@ class RedisStore(LoggingConfigurable):
 
     def pool(self, key: str | None = None) -> PoolStore:
         """The store of the pool whose idle list is at ``key`` (default: the ``key`` trait)."""
-        return PoolStore(self.client, PoolKeys(key or self.key, self.aliases_key))
+        return PoolStore(self.client, PoolKeys(key or self.key, self.aliases_key, self.pools_key))
 
     @property
     def aliases_key(self) -> str:
         """The hash of the gateway's kernel aliases, shared by all pools."""
         return f"{self.key}:aliases"
 
+    @property
+    def pools_key(self) -> str:
+        """The hash where every replica's pools register the keys of their unhanded kernels."""
+        return f"{self.key}:pools"
+
     def aliases(self) -> AliasStore:
         """The store of the gateway's kernel aliases."""
-        return AliasStore(self.client, self.aliases_key)
+        return AliasStore(self.client, self.aliases_key, self.pools_key)
 
     async def close(self) -> None:
         """Close the connections to Redis."""

@@ -9,6 +9,7 @@ import json
 import uuid
 
 import pytest
+from tornado.httpclient import HTTPClientError
 from tornado.websocket import websocket_connect
 
 from tests.conftest import run_in_kernel, server_timing, wait_until
@@ -342,3 +343,73 @@ async def test_a_create_whose_kernel_is_gone_from_eg_is_bound_to_the_next(
     assert jkp.logged(f"Kernel {oldest} is gone from EG; taking the next")
     status, got = await jkp.request("GET", f"/api/kernels/{kernel_id}")
     assert status == 200 and got["id"] == kernel_id
+
+
+async def test_a_cold_and_a_warm_create_of_one_id_at_once_make_one_kernel(stack):
+    jkp, gateway = stack
+    # KERNEL_CPUS is start-only: that create goes to EG as it came, beside the warm one.
+    cold_env = {**USER_ENV, "KERNEL_CPUS": "2"}
+    for _ in range(6):
+        await jkp.wait_for_idle(2)
+        kernel_id = str(uuid.uuid4())
+
+        answers = await asyncio.gather(
+            create(jkp, {**cold_env, "KERNEL_ID": kernel_id}),
+            create(jkp, {**USER_ENV, "KERNEL_ID": kernel_id}),
+        )
+
+        statuses = sorted(status for status, _ in answers)
+        assert statuses[0] == 201 and statuses[1] >= 400, answers
+        refused = next(body for status, body in answers if status >= 400)
+        assert f"Kernel already exists: {kernel_id}" in json.dumps(refused)
+        assert gateway.list_kernel_ids().count(kernel_id) <= 1
+        status, listed = await jkp.request("GET", "/api/kernels")
+        assert status == 200 and [m["id"] for m in listed].count(kernel_id) == 1
+        status, _ = await jkp.request("DELETE", f"/api/kernels/{kernel_id}")
+        assert status == 204
+
+
+async def test_a_replica_without_a_pool_exposes_none_of_its_kernels(
+    redis_server, gateway_factory, jkp_factory, monkeypatch
+):
+    gateway = gateway_factory(more_kernel_names=("python_other",))
+    pools = {"python_kubernetes": {"size": 1}, "python_other": {"size": 2}}
+    monkeypatch.setenv("JKP_POOLS", json.dumps(pools))
+    runs_both = await jkp_factory(redis_server, gateway)
+    monkeypatch.setenv("JKP_POOLS", json.dumps({"python_kubernetes": {"size": 1}}))
+    neighbour = await jkp_factory(redis_server, gateway)
+    other = runs_both.app.pool_registry.pools["python_other"]
+    await wait_until(lambda: _idle_is(other, 2), 60, "python_other's pool full")
+    idle_id, *_ = [json.loads(m)["id"] for m in await other.store.idle_models()]
+    on_eg = await asyncio.to_thread(gateway.request, "GET", f"/api/kernels/{idle_id}")
+    # EG's answer for a kernel it does not have.
+    unknown = str(uuid.uuid4())
+    eg_404 = await asyncio.to_thread(gateway.request, "GET", f"/api/kernels/{unknown}")
+    assert eg_404[0] == 404
+    not_found = (404, {**eg_404[1], "message": eg_404[1]["message"].replace(unknown, idle_id)})
+
+    status, listed = await neighbour.request("GET", "/api/kernels")
+    assert status == 200 and idle_id not in {m["id"] for m in listed}
+    assert await neighbour.request("GET", f"/api/kernels/{idle_id}") == not_found
+    for action in ("interrupt", "restart"):
+        path = f"/api/kernels/{idle_id}/{action}"
+        assert await neighbour.request("POST", path, b"{}") == not_found
+    assert await neighbour.request("DELETE", f"/api/kernels/{idle_id}") == not_found
+    with pytest.raises(HTTPClientError) as refused:
+        url = neighbour.url.replace("http", "ws", 1) + f"/api/kernels/{idle_id}/channels"
+        await websocket_connect(url)
+    assert refused.value.code == 404
+
+    assert await asyncio.to_thread(gateway.request, "GET", f"/api/kernels/{idle_id}") == on_eg
+    assert idle_id in [json.loads(m)["id"] for m in await other.store.idle_models()]
+    # A kernel handed out by a pop is the caller's: it stays reachable by its own id.
+    status, popped = await runs_both.request(
+        "POST", "/api/kernels/pop/", json.dumps({"userId": "zt", "kernelName": "python_other"})
+    )
+    assert status == 200
+    status, model = await neighbour.request("GET", f"/api/kernels/{popped['id']}")
+    assert status == 200 and model["id"] == popped["id"]
+
+
+async def _idle_is(pool, count):
+    return (await pool.store.counts())["idle"] == count

@@ -21,13 +21,13 @@ from jkp.services.store import (
 
 @pytest.fixture
 def store():
-    keys = PoolKeys("test:kernels:idle", "test:kernels:idle:aliases")
+    keys = PoolKeys("test:kernels:idle", "test:kernels:idle:aliases", "test:kernels:idle:pools")
     return PoolStore(fakeredis.FakeAsyncRedis(), keys)
 
 
 @pytest.fixture
 def aliases(store):
-    return AliasStore(store.client, store.keys.aliases)
+    return AliasStore(store.client, store.keys.aliases, store.keys.pools)
 
 
 async def pooled(store, *ids):
@@ -292,7 +292,7 @@ async def test_a_bound_hand_over_records_its_alias_and_forgetting_the_kernel_dro
     assert await store.hand_over(claim, "alice", alias="client-id", binding=binding)
     assert await aliases.binding("client-id") == binding
     assert await aliases.aliases_by_kernel() == {claim.kernel_id: "client-id"}
-    assert await store.unhanded_ids() == {"k1", "k2"} - {claim.kernel_id}
+    assert await aliases.unhanded_ids() == {"k1", "k2"} - {claim.kernel_id}
 
     await store.forget_handed([claim.kernel_id])
     assert await aliases.binding("client-id") is None
@@ -305,7 +305,7 @@ async def test_a_create_s_claim_reserves_its_kernel_id_for_it_alone(store, alias
     with pytest.raises(AliasTaken):
         await store.claim("bob", alias="client-id", create_id="create-2", lease_seconds=60)
     # The refused claim took nothing.
-    assert await store.unhanded_ids() == {"k1", "k2"}
+    assert await aliases.unhanded_ids() == {"k1", "k2"}
     assert (await store.counts())["idle"] == 1
     assert await aliases.binding("client-id") is None  # reserved is not bound
     await aliases.drop_reservation("client-id", "create-2")  # not its reservation
