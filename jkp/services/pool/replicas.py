@@ -115,10 +115,10 @@ class Replicas(PoolPart):
         "late", EG has it): pool the kernel once it answers (a pod start is too much work to
         throw away); shut it down if it fails.
 
-        A dead replica's start that EG does not have is not waited for: its request may never
-        have reached EG, and waiting as long as one may still run would hold the pool's place
-        that long. It goes to the late set, a replacement starts at once, and check_late
-        adopts or retires the kernel should it appear.
+        A dead replica's start that EG does not have (or cannot tell of) is not waited for: its
+        request may never have reached EG, and waiting as long as one may still run would hold
+        the pool's place that long. It goes to the late set, a replacement starts at once, and
+        check_late adopts or retires the kernel should it appear.
         """
         outcome = "removed"
         try:
@@ -126,13 +126,11 @@ class Replicas(PoolPart):
             if spec not in (None, self.options.spec_fingerprint):
                 # Started as another spec (a roll-over): not a kernel this replica would pool.
                 await self.retirer.abandon_start_soon(kernel_id, "taken over; another spec")
-            elif (
-                kind == "start"
-                and await self.gateway.get_kernel(kernel_id, self.options.kernel_request_timeout)
-                is None
-            ):
+            elif kind == "start" and not await self._eg_has(kernel_id):
+                # Watched as long as its lease would have held the place: a kernel that
+                # appears even later is no worse off than before the late set.
                 if not await self.store.defer_start(
-                    kernel_id, self.options.replica_id, self.gateway.request_timeout
+                    kernel_id, self.options.replica_id, self.options.start_lease
                 ):
                     return  # no longer this replica's: its heartbeat lapsed and it was taken
                 outcome = "deferred"
@@ -140,7 +138,7 @@ class Replicas(PoolPart):
                     "Kernel %s of a dead replica's start is not on EG: its place goes to a new "
                     "start; it is adopted or shut down if it appears within %.0fs",
                     kernel_id,
-                    self.gateway.request_timeout,
+                    self.options.start_lease,
                 )
             elif await self.filler.pool_when_ready(kernel_id):
                 outcome = "adopted"
@@ -157,6 +155,18 @@ class Replicas(PoolPart):
         finally:
             self.filler.wake()  # a place, or a start slot, is free
         self.metrics.takeovers.labels(kind, outcome).inc()
+
+    async def _eg_has(self, kernel_id: str) -> bool:
+        """Whether EG has the kernel; False also when EG cannot tell now: shutting down a
+        kernel EG may yet create would come too early, and check_late asks again."""
+        try:
+            return (
+                await self.gateway.get_kernel(kernel_id, self.options.kernel_request_timeout)
+                is not None
+            )
+        except GatewayError as e:
+            self.health.count_error(e)
+            return False
 
     async def check_late(self) -> None:
         """Adopt the late kernels EG now has (into the pool if it has room, else shut them
