@@ -12,6 +12,9 @@ import time
 
 import pytest
 import redis.asyncio as redis
+import tornado.httpserver
+import tornado.testing
+import tornado.web
 from tornado.httpclient import HTTPClientError
 
 from tests.conftest import kernel_pid, localstack, metric, wait_until
@@ -102,6 +105,53 @@ async def test_replica_killed_mid_start_is_taken_over_within_seconds(
     assert sum(adopted) == 3
     # Heartbeat TTL (6 s) + a start (~4 s) + the survivors' own start-up: not the 420 s lease.
     assert full_after < 20
+
+
+async def test_replica_killed_while_its_start_requests_hang_is_replaced_within_seconds(
+    redis_server, redis_client, gateway, jkp_process_factory
+):
+    # The doomed replica's EG answers no start request: they hang, and never reach the real EG.
+    hang = asyncio.Event()
+    nowhere = _StartsHang(hang)
+    try:
+        doomed = jkp_process_factory(redis_server, nowhere, "--max-pending-kernels=2")
+        await wait_until(lambda: _count(redis_client.zcard(f"{KEY}:starting"), 2), 30, "starts")
+        hung = sorted(await redis_client.zrange(f"{KEY}:starting", 0, -1))
+        doomed.kill()
+    finally:
+        hang.set()
+        nowhere.server.stop()
+    killed_at = time.monotonic()
+    # GatewayClient.request_timeout stays at 60 s, as long as a start request may run.
+    jkp_process_factory(redis_server, gateway, "--max-pending-kernels=2")
+    await wait_until(lambda: _count(redis_client.llen(KEY), 2), 30, "the pool full again")
+    full_after = time.monotonic() - killed_at
+    print(f"hung starts: pool full {full_after:.1f}s after SIGKILL")
+    # Heartbeat TTL (6 s) + a start (~1 s) + the survivor's own start-up.
+    assert full_after < 20
+    idle = [json.loads(m)["id"] for m in await redis_client.lrange(KEY, 0, -1)]
+    assert not set(idle) & set(hung)
+    # Still watched, in case the requests reach an EG after all.
+    assert sorted(await redis_client.zrange(f"{KEY}:late", 0, -1)) == hung
+    assert sorted(gateway.list_kernel_ids()) == sorted(idle)
+
+
+class _StartsHang:
+    """A stand-in for EG that refuses every request (503) but starts, which it never answers."""
+
+    def __init__(self, hang: asyncio.Event):
+        class Handler(tornado.web.RequestHandler):
+            async def get(self, _):
+                raise tornado.web.HTTPError(503)
+
+            async def post(self, _):
+                await hang.wait()
+                raise tornado.web.HTTPError(503)
+
+        sock, port = tornado.testing.bind_unused_port()
+        self.server = tornado.httpserver.HTTPServer(tornado.web.Application([(r"(.*)", Handler)]))
+        self.server.add_sockets([sock])
+        self.url = f"http://127.0.0.1:{port}"
 
 
 def _eg_has(gateway, count):

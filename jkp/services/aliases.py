@@ -59,6 +59,7 @@ local function unhanded(pools, id)
   for _, keys in ipairs(redis.call('HVALS', pools)) do
     keys = cjson.decode(keys)
     if redis.call('ZSCORE', keys['starting'], id)
+       or (keys['late'] and redis.call('ZSCORE', keys['late'], id))
        or redis.call('HEXISTS', keys['claimed'], id) == 1
        or redis.call('HEXISTS', keys['retiring'], id) == 1 then
       return true
@@ -94,6 +95,9 @@ for _, keys in ipairs(redis.call('HVALS', KEYS[1])) do
   for _, id in ipairs(redis.call('ZRANGE', keys['starting'], 0, -1)) do table.insert(ids, id) end
   for _, id in ipairs(redis.call('HKEYS', keys['claimed'])) do table.insert(ids, id) end
   for _, id in ipairs(redis.call('HKEYS', keys['retiring'])) do table.insert(ids, id) end
+  if keys['late'] then
+    for _, id in ipairs(redis.call('ZRANGE', keys['late'], 0, -1)) do table.insert(ids, id) end
+  end
 end
 return ids
 """

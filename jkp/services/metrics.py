@@ -24,7 +24,8 @@ _KNOWN_LABELS = {
     "activations": [("ok",), ("failed",)],
     "errors": [("redis",), ("gateway",)],
     "pop_waits": [()],
-    "takeovers": [("start", "adopted"), ("start", "removed"), ("claim", "released"),
+    "takeovers": [("start", "adopted"), ("start", "removed"), ("start", "deferred"),
+                  ("late", "adopted"), ("late", "removed"), ("claim", "released"),
                   ("claim", "removed")],
 }  # fmt: skip
 
@@ -97,8 +98,9 @@ class Metrics:
         self.takeovers = family(
             Counter,
             "jkp_takeovers",
-            "Starts and claims of dead replicas taken over by this one, by kind (start, claim) "
-            "and outcome (adopted, released, removed)",
+            "Starts and claims of dead replicas taken over by this one, and kernels of starts "
+            "given up on that appeared late on EG, by kind (start, claim, late) and outcome "
+            "(adopted, released, removed; deferred: a start EG did not have, replaced at once)",
             ("kind", "outcome"),
         )
         self.errors = family(

@@ -5,6 +5,8 @@ The idle list keeps the original Go service's format: EG kernel models as JSON s
 state lives under keys derived from it (see docs/redis.md):
 
 - ``<key>:starting``  sorted set, kernel id -> lease expiry (Redis time): kernels being started
+- ``<key>:late``      sorted set, kernel id -> until when (Redis time) a start given up on may
+  still appear on EG
 - ``<key>:claimed``   hash, kernel id -> {model, user_id, claimed_at}: kernels being handed out
 - ``<key>:handed``    hash, kernel id -> {user_id, handed_at}: kernels handed out that EG still has
 - ``<key>:retiring``  hash, kernel id -> time: kernels taken out of the pool, to shut down on EG
@@ -126,6 +128,55 @@ for i = 1, #entries, 2 do
   if not dead(KEYS[1], entries[i]) then table.insert(specs, entries[i + 1]) end
 end
 return specs
+"""
+)
+
+# A taken-over start EG does not have (KEYS[1] starting, KEYS[2] owners, KEYS[3] late): its place
+# goes to a replacement now, and it stays recorded ARGV[3] seconds, in case its request reaches EG.
+_DEFER_START = (
+    _NOW
+    + """
+if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 0 end
+if redis.call('HGET', KEYS[2], ARGV[1]) ~= ARGV[2] then return 0 end
+redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('HDEL', KEYS[2], ARGV[1])
+redis.call('ZADD', KEYS[3], now + tonumber(ARGV[3]), ARGV[1])
+return 1
+"""
+)
+
+# A late kernel (KEYS[5]) that EG now has: started again under replica ARGV[4] (lease ARGV[3]) if
+# the pool of spec ARGV[5] is below target ARGV[2] and it is of that spec (1), else retired (-1).
+_ADOPT_LATE = (
+    _NOW
+    + _OF_SPEC
+    + """
+if not redis.call('ZSCORE', KEYS[5], ARGV[1]) then return 0 end
+redis.call('ZREM', KEYS[5], ARGV[1])
+local fingerprint = redis.call('HGET', KEYS[4], ARGV[1])
+local own = ARGV[5] == '' or not fingerprint or fingerprint == ARGV[5]
+local live = starting_of_spec(KEYS[2], KEYS[4], ARGV[5])
+if own and idle_of_spec(KEYS[1], ARGV[5]) + live < tonumber(ARGV[2]) then
+  redis.call('ZADD', KEYS[2], now + tonumber(ARGV[3]), ARGV[1])
+  redis.call('HSET', KEYS[3], ARGV[1], ARGV[4])
+  if ARGV[5] ~= '' then redis.call('HSET', KEYS[4], ARGV[1], ARGV[5]) end
+  return 1
+end
+redis.call('HDEL', KEYS[4], ARGV[1])
+redis.call('HSET', KEYS[6], ARGV[1], now)
+return -1
+"""
+)
+
+# A late kernel (KEYS[1]) whose time ran out is forgotten, with its spec (KEYS[2]).
+_FORGET_LATE = (
+    _NOW
+    + """
+local expiry = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if not expiry or tonumber(expiry) > now then return 0 end
+redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('HDEL', KEYS[2], ARGV[1])
+return 1
 """
 )
 
@@ -396,6 +447,7 @@ class PoolKeys:
     pools: str = ""
 
     starting = _derived_key("starting", "kernel id -> start lease expiry")
+    late = _derived_key("late", "kernel id -> until when a start given up on may appear on EG")
     start_owners = _derived_key("start-owners", "kernel id -> the replica starting it")
     start_specs = _derived_key("start-specs", "kernel id -> the spec it is started as")
     claimed = _derived_key("claimed", "kernel id -> claim of a pop in progress")
@@ -411,7 +463,7 @@ class PoolKeys:
 
     def unhanded(self) -> str:
         """The keys of the pool's kernels no client may reach, as registered in ``pools``."""
-        keys = {"idle": self.idle, "starting": self.starting}
+        keys = {"idle": self.idle, "starting": self.starting, "late": self.late}
         return json.dumps({**keys, "claimed": self.claimed, "retiring": self.retiring})
 
 
@@ -479,6 +531,9 @@ class PoolStore:
         self._orphans = client.register_script(_ORPHANS)
         self._take_over_start = client.register_script(_TAKE_OVER_START)
         self._take_over_claim = client.register_script(_TAKE_OVER_CLAIM)
+        self._defer_start = client.register_script(_DEFER_START)
+        self._adopt_late = client.register_script(_ADOPT_LATE)
+        self._forget_late = client.register_script(_FORGET_LATE)
         self._expired_starting = client.register_script(_EXPIRED_STARTING)
         self._stale_claims = client.register_script(_STALE_CLAIMS)
         self._counts = client.register_script(_COUNTS)
@@ -571,6 +626,40 @@ class PoolStore:
                 args=[kernel_id, replica, lease_seconds],
             )
         )
+
+    async def defer_start(self, kernel_id: str, replica: str, seconds: float) -> bool:
+        """Move ``replica``'s start of a kernel EG does not have out of the pool's count (a
+        replacement may start at once) into the late set for ``seconds``: its start request may
+        still reach EG. False when ``replica`` does not own the start (any more)."""
+        k = self.keys
+        return bool(
+            await self._defer_start(
+                keys=[k.starting, k.start_owners, k.late], args=[kernel_id, replica, seconds]
+            )
+        )
+
+    async def late_ids(self) -> list[str]:
+        """Kernels of starts given up on that may still appear on EG."""
+        return [_text(i) for i in await self.client.zrange(self.keys.late, 0, -1)]
+
+    async def adopt_late(
+        self, kernel_id: str, target: int, lease_seconds: float, replica: str, spec: str = ""
+    ) -> int:
+        """Take a late kernel that EG now has: 1 when it is ``replica``'s start again (the pool
+        of ``spec`` had room below ``target``), -1 when it went to the retiring set instead, 0
+        when it was not late (any more)."""
+        k = self.keys
+        return int(
+            await self._adopt_late(
+                keys=[k.idle, k.starting, k.start_owners, k.start_specs, k.late, k.retiring],
+                args=[kernel_id, target, lease_seconds, replica, spec],
+            )
+        )
+
+    async def forget_late(self, kernel_id: str) -> bool:
+        """Forget a late kernel once its time to appear on EG has run out."""
+        k = self.keys
+        return bool(await self._forget_late(keys=[k.late, k.start_specs], args=[kernel_id]))
 
     async def take_over_claim(self, kernel_id: str, replica: str) -> Claim | None:
         """Make ``replica`` the holder of a claim whose pop's replica's heartbeat ran out; the

@@ -258,3 +258,63 @@ async def test_start_of_a_dead_replica_that_eg_never_got_frees_its_place(
     assert ghost not in idle
     assert sorted(gateway.list_kernel_ids()) == sorted(idle)
     assert await jkp.store.orphans() == ([], [])
+
+
+async def _dead_replica_start_eg_never_got(redis_client, target):
+    """A place reserved by a replica that died before its start request reached EG."""
+    from jkp.services.store import PoolKeys, PoolStore
+
+    ghost = str(uuid.uuid4())
+    store = PoolStore(redis_client, PoolKeys("test:kernels:idle"))
+    assert await store.reserve_start(ghost, target, 420, "dead-replica")
+    return ghost
+
+
+def _on_eg(gateway, kernel_id):
+    return gateway.request("GET", f"/api/kernels/{kernel_id}")[0] == 200
+
+
+async def test_start_of_a_dead_replica_is_replaced_at_once_and_its_late_kernel_shut_down(
+    redis_server, gateway, jkp_factory, redis_client
+):
+    ghost = await _dead_replica_start_eg_never_got(redis_client, 2)
+    # GatewayClient.request_timeout stays at its 60 s: a start request may run that long.
+    jkp = await jkp_factory(redis_server, gateway, "--max-pending-kernels=2")
+    idle = await jkp.wait_for_idle(2, timeout=15)
+    assert ghost not in idle
+    assert await jkp.store.late_ids() == [ghost]
+    # The dead replica's request reaches EG after all, the pool full meanwhile.
+    await jkp.pool.gateway.start_kernel(jkp.pool.kernel_name, jkp.pool.kernel_start_env(ghost))
+    await wait_until(lambda: not _on_eg(gateway, ghost), 15, "the late kernel shut down")
+    assert sorted(await jkp.idle_ids()) == sorted(idle)
+    assert sorted(gateway.list_kernel_ids()) == sorted(idle)
+    assert await jkp.store.late_ids() == []
+    assert await jkp.store.retiring_ids() == []
+
+
+async def test_late_kernel_of_a_dead_replica_is_pooled_when_the_pool_has_room_and_handed_once(
+    redis_server, gateway, jkp_factory, redis_client
+):
+    ghost = await _dead_replica_start_eg_never_got(redis_client, 2)
+    jkp = await jkp_factory(
+        redis_server, gateway, "--max-pending-kernels=2", "--PoolManager.refill_delay=600"
+    )
+    await jkp.wait_for_idle(2, timeout=15)
+    status, first = await jkp.pop("u1")
+    assert status == 200
+    # A place is free (the refill waits): the late kernel takes it.
+    await jkp.pool.gateway.start_kernel(jkp.pool.kernel_name, jkp.pool.kernel_start_env(ghost))
+    await wait_until(lambda: _idle_has(jkp, ghost), 15, "the late kernel pooled")
+    assert len(await jkp.idle_ids()) == 2 and await jkp.store.late_ids() == []
+    handed = [first["id"]]
+    for user in ("u2", "u3"):
+        status, model = await jkp.pop(user)
+        assert status == 200
+        handed.append(model["id"])
+    assert ghost in handed and len(set(handed)) == 3
+    assert sorted(await jkp.store.handed_out()) == sorted(handed)
+    assert sorted(gateway.list_kernel_ids()) == sorted(handed)
+
+
+async def _idle_has(jkp, kernel_id):
+    return kernel_id in await jkp.idle_ids()

@@ -232,6 +232,40 @@ async def test_exactly_one_replica_takes_over_an_orphaned_start(store):
     assert await store.orphans() == ([], [])
 
 
+async def test_a_deferred_start_frees_its_place_and_stays_recorded_until_its_time_is_out(
+    store, aliases
+):
+    assert await store.reserve_start("k1", 1, 60, "a")
+    assert not await store.defer_start("k1", "b", 60)  # only its owner defers it
+    assert await store.defer_start("k1", "a", 60)
+    assert await store.reserve_start("k2", 1, 60, "b")
+    assert await store.late_ids() == ["k1"]
+    assert "k1" in await aliases.unhanded_ids()  # no client is shown it, should it appear
+    assert not await store.forget_late("k1")
+    assert await store.reserve_start("k3", 2, 60, "a")
+    assert await store.defer_start("k3", "a", 0.001)
+    await asyncio.sleep(0.01)
+    assert await store.forget_late("k3")
+    assert await store.late_ids() == ["k1"]
+
+
+async def test_a_late_kernel_is_started_again_while_the_pool_has_room_else_retired(store):
+    for kernel_id in ("k1", "k2"):
+        assert await store.reserve_start(kernel_id, 2, 60, "dead")
+        assert await store.defer_start(kernel_id, "dead", 60)
+    taken = await asyncio.gather(
+        store.adopt_late("k1", 1, 60, "a"), store.adopt_late("k1", 1, 60, "b")
+    )
+    assert sorted(taken) == [0, 1]  # exactly one replica takes it
+    winner = "a" if taken[0] else "b"
+    assert await store.finish_start("k1", {"id": "k1"}, winner) == 1
+    # The pool is full now: the other late kernel is retired, not pooled.
+    assert await store.adopt_late("k2", 1, 60, "a") == -1
+    assert await store.retiring_ids() == ["k2"]
+    assert await store.late_ids() == []
+    assert [json.loads(m)["id"] for m in await store.idle_models()] == ["k1"]
+
+
 async def test_exactly_one_replica_takes_over_an_orphaned_claim(store):
     await store.beat("dead", 0.001)
     await store.beat("a", 60)

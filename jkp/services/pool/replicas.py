@@ -8,9 +8,10 @@ from redis.exceptions import RedisError
 
 from jkp.services.gateway import GatewayError
 from jkp.services.pool.common import (
-    READY_RETRY_INTERVAL,
+    CHECKS_AT_ONCE,
     PoolPart,
     Shared,
+    gather_bounded,
 )
 from jkp.services.pool.filling import Filler
 from jkp.services.store import Claim
@@ -26,6 +27,7 @@ class Replicas(PoolPart):
         self.filler = filler
         self._stopping = False
         self._task: asyncio.Task | None = None
+        self._late_task: asyncio.Task | None = None
 
     async def start(self) -> None:
         """Register now (a pop or start may come at once), then keep the heartbeat going."""
@@ -36,8 +38,8 @@ class Replicas(PoolPart):
         self._task = asyncio.create_task(self._heartbeat_loop(), name="jkp-heartbeat")
 
     def tasks(self) -> list[asyncio.Task]:
-        """Its heartbeat loop, for the pool's stop() to cancel."""
-        return [self._task] if self._task is not None else []
+        """Its heartbeat loop and its check of late kernels, for the pool's stop() to cancel."""
+        return [t for t in (self._task, self._late_task) if t is not None]
 
     def stop(self) -> None:
         """Let its heartbeat loop end at its next turn."""
@@ -58,6 +60,7 @@ class Replicas(PoolPart):
             try:
                 await self._beat()
                 await self.take_over_orphans()
+                self._check_late_soon()
             except RedisError as e:
                 self.health.failed("redis", e)
             except GatewayError as e:
@@ -65,6 +68,18 @@ class Replicas(PoolPart):
             await asyncio.sleep(
                 max(self.options.replica_heartbeat_interval - (loop.time() - sent), 0)
             )
+
+    def _check_late_soon(self) -> None:
+        """Run check_late in a task of its own, one at a time: EG may be slow to answer, and
+        the heartbeat must not wait for it."""
+        if self._late_task is None or self._late_task.done():
+            self._late_task = asyncio.create_task(self._check_late_once(), name="jkp-late")
+
+    async def _check_late_once(self) -> None:
+        try:
+            await self.check_late()
+        except (GatewayError, RedisError) as e:
+            self.health.count_error(e)  # the next heartbeat looks again
 
     async def _beat(self) -> None:
         sent = asyncio.get_running_loop().time()
@@ -95,17 +110,36 @@ class Replicas(PoolPart):
                 self.log.warning("Took over the claim on kernel %s from a dead replica", kernel_id)
                 self.retirer.track(self._settle_orphaned_claim(claim))
 
-    async def _adopt_start(self, kernel_id: str) -> None:
-        """Finish a start a dead replica began: pool the kernel once it answers (a pod start is
-        too much work to throw away); shut it down if EG does not have it or it fails."""
+    async def _adopt_start(self, kernel_id: str, kind: str = "start") -> None:
+        """Finish a start a dead replica began (``kind`` "start") or a late kernel's (``kind``
+        "late", EG has it): pool the kernel once it answers (a pod start is too much work to
+        throw away); shut it down if it fails.
+
+        A dead replica's start that EG does not have (or cannot tell of) is not waited for: its
+        request may never have reached EG, and waiting as long as one may still run would hold
+        the pool's place that long. It goes to the late set, a replacement starts at once, and
+        check_late adopts or retires the kernel should it appear.
+        """
         outcome = "removed"
         try:
             spec = await self.store.start_spec(kernel_id)
             if spec not in (None, self.options.spec_fingerprint):
                 # Started as another spec (a roll-over): not a kernel this replica would pool.
                 await self.retirer.abandon_start_soon(kernel_id, "taken over; another spec")
-            elif not await self._appears_on_eg(kernel_id):
-                await self.retirer.abandon_start_soon(kernel_id, "taken over; not on EG")
+            elif kind == "start" and not await self._eg_has(kernel_id):
+                # Watched as long as its lease would have held the place: a kernel that
+                # appears even later is no worse off than before the late set.
+                if not await self.store.defer_start(
+                    kernel_id, self.options.replica_id, self.options.start_lease
+                ):
+                    return  # no longer this replica's: its heartbeat lapsed and it was taken
+                outcome = "deferred"
+                self.log.info(
+                    "Kernel %s of a dead replica's start is not on EG: its place goes to a new "
+                    "start; it is adopted or shut down if it appears within %.0fs",
+                    kernel_id,
+                    self.options.start_lease,
+                )
             elif await self.filler.pool_when_ready(kernel_id):
                 outcome = "adopted"
                 self.log.info("Kernel %s adopted and pooled", kernel_id)
@@ -120,22 +154,48 @@ class Replicas(PoolPart):
             await asyncio.shield(self.retirer.abandon_start_soon(kernel_id, "taken over; failed"))
         finally:
             self.filler.wake()  # a place, or a start slot, is free
-        self.metrics.takeovers.labels("start", outcome).inc()
+        self.metrics.takeovers.labels(kind, outcome).inc()
 
-    async def _appears_on_eg(self, kernel_id: str) -> bool:
-        """Whether EG has the kernel, or gets it while a start request to it may still run.
+    async def _eg_has(self, kernel_id: str) -> bool:
+        """Whether EG has the kernel; False also when EG cannot tell now: shutting down a
+        kernel EG may yet create would come too early, and check_late asks again."""
+        try:
+            return (
+                await self.gateway.get_kernel(kernel_id, self.options.kernel_request_timeout)
+                is not None
+            )
+        except GatewayError as e:
+            self.health.count_error(e)
+            return False
 
-        EG knows a kernel only once its start request is done, and on Kubernetes that takes as
-        long as the pod's launch: a dead replica's request may still be under way. Such a
-        request is given up after ``GatewayClient.request_timeout``, so waiting that long tells.
+    async def check_late(self) -> None:
+        """Adopt the late kernels EG now has (into the pool if it has room, else shut them
+        down); forget those whose time to appear ran out.
+
+        Every replica looks, so a late kernel is watched while any replica lives; one script
+        per kernel decides, so exactly one replica acts on each.
         """
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.gateway.request_timeout
-        while await self.gateway.get_kernel(kernel_id, self.options.kernel_request_timeout) is None:
-            if loop.time() >= deadline:
-                return False
-            await asyncio.sleep(min(READY_RETRY_INTERVAL, max(deadline - loop.time(), 0)))
-        return True
+
+        async def check(kernel_id: str) -> None:
+            model = await self.gateway.get_kernel(kernel_id, self.options.kernel_request_timeout)
+            if model is not None:
+                taken = await self.store.adopt_late(
+                    kernel_id,
+                    self.options.max_pending_kernels + self.filler.recycling,
+                    self.options.start_lease,
+                    self.options.replica_id,
+                    self.options.spec_fingerprint,
+                )
+                if taken > 0:
+                    self.log.warning("Kernel %s appeared late on EG; adopting it", kernel_id)
+                    self.filler.track_start(kernel_id, self._adopt_start(kernel_id, "late"))
+                elif taken < 0:
+                    self.metrics.takeovers.labels("late", "removed").inc()
+                    await self.retirer.retire(kernel_id, "appeared late; the pool is full")
+            elif await self.store.forget_late(kernel_id):
+                self.log.info("Kernel %s of a given-up start never appeared on EG", kernel_id)
+
+        await gather_bounded(check, await self.store.late_ids(), CHECKS_AT_ONCE)
 
     async def _settle_orphaned_claim(self, claim: Claim) -> None:
         """End a dead replica's claim: back to the pool if its set-up had not begun (the kernel
