@@ -11,6 +11,8 @@ state lives under keys derived from it (see docs/redis.md):
 - ``<key>:idempotency:<k>``  string with expiry: the pop that used idempotency key ``k``
 - ``<JKP_REDIS_KEY>:aliases``  hash, shared by all pools: the gateway's kernel aliases
   (jkp.services.aliases)
+- ``<JKP_REDIS_KEY>:users``  hash, shared by all pools: the kernels each user holds, for
+  max_kernels_per_user (jkp.services.user_kernels)
 
 Every move between them is one Lua script, so a kernel is always in exactly one place.
 """
