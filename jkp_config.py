@@ -84,6 +84,9 @@ c.PoolManager.max_pending_kernels = 10
 # c.KernelService.unauthorized_users = ["root"]  # (JKP_UNAUTHORIZED_USERS, comma-separated)
 # c.KernelService.authorized_users = []  # empty: everyone not refused (JKP_AUTHORIZED_USERS)
 # c.KernelService.impersonation = False  # as EG_IMPERSONATION_ENABLED (JKP_IMPERSONATION_ENABLED)
+# Kernels a user (a pop's userId, a create's KERNEL_USERNAME) may hold across replicas, as
+# EG's max_kernels_per_user; pooled idle kernels never count. -1: no limit.
+# c.KernelService.max_kernels_per_user = -1  # (JKP_MAX_KERNELS_PER_USER)
 # Variables besides KERNEL_* a create may set in the kernel, as EG's client_envs.
 # c.KernelService.client_envs = []  # (JKP_CLIENT_ENVS)
 # A create that sets one of these to another value than its pool's is started cold by EG.

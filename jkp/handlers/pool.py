@@ -20,6 +20,7 @@ from jkp.services.handout import (
 )
 from jkp.services.pools import UnknownPoolError
 from jkp.services.store import IdempotencyConflict
+from jkp.services.user_kernels import UserLimitReached
 from jkp.user import InvalidUserId
 
 # 1 to 128 printable ASCII characters, as the Idempotency-Key draft allows any string.
@@ -58,9 +59,10 @@ class PopHandler(APIHandler):
                 "Invalid Idempotency-Key",
             )
         timings: dict[str, float] = {}
+        limit = self.settings["kernels"].max_kernels_per_user
         try:
             # The pool checks the userId before it takes anything.
-            model = await pool.pop(body["userId"], key, self.client_gone, env, timings)
+            model = await pool.pop(body["userId"], key, self.client_gone, env, timings, limit)
         except InvalidUserId as e:
             raise api_error(400, str(e), "Invalid userId") from e
         except PopAbandonedError:
@@ -76,6 +78,8 @@ class PopHandler(APIHandler):
             raise api_error(503, f"Not handing out kernels now: {e}", "Set-up paused") from e
         except IdempotencyConflict as e:
             raise api_error(409, str(e), "Idempotency-Key conflict") from e
+        except UserLimitReached as e:
+            raise api_error(403, str(e), "Forbidden") from e
         except UserDirectoryError as e:
             raise api_error(
                 403,

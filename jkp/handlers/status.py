@@ -30,8 +30,10 @@ class HealthHandler(APIHandler):
 
 
 class ReadyHandler(APIHandler):
-    """Readiness: Redis and EG answer and the pool can hand out, else 503 naming what is missing
-    (the pool: hand-outs paused after set-ups kept failing, or starts failing with none idle).
+    """Readiness: this replica can serve, as Redis and EG answer; else 503 naming which does
+    not. Not whether a pool is full or its starts fail: every replica shares the pools and EG,
+    so that would take them all out of service, though creates (cold) and deletes still work;
+    /api/pool says why a pool does not fill.
 
     Open to all, as Kubernetes probes send no token; the errors behind a 503 (hosts, ports)
     are shown only to authenticated callers.
@@ -45,10 +47,6 @@ class ReadyHandler(APIHandler):
         )
         missing = {"redis": redis_failure, "gateway": gateway_failure}
         missing = {name: failure for name, failure in missing.items() if failure}
-        if not missing:
-            pool_failure = await _failure(self.pools.unready_reason())
-            if pool_failure:
-                missing["pool"] = pool_failure
         if missing:
             if self.authenticated:
                 detail = "; ".join(f"{name}: {failure}" for name, failure in missing.items())
@@ -59,12 +57,12 @@ class ReadyHandler(APIHandler):
 
 
 async def _failure(check: Awaitable[object]) -> str | None:
-    """Why ``check`` failed (raised, or returned a reason), or None when it succeeded in time."""
+    """Why ``check`` failed, or None when it succeeded in time."""
     try:
-        why = await asyncio.wait_for(check, _READY_CHECK_TIMEOUT)
+        await asyncio.wait_for(check, _READY_CHECK_TIMEOUT)
     except (RedisError, GatewayError, TimeoutError, OSError) as e:
         return str(e) or type(e).__name__
-    return why if isinstance(why, str) else None
+    return None
 
 
 class PoolStatusHandler(APIHandler):

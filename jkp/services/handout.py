@@ -74,6 +74,8 @@ class Handout:
     timings: dict[str, float] | None = None
     # Set once a kernel is claimed for it, just before that kernel's set-up is sent.
     claimed: asyncio.Event | None = None
+    # The kernels its user may hold (max_kernels_per_user), counted by the claim; -1: no limit.
+    user_limit: int = -1
 
     def remaining(self) -> float:
         """Seconds left until the pop's deadline."""

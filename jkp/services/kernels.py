@@ -33,7 +33,8 @@ from jkp.services.handout import (
 from jkp.services.pool import PoolManager
 from jkp.services.pools import PoolRegistry
 from jkp.services.store import AliasTaken
-from jkp.traits import EnvBool, EnvFloat, EnvList
+from jkp.services.user_kernels import UserLimitReached
+from jkp.traits import EnvBool, EnvFloat, EnvInt, EnvList
 from jkp.user import set_up_code
 
 # What shapes a kernel's pod and cannot change once it runs (EG's Kubernetes launcher reads them).
@@ -63,6 +64,8 @@ _EG_TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
 _MAX_ENV_VALUE = 4096
 # How long a bound kernel may take to be bound again after a restart.
 _REBIND_TIMEOUT = 30.0
+# Added to EG's request timeout: how long a cold create's slot waits for EG's answer.
+_COLD_SLOT_MARGIN = 5.0
 
 
 class KernelRequestError(Exception):
@@ -116,6 +119,16 @@ class KernelService(LoggingConfigurable):
         "authorized_users (EG_AUTHORIZED_USERS); comma-separated",
     ).tag(config=True)
 
+    max_kernels_per_user = EnvInt(
+        -1,
+        env="JKP_MAX_KERNELS_PER_USER",
+        help="Kernels a user may hold at once across replicas, as EG's max_kernels_per_user "
+        "(EG_MAX_KERNELS_PER_USER): one more pop (its userId) or create (its KERNEL_USERNAME, "
+        "else the pool's kernel_user_name), warm or cold, is refused with EG's 403; the "
+        "pools' idle kernels never count; -1: no limit",
+        min=-1,
+    ).tag(config=True)
+
     impersonation = EnvBool(
         False,
         env="JKP_IMPERSONATION_ENABLED",
@@ -157,7 +170,7 @@ class KernelService(LoggingConfigurable):
         plan = await self._plan(body)
         if isinstance(plan, str):
             self.log.info("Create started cold by EG: %s", plan)
-            return await self._create_cold(body)
+            return await self._create_cold(body, await self._cold_user(body))
         if not plan.alias:
             model = await self._bind(plan, client_gone, timings)
         else:
@@ -190,7 +203,7 @@ class KernelService(LoggingConfigurable):
                     await plan.pool.take_back(model["id"], "its client's id exists on EG")
                 raise _already_exists(plan.alias)
         if model is None:
-            return await self._create_cold(body)
+            return await self._create_cold(body, plan.user_name)
         kernel_id = plan.alias or model["id"]
         self.log.info("Create served warm: kernel %s as %s", model["id"], kernel_id)
         model = _shown_as(model, kernel_id)
@@ -296,7 +309,10 @@ class KernelService(LoggingConfigurable):
                 timings=timings,
                 claimed=claimed,
                 create_id=create_id,
+                user_limit=self.max_kernels_per_user,
             )
+        except UserLimitReached as e:
+            raise _refused(e) from None
         except (
             PoolEmptyError,
             SetUpPausedError,
@@ -310,8 +326,9 @@ class KernelService(LoggingConfigurable):
             self.log.info("Create not served warm (%s): %s", type(e).__name__, e)
             return None
 
-    async def _create_cold(self, body: bytes) -> Forwarded:
-        """EG's answer to the create as it came, unless it asks for an id a warm kernel has."""
+    async def _create_cold(self, body: bytes, user: str) -> Forwarded:
+        """EG's answer to the create as it came, unless it asks for an id a warm kernel has
+        or ``user`` holds max_kernels_per_user kernels (KernelRequestError 403)."""
         try:
             env = json.loads(body or b"{}").get("env") or {}
             alias = env.get("KERNEL_ID") if isinstance(env, dict) else None
@@ -332,15 +349,69 @@ class KernelService(LoggingConfigurable):
             if not reserved:
                 raise _already_exists(alias)
         try:
-            return await self.gateway.forward(
-                "POST",
-                "/api/kernels",
-                body=_with_env(body),
-                headers={"Content-Type": "application/json"},
-            )
+            return await self._forward_counted(body, user)
         finally:
             if create_id:
                 await self._drop_reservation(alias, create_id)
+
+    async def _forward_counted(self, body: bytes, user: str) -> Forwarded:
+        """EG's answer to a cold create, its kernel counted against ``user`` when
+        max_kernels_per_user is set (KernelRequestError 403 at the limit)."""
+        if self.max_kernels_per_user < 0:
+            return await self._forward_create(body)
+        # A cold kernel counts against its user from before EG is asked (so two replicas
+        # cannot both let the user past the limit) until it is deleted through jkp or found
+        # gone from EG by the handed-out check (EG's culler, a DELETE straight to EG).
+        slots = self.pools.default.store.user_kernels
+        token = f"create:{uuid.uuid4().hex}"
+        lease = self.gateway.request_timeout + _COLD_SLOT_MARGIN
+        try:
+            await slots.take_cold(user, token, self.max_kernels_per_user, lease)
+        except UserLimitReached as e:
+            raise _refused(e) from None
+        answer = None
+        try:
+            answer = await self._forward_create(body)
+        finally:
+            await self._settle_cold_slot(user, token, answer)
+        return answer
+
+    async def _forward_create(self, body: bytes) -> Forwarded:
+        return await self.gateway.forward(
+            "POST",
+            "/api/kernels",
+            body=_with_env(body),
+            headers={"Content-Type": "application/json"},
+        )
+
+    async def _settle_cold_slot(self, user: str, token: str, answer: Forwarded | None) -> None:
+        """The cold create's slot becomes its kernel's, or is given back when EG started none.
+        When Redis fails now the slot runs out with its lease: the kernel is not counted."""
+        model = answer.json() if answer is not None and answer.status == 201 else None
+        slots = self.pools.default.store.user_kernels
+        try:
+            if isinstance(model, dict) and isinstance(model.get("id"), str):
+                await slots.confirm_cold(user, token, model["id"])
+            else:
+                await slots.release(user, token)
+        except RedisError as e:
+            self.log.warning("Slot of a cold create for %s left to run out: %s", user, e)
+
+    async def _cold_user(self, body: bytes) -> str:
+        """Whom a create going to EG as it came counts for: its KERNEL_USERNAME, else the
+        kernel_user_name of the pool of its spec (or of the default pool)."""
+        try:
+            request = json.loads(body or b"{}")
+        except ValueError:
+            request = None
+        if not isinstance(request, dict):
+            return self.pools.default.kernel_user_name
+        env = request.get("env")
+        if isinstance(env, dict) and isinstance(env.get("KERNEL_USERNAME"), str):
+            return env["KERNEL_USERNAME"]
+        name = request.get("name") or await self._default_kernel_name()
+        pool = self.pools.pools.get(name) if isinstance(name, str) else None
+        return (pool or self.pools.default).kernel_user_name
 
     # -- requests that name a kernel ------------------------------------------------------
 
@@ -364,6 +435,8 @@ class KernelService(LoggingConfigurable):
         path = f"/api/kernels/{quote(upstream)}" + (f"/{action}" if action else "")
         answer = await self.gateway.forward(method, path, query, body, headers)
         if binding is None:
+            if answer.status == 404 or (method == "DELETE" and answer.status < 300):
+                await self._forget_unbound(kernel_id)
             return answer
         if answer.status == 404 or (method == "DELETE" and answer.status < 300):
             await self._forget(kernel_id, binding)
@@ -406,6 +479,18 @@ class KernelService(LoggingConfigurable):
             await self.aliases.forget(alias, binding["kernel_id"])
         except RedisError as e:
             self.log.warning("Could not forget kernel %s in Redis: %s", alias, e)
+
+    async def _forget_unbound(self, kernel_id: str) -> None:
+        """Give back the slot of a kernel that is gone, known to EG by its own id: a cold one,
+        or one a pop handed out. Without max_kernels_per_user nothing is counted."""
+        if self.max_kernels_per_user < 0:
+            return
+        try:
+            await self.pools.default.store.user_kernels.forget_cold([kernel_id])
+            for pool in self.pools.pools.values():
+                await pool.store.forget_handed([kernel_id])
+        except RedisError as e:
+            self.log.warning("Could not forget kernel %s in Redis: %s", kernel_id, e)
 
     async def _rebind(self, binding: dict[str, Any]) -> None:
         """Bind a restarted kernel again: a restart starts its process afresh, in the pool's
@@ -505,6 +590,11 @@ def _with_env(body: bytes) -> bytes:
 
 def _already_exists(kernel_id: str) -> KernelRequestError:
     return KernelRequestError(409, ALREADY_EXISTS.format(kernel_id), "Conflict")
+
+
+def _refused(error: UserLimitReached) -> KernelRequestError:
+    """EG's answer to a create past max_kernels_per_user: 403 with its text."""
+    return KernelRequestError(403, str(error), "Forbidden")
 
 
 def _bindable(name: Any, value: Any) -> bool:

@@ -59,7 +59,8 @@ class Metrics:
             Counter,
             "jkp_pops",
             "Pops by outcome: served, repeated (same Idempotency-Key), pool_empty, abandoned "
-            "(the caller hung up), conflict (an Idempotency-Key or kernel id in use), error",
+            "(the caller hung up), conflict (an Idempotency-Key or kernel id in use), refused "
+            "(the user holds max_kernels_per_user kernels), error",
             ("outcome",),
         )
         self.pop_waits = family(

@@ -144,14 +144,6 @@ class PoolRegistry(LoggingConfigurable):
         """Stop every pool's background work."""
         await asyncio.gather(*(pool.stop() for pool in self.pools.values()))
 
-    async def unready_reason(self) -> str | None:
-        """Why some pool cannot hand kernels out now, or None."""
-        for name, pool in self.pools.items():
-            why = await pool.unready_reason()
-            if why is not None:
-                return f"{name}: {why}" if len(self.pools) > 1 else why
-        return None
-
     async def status(self) -> dict[str, Any]:
         """The default pool's status, as before pools, and every pool's under ``pools``."""
         statuses = {name: await pool.status() for name, pool in self.pools.items()}

@@ -15,6 +15,8 @@ state lives under keys derived from it (see docs/redis.md):
   (jkp.services.aliases)
 - ``<JKP_REDIS_KEY>:pools``  hash, shared by all replicas: each pool's idle key -> the keys of
   its kernels no client may reach (PoolKeys.unhanded), whichever replicas run it
+- ``<JKP_REDIS_KEY>:users``  hash, shared by all pools: the kernels each user holds, for
+  max_kernels_per_user (jkp.services.user_kernels)
 
 Every move between them is one Lua script, so a kernel is always in exactly one place.
 """
@@ -33,6 +35,7 @@ from traitlets import Dict, default
 from traitlets.config import LoggingConfigurable
 
 from jkp.services.aliases import ALIAS_RESERVATION, AliasStore
+from jkp.services.user_kernels import USER_SLOTS, UserKernelStore, UserLimitReached
 from jkp.traits import EnvInt, EnvUnicode
 
 # Redis server time in seconds, so leases do not depend on the replicas' clocks.
@@ -236,12 +239,16 @@ return claim['model']
 # A gateway create's claim names its client's kernel id (ARGV[6]): "taken" when that is bound
 # or reserved by another create in the aliases hash (KEYS[3]), else reserved with the claim for
 # create ARGV[7], ARGV[8] seconds (the hand-over writes the binding over it).
+# With max_kernels_per_user (ARGV[9], -1: none) the user's slots (KEYS[5]) are counted: "limit"
+# and their count when the user holds that many, else the claimed kernel takes one.
 _CLAIM = (
     _NOW
     + _OF_SPEC
     + ALIAS_RESERVATION
+    + USER_SLOTS
     + """
 local idem = KEYS[4]
+if idem == '' then idem = nil end
 local alias = ARGV[6]
 if alias ~= '' and alias_taken(KEYS[3], alias, ARGV[7]) then return {'taken', ''} end
 if idem then
@@ -252,6 +259,13 @@ if idem then
     if record['model'] then return {'replay', record['model']} end
     if record['owner'] ~= ARGV[4] then return {'pending', ''} end
   end
+end
+local limit = tonumber(ARGV[9])
+local slots = nil
+if limit >= 0 then
+  local count
+  slots, count = user_slots(KEYS[5], ARGV[1])
+  if count >= limit then return {'limit', tostring(count)} end
 end
 -- The oldest idle kernel of this replica's spec (ARGV[3]): nearly always the last one.
 local model = redis.call('LINDEX', KEYS[1], -1)
@@ -265,6 +279,10 @@ end
 if not model then return {'empty', ''} end
 redis.call('LREM', KEYS[1], -1, model)
 local id = cjson.decode(model)['id']
+if slots then
+  slots[id] = 0
+  store_user_slots(KEYS[5], ARGV[1], slots)
+end
 local replica = nil
 if ARGV[2] ~= '' then replica = ARGV[2] end
 local claim = {model = model, user_id = ARGV[1], claimed_at = now, replica = replica}
@@ -312,11 +330,15 @@ return 1
 )
 
 # Handed-out kernels (ARGV) that EG no longer has are forgotten, with the alias each was bound
-# to (KEYS[2]) while that alias still names it.
-_FORGET_HANDED = """
+# to (KEYS[2]) while that alias still names it, and their users' slots (KEYS[3]).
+_FORGET_HANDED = (
+    _NOW
+    + USER_SLOTS
+    + """
 for _, id in ipairs(ARGV) do
   local handed = redis.call('HGET', KEYS[1], id)
   if handed then
+    free_slot(KEYS[3], cjson.decode(handed)['user_id'], id)
     local alias = cjson.decode(handed)['alias']
     if alias then
       local binding = redis.call('HGET', KEYS[2], alias)
@@ -329,22 +351,25 @@ for _, id in ipairs(ARGV) do
 end
 return 1
 """
+)
 
 # A claim that ends without a hand-out: back to the pop end of the idle list ("release") or to
 # the retiring set ("retire"), if replica ARGV[5] holds it ('' for any). The pop's idempotency
-# record goes too, so a retry starts afresh.
+# record goes too, so a retry starts afresh, and the slot the claim took of its user (KEYS[4]).
 _END_CLAIM = (
     _NOW
     + _CLAIM_HOLDER
+    + USER_SLOTS
     + """
 if not held_by(KEYS[1], ARGV[1], ARGV[5]) then return 0 end
+free_slot(KEYS[4], cjson.decode(redis.call('HGET', KEYS[1], ARGV[1]))['user_id'], ARGV[1])
 redis.call('HDEL', KEYS[1], ARGV[1])
 if ARGV[2] == 'release' then
   redis.call('RPUSH', KEYS[2], ARGV[3])
 else
   redis.call('HSET', KEYS[2], ARGV[1], now)
 end
-if KEYS[3] then
+if KEYS[3] ~= '' then
   local record = redis.call('GET', KEYS[3])
   if record and cjson.decode(record)['owner'] == ARGV[4] then redis.call('DEL', KEYS[3]) end
 end
@@ -356,6 +381,7 @@ return 1
 # start leases (and their owners, KEYS[3]) or the handed-out hash (ARGV[1] names KEYS[1]'s type).
 _RETIRE = (
     _NOW
+    + USER_SLOTS
     + """
 local removed
 if ARGV[1] == 'list' then
@@ -365,9 +391,11 @@ elseif ARGV[1] == 'zset' then
   if KEYS[3] then redis.call('HDEL', KEYS[3], ARGV[2]) end
   if KEYS[4] then redis.call('HDEL', KEYS[4], ARGV[2]) end
 else
-  -- A handed-out kernel taken back: the alias a gateway create bound it to goes with it.
+  -- A handed-out kernel taken back: the alias a gateway create bound it to goes with it,
+  -- and its user's slot (KEYS[4]).
   local handed = redis.call('HGET', KEYS[1], ARGV[2])
   removed = redis.call('HDEL', KEYS[1], ARGV[2])
+  if handed then free_slot(KEYS[4], cjson.decode(handed)['user_id'], ARGV[2]) end
   local alias = handed and cjson.decode(handed)['alias']
   if alias and KEYS[3] then
     local binding = redis.call('HGET', KEYS[3], alias)
@@ -445,6 +473,7 @@ class PoolKeys:
     idle: str
     aliases: str = ""
     pools: str = ""
+    users: str = ""  # user -> the kernels it holds (jkp.services.user_kernels), for all pools
 
     starting = _derived_key("starting", "kernel id -> start lease expiry")
     late = _derived_key("late", "kernel id -> until when a start given up on may appear on EG")
@@ -538,6 +567,8 @@ class PoolStore:
         self._stale_claims = client.register_script(_STALE_CLAIMS)
         self._counts = client.register_script(_COUNTS)
         self._forget_handed = client.register_script(_FORGET_HANDED)
+        # The users' kernel counts are shared by all pools; the cold kernels' side of them.
+        self.user_kernels = UserKernelStore(client, keys.users)
 
     async def reserve_start(
         self, kernel_id: str, target: int, lease_seconds: float, replica: str = "", spec: str = ""
@@ -681,6 +712,7 @@ class PoolStore:
         spec: str = "",
         alias: str = "",
         create_id: str = "",
+        user_limit: int = -1,
     ) -> Claim | Replay | None:
         """Take the oldest idle kernel for ``user_id``; None when the pool is empty.
 
@@ -691,12 +723,26 @@ class PoolStore:
         With ``alias``, a gateway create's client-side kernel id: AliasTaken when it is bound
         or reserved, else it is reserved for ``create_id`` with the claim, for
         ``lease_seconds`` (a create then costs one script, not two).
+
+        With ``user_limit`` (max_kernels_per_user; -1: none), UserLimitReached when
+        ``user_id`` holds that many kernels already; else the claimed kernel counts as one of
+        them until it is deleted or gone (or the claim ends without a hand-over).
         """
         k = self.keys
-        keys = [k.idle, k.claimed, k.aliases]
-        args: list[Any] = [user_id, replica, spec, "", 0, alias, create_id, lease_seconds]
+        keys = [k.idle, k.claimed, k.aliases, "", k.users]
+        args: list[Any] = [
+            user_id,
+            replica,
+            spec,
+            "",
+            0,
+            alias,
+            create_id,
+            lease_seconds,
+            user_limit,
+        ]
         if idempotency is not None:
-            keys.append(k.idempotency(idempotency.key))
+            keys[3] = k.idempotency(idempotency.key)
             args[3:5] = [idempotency.owner, int(lease_seconds * 1000)]
         outcome, model_json = [_text(v) for v in await self._claim(keys=keys, args=args)]
         if outcome == "claimed":
@@ -709,6 +755,8 @@ class PoolStore:
             raise IdempotencyPending("a pop with this Idempotency-Key is still running")
         if outcome == "taken":
             raise AliasTaken(f"kernel id {alias} is bound or being bound")
+        if outcome == "limit":
+            raise UserLimitReached(user_limit, user_id, int(model_json))
         return None
 
     async def hand_over(
@@ -745,10 +793,10 @@ class PoolStore:
         return await self._finish_claim(claim, "retire", self.keys.retiring)
 
     async def _finish_claim(self, claim: Claim, how: str, destination: str) -> bool:
-        keys = [self.keys.claimed, destination]
+        keys = [self.keys.claimed, destination, "", self.keys.users]
         args = [claim.kernel_id, how, claim.model_json, "", claim.replica]
         if claim.idempotency is not None:
-            keys.append(self.keys.idempotency(claim.idempotency.key))
+            keys[2] = self.keys.idempotency(claim.idempotency.key)
             args[3] = claim.idempotency.owner
         return bool(await self._end_claim(keys=keys, args=args))
 
@@ -799,7 +847,7 @@ class PoolStore:
     async def retire_handed(self, kernel_id: str) -> bool:
         """Take back a kernel handed out to a caller that left before it got the answer."""
         k = self.keys
-        keys = [k.handed, k.retiring, k.aliases]
+        keys = [k.handed, k.retiring, k.aliases, k.users]
         return bool(await self._retire(keys=keys, args=["hash", kernel_id]))
 
     async def forget_idempotency(self, claim: Claim) -> None:
@@ -821,7 +869,8 @@ class PoolStore:
         """Drop handed-out kernels that EG no longer has (shut down by their user, or culled),
         and the aliases they were bound to."""
         if kernel_ids:
-            await self._forget_handed(keys=[self.keys.handed, self.keys.aliases], args=kernel_ids)
+            k = self.keys
+            await self._forget_handed(keys=[k.handed, k.aliases, k.users], args=kernel_ids)
 
     async def counts(self) -> dict[str, int]:
         """How many kernels are idle, starting (live leases), being handed out, handed out."""
@@ -892,7 +941,13 @@ class RedisStore(LoggingConfigurable):
 
     def pool(self, key: str | None = None) -> PoolStore:
         """The store of the pool whose idle list is at ``key`` (default: the ``key`` trait)."""
-        return PoolStore(self.client, PoolKeys(key or self.key, self.aliases_key, self.pools_key))
+        keys = PoolKeys(key or self.key, self.aliases_key, self.pools_key, self.users_key)
+        return PoolStore(self.client, keys)
+
+    @property
+    def users_key(self) -> str:
+        """The hash of the kernels each user holds, shared by all pools."""
+        return f"{self.key}:users"
 
     @property
     def aliases_key(self) -> str:

@@ -1,7 +1,10 @@
 """GET /api/health, /api/ready and /api/pool against real Redis and EG, up and down."""
 
 import json
+import logging
 import time
+
+from tests.conftest import wait_until
 
 
 async def test_health_answers_without_touching_redis_or_eg(redis_server, gateway, jkp_factory):
@@ -106,3 +109,39 @@ async def test_metrics_need_the_token(redis_server, gateway, jkp_factory):
         redis_server, gateway, "--max-pending-kernels=0", "--JKPManagerApp.auth_token=t0k"
     )
     assert (await jkp.request("GET", "/metrics"))[0] == 401
+
+
+async def _start_failures_reach(jkp, count):
+    error = (await jkp.request("GET", "/api/pool"))[1].get("start_error")
+    return error is not None and error["failures"] >= count
+
+
+async def test_a_pool_whose_starts_eg_refuses_says_why_and_the_replica_stays_ready(
+    redis_server, gateway_factory, jkp_factory
+):
+    # EG counts every pooled and handed-out kernel as the pool's user (jovyan): once one is
+    # handed out, EG refuses the refill.
+    gateway = gateway_factory(extra_args=["--EnterpriseGatewayApp.max_kernels_per_user=1"])
+    jkp = await jkp_factory(
+        redis_server,
+        gateway,
+        "--max-pending-kernels=1",
+        "--PoolManager.refill_delay=0",
+        "--PoolManager.max_start_backoff=0.2",
+    )
+    await jkp.wait_for_idle(1)
+    assert (await jkp.pop("zt"))[0] == 200
+    await wait_until(lambda: _start_failures_reach(jkp, 3), 20, "refused starts")
+
+    status, pool = await jkp.request("GET", "/api/pool")
+    assert status == 200 and pool["idle"] == 0
+    assert pool["start_error"]["status"] == 403
+    assert (
+        "A max kernels per user limit has been set to 1 and user 'jovyan' currently has 1 "
+        "active and pending kernel." in pool["start_error"]["message"]
+    )
+    # Every replica shares the pool and EG: readiness must not take them all out of service.
+    assert await jkp.request("GET", "/api/ready") == (200, {"status": "ready"})
+    # Logged once as an error, not once per attempt.
+    errors = [r for r in jkp.log_records if r.levelno >= logging.WARNING]
+    assert [r.getMessage().split(" ")[:2] for r in errors] == [["Starting", "kernel"]]

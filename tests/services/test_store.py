@@ -17,6 +17,7 @@ from jkp.services.store import (
     PoolStore,
     Replay,
 )
+from jkp.services.user_kernels import UserLimitReached
 
 
 @pytest.fixture
@@ -392,3 +393,86 @@ async def test_a_bound_kernel_taken_back_from_its_caller_loses_its_alias(store, 
     assert await store.retire_handed("k1")
     assert await store.retiring_ids() == ["k1"]
     assert not await aliases.taken("client-id")
+
+
+# -- max_kernels_per_user ----------------------------------------------------------------
+
+EG_LIMIT_TEXT = (
+    "A max kernels per user limit has been set to 2 and user 'ann' currently has 2 active "
+    "and pending kernels."
+)
+
+
+@pytest.fixture
+def counted():
+    keys = PoolKeys(
+        "test:kernels:idle", "test:kernels:idle:aliases", users="test:kernels:idle:users"
+    )
+    return PoolStore(fakeredis.FakeAsyncRedis(), keys)
+
+
+async def test_a_user_at_the_limit_claims_nothing_and_gets_egs_text(counted):
+    await pooled(counted, "k1", "k2", "k3")
+    for _ in range(2):
+        assert isinstance(await counted.claim("ann", user_limit=2), Claim)
+    with pytest.raises(UserLimitReached) as refused:
+        await counted.claim("ann", user_limit=2)
+    assert str(refused.value) == EG_LIMIT_TEXT
+    assert len(await counted.idle_models()) == 1  # nothing was taken
+    assert isinstance(await counted.claim("bob", user_limit=2), Claim)
+
+
+async def test_a_claim_ended_without_hand_over_gives_its_slot_back(counted):
+    await pooled(counted, "k1", "k2")
+    released = await counted.claim("ann", user_limit=1)
+    assert await counted.release(released)
+    retired = await counted.claim("ann", user_limit=1)
+    assert await counted.retire_claim(retired)
+    assert isinstance(await counted.claim("ann", user_limit=1), Claim)
+
+
+async def test_a_handed_out_kernel_forgotten_or_taken_back_gives_its_slot_back(counted):
+    await pooled(counted, "k1", "k2", "k3")
+    first = await counted.claim("ann", user_limit=1)
+    assert await counted.hand_over(first, "ann")
+    with pytest.raises(UserLimitReached):
+        await counted.claim("ann", user_limit=1)
+    await counted.forget_handed([first.kernel_id])
+    second = await counted.claim("ann", user_limit=1)
+    assert await counted.hand_over(second, "ann")
+    assert await counted.retire_handed(second.kernel_id)
+    assert isinstance(await counted.claim("ann", user_limit=1), Claim)
+
+
+async def test_without_a_limit_nothing_is_counted(counted):
+    await pooled(counted, "k1")
+    claim = await counted.claim("ann")
+    assert await counted.hand_over(claim, "ann")
+    assert await counted.client.exists(counted.keys.users) == 0
+
+
+async def test_cold_creates_count_until_their_kernel_is_forgotten(counted):
+    cold = counted.user_kernels
+    await cold.take_cold("ann", "t1", 2, 60)
+    await cold.confirm_cold("ann", "t1", "c1")
+    await cold.take_cold("ann", "t2", 2, 60)
+    with pytest.raises(UserLimitReached):
+        await cold.take_cold("ann", "t3", 2, 60)
+    # Warm and cold kernels count together.
+    await pooled(counted, "k1")
+    with pytest.raises(UserLimitReached):
+        await counted.claim("ann", user_limit=2)
+    await cold.release("ann", "t2")  # its create started nothing
+    await cold.forget_cold(["c1"])
+    assert await cold.cold_page(0, 10) == (0, [])
+    await cold.take_cold("ann", "t4", 2, 60)
+    assert isinstance(await counted.claim("ann", user_limit=2), Claim)
+
+
+async def test_a_cold_create_that_never_got_an_answer_holds_its_slot_for_its_lease_only(counted):
+    cold = counted.user_kernels
+    await cold.take_cold("ann", "t1", 1, 0.05)
+    with pytest.raises(UserLimitReached):
+        await cold.take_cold("ann", "t2", 1, 60)
+    await asyncio.sleep(0.1)
+    await cold.take_cold("ann", "t2", 1, 60)

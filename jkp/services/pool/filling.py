@@ -50,7 +50,8 @@ class Filler(PoolPart):
         self._stopping = False
         self._task: asyncio.Task | None = None
         self.start_failures = 0
-        self.last_start_error = ""
+        # The last start's error while starts fail, for /api/pool: EG's status and message.
+        self.start_error: dict[str, Any] | None = None
         self._next_start_at = 0.0
         # Set by the first pop after the pool was last topped up: no start before then.
         self._refill_at: float | None = None
@@ -203,11 +204,20 @@ class Filler(PoolPart):
             self.metrics.kernel_starts.labels("failed").inc()
             self.health.count_error(e)
             self.start_failures += 1
-            self.last_start_error = str(e)
             backoff = self._start_backoff()
             self._next_start_at = asyncio.get_running_loop().time() + backoff
-            # A failing init_code is logged once (see _run_init_code), not once per kernel.
-            log = self.log.debug if isinstance(e, InitCodeError) else self.log.error
+            # Logged once per error, not once per attempt (EG refusing every start, e.g. for
+            # its max_kernels_per_user, would fill the log); a failing init_code is logged
+            # once by _run_init_code.
+            changed = self.start_error is None or self.start_error["message"] != str(e)
+            self.start_error = {
+                "status": e.status if isinstance(e, GatewayError) else None,
+                "message": str(e),
+                "failures": self.start_failures,
+                "time": time.time(),
+            }
+            quiet = isinstance(e, InitCodeError) or not changed
+            log = self.log.debug if quiet else self.log.error
             log(
                 "Starting kernel %s failed (%d in a row; next try in %.0fs): %s",
                 kernel_id,
@@ -224,8 +234,10 @@ class Filler(PoolPart):
             return
         finally:
             self.wake()  # a start slot is free
+        if self.start_error is not None:
+            self.log.info("Kernel starts work again after %d failures", self.start_failures)
         self.start_failures = 0
-        self.last_start_error = ""
+        self.start_error = None
         self._next_start_at = 0.0
         self.metrics.kernel_starts.labels("ready").inc()
         self.metrics.start_duration.observe(asyncio.get_running_loop().time() - started)

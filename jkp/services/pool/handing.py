@@ -34,6 +34,7 @@ from jkp.services.store import (
     IdempotencyConflict,
     IdempotencyPending,
     Replay,
+    UserLimitReached,
 )
 from jkp.user import (
     USER_DIR_REFUSED,
@@ -67,6 +68,7 @@ class HandingOut(PoolPart):
         client_gone: asyncio.Event | None = None,
         env: dict[str, str] | None = None,
         timings: dict[str, float] | None = None,
+        user_limit: int = -1,
     ) -> dict[str, Any]:
         """Hand one idle kernel to ``user_id``, in ``<working_dir>/<user_id>``; its EG model.
 
@@ -80,8 +82,9 @@ class HandingOut(PoolPart):
         Raises PoolEmptyError when no kernel is ready in time, GatewayError when EG fails (the
         kernel taken goes back to the pool), RedisError when Redis does, UserDirectoryError when
         the user's directory is refused, SetUpError when the share fails, SetUpPausedError after
-        several such failures in a row, IdempotencyConflict, PopAbandonedError, and
-        ShuttingDownError once ``close()`` was called. InvalidUserId, before anything else,
+        several such failures in a row, IdempotencyConflict, PopAbandonedError,
+        UserLimitReached when ``user_id`` holds ``user_limit`` kernels already (-1: no limit),
+        and ShuttingDownError once ``close()`` was called. InvalidUserId, before anything else,
         when ``user_id`` is not one safe path segment (that is not a pop: it is not counted).
         """
         set_up = enter_user_dir_request(self.options.working_dir, user_id, env)
@@ -93,6 +96,7 @@ class HandingOut(PoolPart):
                 None if idempotency_key is None else Idempotency(idempotency_key, uuid.uuid4().hex)
             ),
             timings=timings,
+            user_limit=user_limit,
         )
 
     async def bind(
@@ -107,6 +111,7 @@ class HandingOut(PoolPart):
         timings: dict[str, float] | None = None,
         claimed: asyncio.Event | None = None,
         create_id: str = "",
+        user_limit: int = -1,
     ) -> dict[str, Any]:
         """A gateway create served warm: hand an idle kernel to ``user_name``, moved into
         ``working_dir`` (None: left where it is) with ``env`` set, and record ``binding``
@@ -128,6 +133,7 @@ class HandingOut(PoolPart):
             timings=timings,
             claimed=claimed,
             create_id=create_id,
+            user_limit=user_limit,
         )
 
     async def _serve(
@@ -142,6 +148,7 @@ class HandingOut(PoolPart):
         timings: dict[str, float] | None = None,
         claimed: asyncio.Event | None = None,
         create_id: str = "",
+        user_limit: int = -1,
     ) -> dict[str, Any]:
         """One hand-out under one deadline, counted in jkp_pops_total by its outcome."""
         loop = asyncio.get_running_loop()
@@ -162,6 +169,7 @@ class HandingOut(PoolPart):
                 timings=timings,
                 claimed=claimed,
                 create_id=create_id,
+                user_limit=user_limit,
             )
             model, outcome = await self._pop(handout)
             if handout.waited:
@@ -175,6 +183,9 @@ class HandingOut(PoolPart):
             raise
         except (IdempotencyConflict, AliasTaken):
             outcome = "conflict"  # the caller's request, not jkp, is at fault
+            raise
+        except UserLimitReached:
+            outcome = "refused"
             raise
         except (RedisError, GatewayError) as e:
             self.health.count_error(e)
@@ -283,6 +294,7 @@ class HandingOut(PoolPart):
                     self.options.spec_fingerprint,
                     handout.alias,
                     handout.create_id,
+                    handout.user_limit,
                 )
             except IdempotencyPending:
                 claim = None  # the pop holding the key answers soon, or gives it up

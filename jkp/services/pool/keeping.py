@@ -138,19 +138,27 @@ class Keeper(PoolPart):
             self.filler.refill()
 
     async def check_handed_out(self) -> None:
-        """Forget handed-out kernels EG no longer has (shut down by their user, or culled).
+        """Forget handed-out kernels EG no longer has (shut down by their user, or culled),
+        and the cold kernels counted against their users (max_kernels_per_user) EG no longer
+        has: their users' slots come free. Each pool's check looks at all cold kernels, which
+        belong to no pool: forgetting one twice does no harm.
 
-        Pages through the hash (HSCAN), so a large one costs Redis no spike.
+        Pages through the hashes (HSCAN), so a large one costs Redis no spike.
         """
-        cursor = 0
-        while True:
-            cursor, kernel_ids = await self.store.handed_page(cursor, _HANDED_PAGE)
-            gone = await self._gone_from_eg(kernel_ids)
-            await self.store.forget_handed(gone)
-            for kernel_id in gone:
-                self.log.info("Handed-out kernel %s is gone from EG; forgotten", kernel_id)
-            if cursor == 0:
-                return
+        cold = self.store.user_kernels
+        for page, forget, what in (
+            (self.store.handed_page, self.store.forget_handed, "Handed-out"),
+            (cold.cold_page, cold.forget_cold, "Cold"),
+        ):
+            cursor = 0
+            while True:
+                cursor, kernel_ids = await page(cursor, _HANDED_PAGE)
+                gone = await self._gone_from_eg(kernel_ids)
+                await forget(gone)
+                for kernel_id in gone:
+                    self.log.info("%s kernel %s is gone from EG; forgotten", what, kernel_id)
+                if cursor == 0:
+                    break
 
     async def _gone_from_eg(self, kernel_ids: list[str]) -> list[str]:
         """Those of ``kernel_ids`` that EG no longer has."""

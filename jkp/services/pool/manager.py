@@ -33,8 +33,6 @@ _STOP_RECANCEL_INTERVAL = 0.5
 _CLAIM_LEASE_MARGIN = 5.0
 # A replica counts as dead once its heartbeat is this many intervals old.
 _HEARTBEAT_TTL_INTERVALS = 3
-# Failed starts in a row after which an empty pool makes the replica not ready.
-_STARTS_FAILING = 2
 
 
 class PoolManager(LoggingConfigurable):
@@ -290,9 +288,12 @@ class PoolManager(LoggingConfigurable):
         client_gone: asyncio.Event | None = None,
         env: dict[str, str] | None = None,
         timings: dict[str, float] | None = None,
+        user_limit: int = -1,
     ) -> dict[str, Any]:
         """Hand one idle kernel to ``user_id``, in its directory; see HandingOut.pop."""
-        return await self.handing.pop(user_id, idempotency_key, client_gone, env, timings)
+        return await self.handing.pop(
+            user_id, idempotency_key, client_gone, env, timings, user_limit
+        )
 
     async def bind(self, **kwargs: Any) -> dict[str, Any]:
         """Serve a gateway create warm; see HandingOut.bind."""
@@ -341,22 +342,6 @@ class PoolManager(LoggingConfigurable):
 
     # -- state reporting ----------------------------------------------------------------------
 
-    async def unready_reason(self) -> str | None:
-        """Why this replica cannot hand kernels out now, beyond Redis or EG being down; None
-        when it can (or will, once a kernel being started is ready)."""
-        if not self.registered:
-            return "this replica's heartbeat in Redis ran out; it has not registered again yet"
-        why = self.handing.set_up_guard.why_paused
-        if why is not None:
-            return why
-        failures = self.filler.start_failures
-        if failures >= _STARTS_FAILING and (await self.store.counts())["idle"] == 0:
-            return (
-                f"the pool is empty and kernel starts keep failing ({failures} in a row); "
-                f"last: {self.filler.last_start_error}"
-            )
-        return None
-
     async def status(self) -> dict[str, Any]:
         """This pool as Redis holds it, and what this replica saw failing last."""
         counts = await self.store.counts()
@@ -369,4 +354,5 @@ class PoolManager(LoggingConfigurable):
             **counts,
             "errors": dict(self.health.failing),
             "last_errors": list(self.health.last_errors),
+            "start_error": self.filler.start_error,
         }

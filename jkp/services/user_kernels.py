@@ -1,0 +1,156 @@
+"""The kernels each user holds, counted in Redis against ``max_kernels_per_user`` for all replicas.
+
+Two hashes, shared by all pools (see docs/redis.md):
+
+- ``<JKP_REDIS_KEY>:users``  user -> JSON {kernel id or a cold create's token: expiry}; the
+  expiry (Redis time) is 0 while the kernel is the user's, a time for a cold create still
+  waiting for EG's answer (a replica that dies then holds the slot no longer than that)
+- ``<JKP_REDIS_KEY>:users:cold``  kernel id -> user, for the kernels EG started cold for a
+  create
+
+A pooled kernel's slot is taken in the script that claims it for its user (PoolStore.claim)
+and given back in the scripts that end the claim without a hand-over, take the kernel back, or
+forget it once it is deleted or gone from EG: the user is the one its claim or hand-out record
+names. The pool's own kernels (idle, starting, retiring) are never counted.
+
+A cold kernel's slot is taken before its create goes to EG (take_cold), becomes the kernel's
+once EG answered with its id (confirm_cold), and is given back when the create failed, when
+the kernel is deleted through jkp, and when the handed-out check finds it gone from EG (EG's
+culler, or a DELETE sent straight to EG): it never holds a slot forever.
+"""
+
+from __future__ import annotations
+
+import redis.asyncio as redis
+
+_NOW = "local t = redis.call('TIME'); local now = tonumber(t[1]) + tonumber(t[2]) / 1e6\n"
+
+# The slots of ``user`` in USERS that still count (needs ``now``), and how many.
+USER_SLOTS = """
+local function user_slots(users, user)
+  local raw = redis.call('HGET', users, user)
+  local held, count = {}, 0
+  if raw then
+    for id, expiry in pairs(cjson.decode(raw)) do
+      if expiry == 0 or expiry > now then held[id] = expiry; count = count + 1 end
+    end
+  end
+  return held, count
+end
+local function store_user_slots(users, user, held)
+  if next(held) == nil then redis.call('HDEL', users, user)
+  else redis.call('HSET', users, user, cjson.encode(held)) end
+end
+local function free_slot(users, user, id)
+  if not user then return end
+  local held = user_slots(users, user)
+  if held[id] == nil then return end
+  held[id] = nil
+  store_user_slots(users, user, held)
+end
+"""
+
+# Take a slot for user ARGV[1] under token ARGV[2] until ARGV[4] seconds from now, unless the
+# user holds ARGV[3] already: {1, count before} or {0, count}.
+_TAKE = (
+    _NOW
+    + USER_SLOTS
+    + """
+local held, count = user_slots(KEYS[1], ARGV[1])
+if count >= tonumber(ARGV[3]) then return {0, count} end
+held[ARGV[2]] = now + tonumber(ARGV[4])
+store_user_slots(KEYS[1], ARGV[1], held)
+return {1, count}
+"""
+)
+
+# User ARGV[1]'s slot under token ARGV[2] becomes kernel ARGV[3]'s, recorded as cold (KEYS[2]).
+_CONFIRM = (
+    _NOW
+    + USER_SLOTS
+    + """
+local held = user_slots(KEYS[1], ARGV[1])
+held[ARGV[2]] = nil
+held[ARGV[3]] = 0
+store_user_slots(KEYS[1], ARGV[1], held)
+redis.call('HSET', KEYS[2], ARGV[3], ARGV[1])
+return 1
+"""
+)
+
+# Give back user ARGV[1]'s slot under token ARGV[2].
+_RELEASE = _NOW + USER_SLOTS + "free_slot(KEYS[1], ARGV[1], ARGV[2])\nreturn 1\n"
+
+# Forget the cold kernels ARGV, giving their users' slots back.
+_FORGET_COLD = (
+    _NOW
+    + USER_SLOTS
+    + """
+for _, id in ipairs(ARGV) do
+  local user = redis.call('HGET', KEYS[2], id)
+  if user then
+    free_slot(KEYS[1], user, id)
+    redis.call('HDEL', KEYS[2], id)
+  end
+end
+return 1
+"""
+)
+
+
+class UserLimitReached(Exception):
+    """The user holds ``max_kernels_per_user`` kernels already; the text is EG's own."""
+
+    def __init__(self, limit: int, user: str, count: int):
+        # EG's RemoteMappingKernelManager._enforce_kernel_limits, word for word.
+        super().__init__(
+            f"A max kernels per user limit has been set to {limit} and user '{user}' "
+            f"currently has {count} active and pending {'kernel' if count == 1 else 'kernels'}."
+        )
+        self.limit = limit
+        self.user = user
+        self.count = count
+
+
+class UserKernelStore:
+    """Atomic operations on the users' kernel counts for cold creates; pooled kernels are
+    counted by the pool's own scripts (PoolStore)."""
+
+    def __init__(self, client: redis.Redis, users_key: str):
+        self.client = client
+        self.keys = [users_key, f"{users_key}:cold"]
+        self._take = client.register_script(_TAKE)
+        self._confirm = client.register_script(_CONFIRM)
+        self._release = client.register_script(_RELEASE)
+        self._forget_cold = client.register_script(_FORGET_COLD)
+
+    async def take_cold(self, user: str, token: str, limit: int, lease_seconds: float) -> None:
+        """Take a slot of ``user`` for a cold create (``token``) for up to ``lease_seconds``;
+        UserLimitReached when the user holds ``limit`` already."""
+        taken, count = await self._take(
+            keys=self.keys[:1], args=[user, token, limit, lease_seconds]
+        )
+        if not taken:
+            raise UserLimitReached(limit, user, int(count))
+
+    async def confirm_cold(self, user: str, token: str, kernel_id: str) -> None:
+        """The cold create ``token`` started kernel ``kernel_id``: the slot is the kernel's."""
+        await self._confirm(keys=self.keys, args=[user, token, kernel_id])
+
+    async def release(self, user: str, token: str) -> None:
+        """Give back the slot of a cold create that started no kernel."""
+        await self._release(keys=self.keys[:1], args=[user, token])
+
+    async def forget_cold(self, kernel_ids: list[str]) -> None:
+        """Forget cold kernels deleted or gone from EG, and give their slots back."""
+        if kernel_ids:
+            await self._forget_cold(keys=self.keys, args=kernel_ids)
+
+    async def cold_page(self, cursor: int, count: int) -> tuple[int, list[str]]:
+        """One page of the cold kernel ids (HSCAN): the next cursor (0: done) and ids."""
+        cursor, page = await self.client.hscan(self.keys[1], cursor, count=count)
+        return int(cursor), [_text(k) for k in page]
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
