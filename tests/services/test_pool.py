@@ -258,3 +258,38 @@ async def test_start_of_a_dead_replica_that_eg_never_got_frees_its_place(
     assert ghost not in idle
     assert sorted(gateway.list_kernel_ids()) == sorted(idle)
     assert await jkp.store.orphans() == ([], [])
+
+
+async def test_eg_restart_replaces_the_kernels_it_lost_within_15s(
+    redis_server, gateway, jkp_factory
+):
+    # Default intervals: the 120 s check must not be what notices a restarted EG.
+    jkp = await jkp_factory(redis_server, gateway, "--max-pending-kernels=2")
+    lost = await jkp.wait_for_idle(2)
+    gateway.restart()  # same port; its kernels died with it
+    loop = asyncio.get_running_loop()
+    restarted_at = loop.time()
+
+    async def pool_is_on_new_eg():
+        idle = await jkp.idle_ids()
+        on_eg = gateway.list_kernel_ids()
+        return len(idle) == 2 and not set(idle) & set(lost) and set(idle) <= set(on_eg)
+
+    await wait_until(pool_is_on_new_eg, 15, "the pool refilled on the restarted EG")
+    assert loop.time() - restarted_at < 15
+    status, model = await jkp.pop("zt")
+    assert status == 200
+    assert model["id"] in gateway.list_kernel_ids()
+
+
+async def test_eg_down_for_a_while_retires_no_idle_kernel(redis_server, gateway, jkp_factory):
+    jkp = await jkp_factory(
+        redis_server, gateway, "--max-pending-kernels=2", "--PoolManager.channel_sync_interval=0.5"
+    )
+    pooled = await jkp.wait_for_idle(2)
+    # Connection refused says nothing about a kernel (a Kubernetes pod outlives EG): the syncs
+    # that meet it keep the pool as it is.
+    gateway.stop()
+    await asyncio.sleep(3)  # six syncs against the stopped EG
+    assert sorted(await jkp.idle_ids()) == sorted(pooled)
+    assert await jkp.store.retiring_ids() == []
