@@ -342,3 +342,29 @@ async def test_a_create_whose_kernel_is_gone_from_eg_is_bound_to_the_next(
     assert jkp.logged(f"Kernel {oldest} is gone from EG; taking the next")
     status, got = await jkp.request("GET", f"/api/kernels/{kernel_id}")
     assert status == 200 and got["id"] == kernel_id
+
+
+async def test_a_working_dir_through_a_link_another_user_planted_binds_no_pooled_kernel(
+    stack, shared_dir
+):
+    jkp, gateway = stack
+    status, bob = await jkp.pop("bob")
+    assert status == 200
+    (shared_dir / "alice").mkdir()
+    code = "import os; os.symlink(os.getcwd(), '../alice/project')"
+    await run_in_kernel(gateway, bob["id"], code)
+    pooled = set(await jkp.wait_for_idle(2))
+    kernel_id = str(uuid.uuid4())
+    workdir = shared_dir / "alice" / "project" / "notebooks"
+
+    status, model = await create(
+        jkp, {**USER_ENV, "KERNEL_ID": kernel_id, "KERNEL_WORKING_DIR": str(workdir)}
+    )
+    # Not served warm (no pooled kernel entered bob's directory): EG started its own.
+    assert status == 201, model
+    assert model["id"] == kernel_id
+    assert set(await jkp.idle_ids()) == pooled
+    assert jkp.logged("Create not served warm (UserDirectoryError)")
+    cwd = await run_in_kernel(jkp, kernel_id, "import os; print(os.getcwd())")
+    assert not cwd.startswith(str(shared_dir / "bob"))
+    assert list((shared_dir / "bob").iterdir()) == []
