@@ -12,34 +12,54 @@ USER_ID_PATTERN = re.compile(r"[A-Za-z0-9_.@-]{1,128}")
 # or OSError of the share, not of the user).
 USER_DIR_REFUSED = "UserDirectoryRefused"
 
-# The set-up, as it runs in the kernel. The resolved target must lie inside the resolved
-# working dir (a direct child for a pop's user directory), so neither a crafted path nor a
-# symlink planted in the share can move the kernel elsewhere. Only a directory entered changes
-# the kernel, so a refused kernel (or one whose directory cannot be made or entered) can go back
-# to the pool; past that, a mark on ``sys`` tells a replica taking the pop over that it is not
-# pristine.
+# The set-up, as it runs in the kernel. The target is read as a path inside the working dir
+# (lexically: ``..`` may not climb out), and entered one directory at a time from there, each
+# made if missing and opened without following a link (O_NOFOLLOW), the kernel finally moved
+# to the last one by its descriptor: a link or file planted anywhere on the way (by another
+# user's kernel, into the share) is refused, and nothing can change between the check and the
+# move. The working dir itself is resolved once: the operator's share may be a link (a mount).
+# Only a directory entered changes the kernel, so a refused kernel (or one whose directory
+# cannot be made or entered) can go back to the pool; past that, a mark on ``sys`` tells a
+# replica taking the pop over that it is not pristine.
 _SET_UP_FUNCTION = """\
 def __jkp_set_up(base, target, child_only, env):
-    import os, sys
+    import errno, os, sys
     class UserDirectoryRefused(Exception):
         pass
     if target is not None:
-        base = os.path.realpath(base)
-        target = os.path.realpath(os.path.join(base, target))
-        if child_only:
-            inside = os.path.dirname(target) == base
-        else:
-            inside = os.path.commonpath([base, target]) == base
-        if not inside:
+        names = None
+        for root in (os.path.normpath(base), os.path.realpath(base)):
+            relative = os.path.relpath(os.path.join(root, target), root)
+            if relative == os.curdir:
+                names = []
+            elif relative != os.pardir and not relative.startswith(os.pardir + os.sep):
+                names = relative.split(os.sep)
+            if names is not None:
+                break
+        if names is None or (child_only and len(names) != 1):
             raise UserDirectoryRefused("directory %r is not inside %r" % (target, base))
+        fd = os.open(os.path.realpath(base), os.O_RDONLY | os.O_DIRECTORY)
         try:
-            os.makedirs(target, exist_ok=True)
-            os.chdir(target)
+            for name in names:
+                try:
+                    os.mkdir(name, dir_fd=fd)
+                except FileExistsError:
+                    pass
+                inner = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+                os.close(fd)
+                fd = inner
+            os.fchdir(fd)
         except OSError as e:
+            if e.errno in (errno.ELOOP, errno.ENOTDIR):
+                raise UserDirectoryRefused(
+                    "directory %r is not inside %r: a link or a file is in its way" % (target, base)
+                ) from None
             if child_only:
                 raise  # jkp's own user directory: the share failed
-            # A path the client chose (too long, through a file, not the client's to enter).
+            # A path the client chose (too long, not the client's to enter).
             raise UserDirectoryRefused("cannot enter directory %r: %s" % (target, e)) from None
+        finally:
+            os.close(fd)
     sys._jkp_set_up = True
     os.environ.update(env)
 """
@@ -62,7 +82,8 @@ finally:
 SET_UP_COMM_TARGET = "jkp.set_up"
 # Which answers the set-up comm gives, for the pool's spec fingerprint: kernels pooled by a jkp
 # with other answers are rolled over. 2: success is the comm_close, with {"status": "ok"}.
-SET_UP_PROTOCOL = 2
+# 3: the user's directory is entered without following links.
+SET_UP_PROTOCOL = 3
 
 # Run once in each new kernel before it is pooled. It installs the set-up behind the comm
 # target (in closures: nothing in the user's namespace), and pays a fresh kernel's one-time

@@ -198,3 +198,36 @@ def test_gateway_set_up_refuses_a_directory_it_cannot_make(tmp_path, name):
     (tmp_path / "a-file").write_text("")
     result = run_in_python(set_up_code(str(tmp_path), name), cwd=tmp_path)
     assert "UserDirectoryRefused" in result.stderr
+
+
+def test_set_up_refuses_a_user_dir_linked_to_another_users_dir(tmp_path):
+    # Bob's kernel ran os.symlink(os.getcwd(), '../alice'): the link stays inside the share.
+    (tmp_path / "bob").mkdir()
+    os.symlink(tmp_path / "bob", tmp_path / "alice")
+    result = run_in_python(enter_user_dir_code(str(tmp_path), "alice"), cwd="/")
+    assert "UserDirectoryRefused" in result.stderr
+    assert result.stdout == ""
+
+
+@pytest.mark.parametrize("link", ["alice", "alice/project"])
+def test_gateway_set_up_refuses_a_link_at_any_level_of_its_path(tmp_path, link):
+    (tmp_path / "bob").mkdir()
+    (tmp_path / link).parent.mkdir(exist_ok=True)
+    os.symlink(tmp_path / "bob", tmp_path / link)
+    target = str(tmp_path / "alice" / "project" / "notebooks")
+    result = run_in_python(set_up_code(str(tmp_path), target), cwd="/")
+    assert "UserDirectoryRefused" in result.stderr
+    assert list((tmp_path / "bob").iterdir()) == []
+
+
+def test_set_up_enters_the_user_dir_of_a_working_dir_that_is_a_link(tmp_path):
+    # The operator's share may itself be a link (a mount path): only links below it count.
+    (tmp_path / "mnt").mkdir()
+    os.symlink(tmp_path / "mnt", tmp_path / "share")
+    result = run_in_python(enter_user_dir_code(str(tmp_path / "share"), "zt"), cwd="/")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == str(tmp_path / "mnt" / "zt")
+    for target in (tmp_path / "share" / "a", tmp_path / "mnt" / "b"):
+        result = run_in_python(set_up_code(str(tmp_path / "share"), str(target)), cwd="/")
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.strip() == str(tmp_path / "mnt" / target.name)

@@ -66,9 +66,12 @@ class Forwarded:
 _FORWARDED_RESPONSE_HEADERS = ("Content-Type", "Location", "Cache-Control", "Last-Modified", "Etag")
 # Of a client's request, the headers EG gets (jkp's own Authorization stays with jkp).
 _FORWARDED_REQUEST_HEADERS = ("Content-Type", "Accept", "If-None-Match", "If-Modified-Since")
-# Kernel messages can be large (a 10 MB output, buffers): tornado's 10 MiB default would cut
-# a kernel's websocket; EG has no limit of its own.
-MAX_WEBSOCKET_MESSAGE_BYTES = 1 << 30
+# The largest websocket message jkp reads, either way; tornado refuses a bigger one with close
+# code 1009 from its frame header, before it buffers any of it. A client's: EG's own limit
+# (tornado's default, which EG keeps), so nothing EG would take is refused. A kernel's: the
+# same as Jupyter Server's gateway client, as a kernel's output is its user's to size, and one
+# message must not exhaust a replica that serves every user.
+MAX_WEBSOCKET_MESSAGE_BYTES = 10 * 1024 * 1024
 
 
 class KernelReplyError(GatewayError):

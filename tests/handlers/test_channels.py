@@ -273,3 +273,120 @@ async def test_jupyters_v1_websocket_protocol_is_bridged_as_eg_selects_it(bound)
     finally:
         straight.close()
         through.close()
+
+
+TEN_MIB = 10 * 1024 * 1024
+
+
+class RawWebSocket:
+    """A client websocket spoken byte by byte, so a test can send a frame's header alone."""
+
+    def __init__(self, reader, writer):
+        self.reader, self.writer = reader, writer
+
+    @classmethod
+    async def connect(cls, base_url, kernel_id):
+        host, port = base_url.split("://", 1)[1].split(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(
+            (
+                f"GET /api/kernels/{kernel_id}/channels HTTP/1.1\r\nHost: {host}:{port}\r\n"
+                "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+                "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+            ).encode()
+        )
+        head = await reader.readuntil(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 101"), head
+        return cls(reader, writer)
+
+    def frame_header(self, length, opcode=0x1, final=True):
+        """A masked frame's header claiming ``length`` bytes; the mask is zero, so the payload
+        goes as it is."""
+        first = (0x80 if final else 0) | opcode
+        return struct.pack("!BBQ", first, 0x80 | 127, length) + b"\0\0\0\0"
+
+    async def close_code(self, timeout=10):
+        """The code of the close frame the server sends, skipping the frames before it."""
+        async with asyncio.timeout(timeout):
+            while True:
+                first, second = await self.reader.readexactly(2)
+                length = second & 0x7F
+                if length == 126:
+                    (length,) = struct.unpack("!H", await self.reader.readexactly(2))
+                elif length == 127:
+                    (length,) = struct.unpack("!Q", await self.reader.readexactly(8))
+                payload = await self.reader.readexactly(length)
+                if first & 0x0F == 0x8:
+                    return struct.unpack("!H", payload[:2])[0]
+
+    def close(self):
+        self.writer.close()
+
+
+async def test_a_client_frame_over_10_mib_is_refused_with_1009_from_its_header(bound):
+    jkp, _, kernel_id = bound
+    for _ in range(3):  # as the replica's memory grew by 301 MB for three 200 MiB frames
+        raw = await RawWebSocket.connect(jkp.url, kernel_id)
+        try:
+            # The header alone: a bridge that buffered the frame would wait for its payload.
+            raw.writer.write(raw.frame_header(200 * 1024 * 1024))
+            assert await raw.close_code() == 1009
+        finally:
+            raw.close()
+    # The kernel is still there for the client's next connection.
+    client = await Client.connect(jkp.url, kernel_id)
+    try:
+        out, _ = await client.run("print('still here')")
+    finally:
+        client.conn.close()
+    assert out == "still here\n"
+
+
+async def test_a_fragmented_client_message_over_10_mib_is_refused_with_1009(bound):
+    jkp, _, kernel_id = bound
+    raw = await RawWebSocket.connect(jkp.url, kernel_id)
+    try:
+        first = 6 * 1024 * 1024
+        raw.writer.write(raw.frame_header(first, final=False) + b"x" * first)
+        raw.writer.write(raw.frame_header(TEN_MIB - first + 1, opcode=0x0))
+        assert await raw.close_code() == 1009
+    finally:
+        raw.close()
+
+
+async def test_a_client_frame_of_10_mib_reaches_the_kernel_and_one_byte_more_does_not(
+    bound, shared_dir
+):
+    jkp, _, kernel_id = bound
+    client = await Client.connect(jkp.url, kernel_id)
+    try:
+        msg = client.message("execute_request", {"code": "print('took it')", "silent": False})
+        msg["metadata"]["padding"] = ""
+        size = len(json.dumps(msg, default=json_default).encode())
+        msg["metadata"]["padding"] = "p" * (TEN_MIB - size)
+        frame = json.dumps(msg, default=json_default)
+        assert len(frame.encode()) == TEN_MIB
+        await client.conn.write_message(frame)
+        got = await client.replies(msg["header"]["msg_id"])
+    finally:
+        client.conn.close()
+    assert [m["content"]["text"] for m, _, _ in got if m["msg_type"] == "stream"] == ["took it\n"]
+    raw = await RawWebSocket.connect(jkp.url, kernel_id)
+    try:
+        raw.writer.write(raw.frame_header(TEN_MIB + 1))
+        assert await raw.close_code() == 1009
+    finally:
+        raw.close()
+
+
+async def test_a_kernel_message_over_10_mib_closes_the_clients_websocket(bound):
+    jkp, _, kernel_id = bound
+    client = await Client.connect(jkp.url, kernel_id)
+    try:
+        await client.execute(f"print('x' * {TEN_MIB + 1})")
+        async with asyncio.timeout(30):
+            while (frame := await client.conn.read_message()) is not None:
+                msg, _ = _decode(frame)
+                assert msg["msg_type"] != "stream", "the oversized output came through"
+    finally:
+        client.conn.close()

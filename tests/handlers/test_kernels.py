@@ -413,3 +413,29 @@ async def test_a_replica_without_a_pool_exposes_none_of_its_kernels(
 
 async def _idle_is(pool, count):
     return (await pool.store.counts())["idle"] == count
+
+
+async def test_a_working_dir_through_a_link_another_user_planted_binds_no_pooled_kernel(
+    stack, shared_dir
+):
+    jkp, gateway = stack
+    status, bob = await jkp.pop("bob")
+    assert status == 200
+    (shared_dir / "alice").mkdir()
+    code = "import os; os.symlink(os.getcwd(), '../alice/project')"
+    await run_in_kernel(gateway, bob["id"], code)
+    pooled = set(await jkp.wait_for_idle(2))
+    kernel_id = str(uuid.uuid4())
+    workdir = shared_dir / "alice" / "project" / "notebooks"
+
+    status, model = await create(
+        jkp, {**USER_ENV, "KERNEL_ID": kernel_id, "KERNEL_WORKING_DIR": str(workdir)}
+    )
+    # Not served warm (no pooled kernel entered bob's directory): EG started its own.
+    assert status == 201, model
+    assert model["id"] == kernel_id
+    assert set(await jkp.idle_ids()) == pooled
+    assert jkp.logged("Create not served warm (UserDirectoryError)")
+    cwd = await run_in_kernel(jkp, kernel_id, "import os; print(os.getcwd())")
+    assert not cwd.startswith(str(shared_dir / "bob"))
+    assert list((shared_dir / "bob").iterdir()) == []

@@ -222,3 +222,33 @@ async def _wait_for_eg_kernels(gateway, expected):
     await wait_until(
         lambda: sorted(gateway.list_kernel_ids()) == sorted(expected), 30, f"EG to run {expected}"
     )
+
+
+async def test_a_user_dir_another_users_kernel_linked_to_its_own_is_refused(
+    redis_server, gateway, jkp_factory, shared_dir
+):
+    jkp = await jkp_factory(redis_server, gateway, "--max-pending-kernels=2")
+    await jkp.wait_for_idle(2)
+    status, bob = await jkp.pop("bob")
+    assert status == 200
+    await run_in_kernel(gateway, bob["id"], "import os; os.symlink(os.getcwd(), '../alice')")
+    pooled = await jkp.wait_for_idle(2)
+
+    status, error = await jkp.pop("alice")
+
+    assert status == 403
+    assert error["reason"] == "User directory refused"
+    assert "not inside" in error["message"]
+    assert set(await jkp.store.handed_out()) == {bob["id"]}
+    # The kernel the pop took went back to the pool as it was: where EG started it, not in
+    # the share (bob's directory), and not marked as set up.
+    assert sorted(await jkp.idle_ids()) == sorted(pooled)
+    for kernel_id in pooled:
+        code = "import os, sys; print(os.getcwd(), hasattr(sys, '_jkp_set_up'))"
+        cwd, set_up = (await run_in_kernel(gateway, kernel_id, code)).split()
+        assert not cwd.startswith(str(shared_dir)) and set_up == "False"
+    # Others are still served, each in a directory of their own.
+    status, carol = await jkp.pop("carol")
+    assert status == 200
+    out = await run_in_kernel(gateway, carol["id"], "import os; print(os.getcwd())")
+    assert out.strip() == str(shared_dir / "carol")

@@ -318,3 +318,41 @@ async def test_late_kernel_of_a_dead_replica_is_pooled_when_the_pool_has_room_an
 
 async def _idle_has(jkp, kernel_id):
     return kernel_id in await jkp.idle_ids()
+
+
+async def test_eg_restart_replaces_the_kernels_it_lost_within_15s(
+    redis_server, gateway, jkp_factory
+):
+    # Default intervals: the 120 s check must not be what notices a restarted EG.
+    jkp = await jkp_factory(redis_server, gateway, "--max-pending-kernels=2")
+    lost = await jkp.wait_for_idle(2)
+    gateway.restart()  # same port; its kernels died with it
+    loop = asyncio.get_running_loop()
+    restarted_at = loop.time()
+
+    def on_eg(kernel_id):
+        # Not EG's list: it fails (500) while one of its kernels is starting.
+        return localstack.http_request("GET", f"{gateway.url}/api/kernels/{kernel_id}")[0] == 200
+
+    async def pool_is_on_new_eg():
+        idle = await jkp.idle_ids()
+        return len(idle) == 2 and not set(idle) & set(lost) and all(map(on_eg, idle))
+
+    await wait_until(pool_is_on_new_eg, 15, "the pool refilled on the restarted EG")
+    assert loop.time() - restarted_at < 15
+    status, model = await jkp.pop("zt")
+    assert status == 200
+    assert on_eg(model["id"])
+
+
+async def test_eg_down_for_a_while_retires_no_idle_kernel(redis_server, gateway, jkp_factory):
+    jkp = await jkp_factory(
+        redis_server, gateway, "--max-pending-kernels=2", "--PoolManager.channel_sync_interval=0.5"
+    )
+    pooled = await jkp.wait_for_idle(2)
+    # Connection refused says nothing about a kernel (a Kubernetes pod outlives EG): the syncs
+    # that meet it keep the pool as it is.
+    gateway.stop()
+    await asyncio.sleep(3)  # six syncs against the stopped EG
+    assert sorted(await jkp.idle_ids()) == sorted(pooled)
+    assert await jkp.store.retiring_ids() == []

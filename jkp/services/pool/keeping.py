@@ -214,10 +214,28 @@ class Keeper(PoolPart):
             try:
                 await self.gateway.kernel_info(kernel_id, self.options.kernel_request_timeout)
             except GatewayError as e:
-                # Not proof the kernel is dead: the next pop or activation will tell.
                 self.log.debug("No websocket to idle kernel %s: %s", kernel_id, e)
+                if e.status == 404:
+                    # EG does not know it (EG restarted): ask once more before dropping it.
+                    await self._drop_if_gone(kernel_id)
 
         await gather_bounded(open_channel, kernel_ids, CHECKS_AT_ONCE)
+
+    async def _drop_if_gone(self, kernel_id: str) -> None:
+        """Drop an idle kernel EG answers 404 for, and refill; anything else (EG unreachable,
+        the kernel handed out meanwhile) leaves the pool as it is."""
+        try:
+            if await self.gateway.get_kernel(kernel_id, self.options.kernel_request_timeout):
+                return
+            for model_json in await self.store.idle_models():
+                if json.loads(model_json)["id"] == kernel_id:
+                    if await self.store.retire_idle(kernel_id, model_json):
+                        self.log.info("Idle kernel %s is gone from EG; dropped", kernel_id)
+                        await self.store.forget_retired(kernel_id)
+                        self.filler.refill()
+                    return
+        except (GatewayError, RedisError) as e:
+            self.log.debug("Idle kernel %s not checked: %s", kernel_id, e)
 
     async def _activation_loop(self) -> None:
         while not self._stopping:
