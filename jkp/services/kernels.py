@@ -23,6 +23,7 @@ from traitlets.config import LoggingConfigurable
 from jkp.services.aliases import AliasStore
 from jkp.services.gateway import Forwarded, GatewayClient, GatewayError
 from jkp.services.handout import (
+    KernelFailedError,
     PoolEmptyError,
     ReplicaUnregisteredError,
     SetUpError,
@@ -223,8 +224,10 @@ class KernelService(LoggingConfigurable):
             return "its KERNEL_ID is not a UUID4 as EG writes them"
         target = env.get("KERNEL_WORKING_DIR") or request.get("path") or None
         if target is not None:
-            if not isinstance(target, str) or "\x00" in target:
-                return "its path is not a string"
+            # A path the set-up cannot carry (a lone surrogate: EG drops the websocket of a
+            # message it cannot encode) is EG's to answer, like any it would refuse.
+            if not _bindable("path", target):
+                return "its path is not a string a kernel's set-up can carry"
             share = posixpath.normpath(pool.working_dir)
             target = posixpath.normpath(posixpath.join(share, target))
             if posixpath.commonpath([target, share]) != share:
@@ -302,6 +305,7 @@ class KernelService(LoggingConfigurable):
             ShuttingDownError,
             UserDirectoryError,
             SetUpError,
+            KernelFailedError,
             GatewayError,
             RedisError,
         ) as e:

@@ -342,3 +342,16 @@ async def test_a_create_whose_kernel_is_gone_from_eg_is_bound_to_the_next(
     assert jkp.logged(f"Kernel {oldest} is gone from EG; taking the next")
     status, got = await jkp.request("GET", f"/api/kernels/{kernel_id}")
     assert status == 200 and got["id"] == kernel_id
+
+
+async def test_a_path_no_kernel_can_take_costs_no_pooled_kernel(stack):
+    jkp, gateway = stack
+    pooled = set(await jkp.idle_ids())
+    # A lone surrogate: valid JSON, but no kernel message can carry it.
+    body = r'{"name": "python_kubernetes", "path": "\ud800", "env": {"KERNEL_USERNAME": "alice"}}'
+    for _ in range(2):
+        status, answer = await jkp.request("POST", "/api/kernels", body)
+        assert status == 201, answer  # EG's own kernel, started cold
+        assert answer["id"] not in pooled
+    assert set(await jkp.idle_ids()) == pooled
+    assert set(gateway.list_kernel_ids()) >= pooled
