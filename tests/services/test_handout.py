@@ -214,6 +214,40 @@ async def test_pop_repeated_with_its_idempotency_key_gets_the_same_kernel(
     assert (await jkp.pop("zt"))[1]["id"] not in (first["id"], other["id"])
 
 
+async def test_an_idempotency_key_is_one_request_across_pools_and_bodies(
+    redis_server, gateway_factory, jkp_factory, monkeypatch
+):
+    gateway = gateway_factory(more_kernel_names=("python_pandas",))
+    pools = {"python_kubernetes": {"size": 1}, "python_pandas": {"size": 1}}
+    monkeypatch.setenv("JKP_POOLS", json.dumps(pools))
+    jkp = await jkp_factory(redis_server, gateway)
+    for pool in jkp.app.pool_registry.pools.values():
+        await wait_until(lambda p=pool: _idle_is(p, 1), 60, "both pools filled")
+
+    async def pop(key, **body):
+        return await jkp.request(
+            "POST", "/api/kernels/pop/", json.dumps(body), headers={"Idempotency-Key": key}
+        )
+
+    status, first = await pop("req-1", userId="zt")
+    assert status == 200
+    assert await pop("req-1", userId="zt", kernelName="python_kubernetes") == (200, first)
+    for other in (
+        {"userId": "zt", "kernelName": "python_pandas"},
+        {"userId": "zt", "env": {"KERNEL_FOO": "bar"}},
+        {"userId": "someone-else"},
+    ):
+        status, error = await pop("req-1", **other)
+        assert status == 409 and error["reason"] == "Idempotency-Key conflict", other
+    # Nothing was handed out for them: the pandas pool still has its kernel.
+    assert list(await jkp.store.handed_out()) == [first["id"]]
+    assert await _idle_is(jkp.app.pool_registry.pools["python_pandas"], 1)
+
+
+async def _idle_is(pool, count):
+    return (await pool.store.counts())["idle"] == count
+
+
 @pytest.mark.parametrize("key", ["", "k" * 129, "tab\there", "é"])
 async def test_bad_idempotency_key_is_a_400_and_takes_no_kernel(
     redis_server, gateway, jkp_factory, key

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -90,14 +92,14 @@ class HandingOut(PoolPart):
         segment (that is not a pop: it is not counted).
         """
         set_up = enter_user_dir_request(self.options.working_dir, user_id, env)
+        idempotency = None
+        if idempotency_key is not None:
+            # A key is one request: the same key with another body is a conflict, not a replay.
+            asked = {"userId": user_id, "kernelName": self.options.kernel_name, "env": env or {}}
+            fingerprint = hashlib.sha256(json.dumps(asked, sort_keys=True).encode()).hexdigest()
+            idempotency = Idempotency(idempotency_key, uuid.uuid4().hex, fingerprint)
         return await self._serve(
-            user_id,
-            set_up,
-            client_gone,
-            idempotency=(
-                None if idempotency_key is None else Idempotency(idempotency_key, uuid.uuid4().hex)
-            ),
-            timings=timings,
+            user_id, set_up, client_gone, idempotency=idempotency, timings=timings
         )
 
     async def bind(
