@@ -234,8 +234,9 @@ end
 """
 
 # Replica ARGV[3]'s claim becomes a hand-out; an idempotency record (KEYS[4], when ARGV[4] is a
-# model) keeps the model, with the request's fingerprint (ARGV[8]); a gateway create's binding (ARGV[7]) is kept under the id its client
-# knows the kernel by (ARGV[6]) in the aliases hash (KEYS[3]), in the same step.
+# model) keeps the model, with the request's fingerprint (ARGV[8]); a gateway create's binding
+# (ARGV[7]) is kept under the id its client knows the kernel by (ARGV[6]) in the aliases hash
+# (KEYS[3]), in the same step.
 _HAND_OVER = (
     _NOW
     + _CLAIM_HOLDER
