@@ -91,7 +91,8 @@ class KernelService(LoggingConfigurable):
         [],
         env="JKP_CLIENT_ENVS",
         help="Env variables besides KERNEL_* that a create may set in the kernel, as EG's "
-        "client_envs (EG_CLIENT_ENVS); comma-separated in the environment",
+        "client_envs (EG_CLIENT_ENVS): '*' alone lets every variable through; comma-separated "
+        "in the environment",
     ).tag(config=True)
 
     start_only_env = EnvList(
@@ -232,8 +233,13 @@ class KernelService(LoggingConfigurable):
             target = posixpath.normpath(posixpath.join(share, target))
             if posixpath.commonpath([target, share]) != share:
                 return f"its working directory {target!r} is not in {share!r}"
-        passed = {n: v for n, v in env.items() if n.startswith("KERNEL_") or n in self.client_envs}
+        passed = {n: v for n, v in env.items() if self._passed(n)}
         return WarmCreate(pool, alias, user, target, passed)
+
+    def _passed(self, name: str) -> bool:
+        """Whether a client's env variable reaches the kernel, as EG decides it: KERNEL_*,
+        those in client_envs, and all when client_envs is exactly ``["*"]``."""
+        return name.startswith("KERNEL_") or self.client_envs == ["*"] or name in self.client_envs
 
     async def _authorize(self, user: str, kernel_name: str) -> None:
         """EG's authorization of a create's user, with EG's reason text."""
@@ -438,7 +444,7 @@ class KernelService(LoggingConfigurable):
         if not isinstance(env, dict) or not all(_bindable(n, v) for n, v in env.items()):
             raise ValueError("env must be an object of strings an environment can hold")
         for name in env:
-            if not (name.startswith("KERNEL_") or name in self.client_envs):
+            if not self._passed(name):
                 raise ValueError(f"env {name!r} is neither KERNEL_* nor in client_envs")
         variable = self._changed_start_only(pool, env)
         if variable is not None:

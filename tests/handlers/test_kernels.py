@@ -355,3 +355,23 @@ async def test_a_path_no_kernel_can_take_costs_no_pooled_kernel(stack):
         assert answer["id"] not in pooled
     assert set(await jkp.idle_ids()) == pooled
     assert set(gateway.list_kernel_ids()) >= pooled
+
+
+async def test_client_envs_star_lets_any_variable_reach_a_warm_kernel(
+    redis_server, gateway, jkp_factory, monkeypatch
+):
+    # EG's client_envs of exactly ["*"] passes every variable of a create's env.
+    monkeypatch.setenv("JKP_CLIENT_ENVS", "*")
+    jkp = await jkp_factory(redis_server, gateway, "--PoolManager.max_pending_kernels=2")
+    pooled = await jkp.wait_for_idle(2)
+
+    status, model = await create(jkp, {**USER_ENV, "FOO": "from the create"})
+    assert status == 201, model
+    assert model["id"] in pooled  # served warm
+    body = {"userId": "zt", "env": {"BAR": "from the pop"}}
+    status, popped = await jkp.request("POST", "/api/kernels/pop/", json.dumps(body))
+    assert status == 200, popped
+
+    code = "import os; print(os.environ.get('FOO'), os.environ.get('BAR'))"
+    assert (await run_in_kernel(jkp, model["id"], code)).strip() == "from the create None"
+    assert (await run_in_kernel(gateway, popped["id"], code)).strip() == "None from the pop"
