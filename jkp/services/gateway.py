@@ -497,10 +497,11 @@ class KernelChannel:
         self._waiters[msg_id] = waiter
         try:
             async with asyncio.timeout(timeout):
-                frame = json.dumps(msg, default=json_default)
+                # Raises at once when the websocket is closed: then nothing was sent.
+                written = self._conn.write_message(json.dumps(msg, default=json_default))
                 if sent is not None:
-                    sent.set()  # once written, the frame may reach EG even if this times out
-                await self._conn.write_message(frame)
+                    sent.set()  # the frame may reach EG now, even if this request times out
+                await written
                 return await waiter.done
         except TimeoutError as e:
             what = msg["header"]["msg_type"]
