@@ -210,7 +210,7 @@ async def test_replicas_crash_and_redis_restart_lose_nothing(
         await wait_until(lambda: _count(client.llen(KEY), target), 60, "the pool to fill")
         # Exact size: three replicas with target 4 started 4 kernels, not 12.
         assert len(gateway.list_kernel_ids()) == target
-        # A kernel that hangs, at the pop end: whichever pop takes it shuts it down and goes on.
+        # A kernel that hangs, at the pop end: whichever pop takes it shuts it down and fails.
         hung = json.loads(await client.lindex(KEY, -1))["id"]
         hung_pid = kernel_pid(hung)
         os.kill(hung_pid, signal.SIGSTOP)

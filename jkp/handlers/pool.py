@@ -10,6 +10,7 @@ from redis.exceptions import RedisError
 from jkp.handlers.base import APIHandler, api_error
 from jkp.services.gateway import GatewayError
 from jkp.services.handout import (
+    KernelFailedError,
     PoolEmptyError,
     PopAbandonedError,
     ReplicaUnregisteredError,
@@ -85,6 +86,13 @@ class PopHandler(APIHandler):
                 403,
                 f"The user's directory was refused by the confinement check: {e}",
                 "User directory refused",
+            ) from e
+        except KernelFailedError as e:
+            raise api_error(
+                503,
+                f"The kernel taken failed its set-up and was shut down (a retry takes "
+                f"another): {e}",
+                "Kernel failed",
             ) from e
         except SetUpError as e:
             raise api_error(

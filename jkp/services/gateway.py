@@ -375,16 +375,19 @@ class GatewayClient(LoggingConfigurable):
         timeout: float,
         keep_open: bool = False,
         answered: asyncio.Future[ShellReply] | None = None,
+        sent: asyncio.Event | None = None,
     ) -> ShellReply:
         """Send ``data`` on comm ``comm_id``; the data of the kernel's answer on that comm,
         once the kernel is idle again. KernelReplyError when its ``status`` is not ``ok``.
 
         ``answered``, when given, gets the answer as soon as it comes, before the kernel's
         idle status (ipykernel flushes its output streams in between, 1-2 ms): work that
-        needs only the answer can start then. It stays pending when no answer comes."""
+        needs only the answer can start then. It stays pending when no answer comes.
+        ``sent``, when given, is set once the message is written to EG: from then on the
+        kernel may act on it, whatever happens to the request."""
         content = {"comm_id": comm_id, "data": data}
         reply = await self._shell_request(
-            kernel_id, "comm_msg", content, timeout, keep_open, "comm", answered
+            kernel_id, "comm_msg", content, timeout, keep_open, "comm", answered, sent
         )
         if reply.content.get("status") != "ok":
             ename, evalue = reply.content.get("ename", "error"), reply.content.get("evalue")
@@ -432,11 +435,13 @@ class GatewayClient(LoggingConfigurable):
         keep_open: bool,
         reply: str | None = "shell",
         answered: asyncio.Future[ShellReply] | None = None,
+        sent: asyncio.Event | None = None,
     ) -> ShellReply:
         """Send one shell request on the kernel's websocket; its reply once the kernel is idle.
 
         ``reply`` says what answers it: the shell reply, a ``comm_msg`` or ``comm_close`` from
-        the kernel (``"comm"``), or nothing (None: done at idle). ``answered``: see comm_request."""
+        the kernel (``"comm"``), or nothing (None: done at idle). ``answered`` and ``sent``:
+        see comm_request."""
         msg = self._session.msg(msg_type, content)
         msg["channel"] = "shell"
         loop = asyncio.get_running_loop()
@@ -445,7 +450,9 @@ class GatewayClient(LoggingConfigurable):
         try:
             if channel is None or channel.closed:
                 channel = await self._connect(kernel_id, timeout)
-            answer = await channel.request(msg, max(deadline - loop.time(), 0.001), reply, answered)
+            answer = await channel.request(
+                msg, max(deadline - loop.time(), 0.001), reply, answered, sent
+            )
         except BaseException:
             if channel is not None:
                 channel.close()  # in an unknown state: never reuse it
@@ -484,15 +491,20 @@ class KernelChannel:
         timeout: float,
         reply: str | None = "shell",
         answered: asyncio.Future[ShellReply] | None = None,
+        sent: asyncio.Event | None = None,
     ) -> ShellReply:
         """Send ``msg``; its reply (see GatewayClient._shell_request) once the kernel is idle
-        again after it."""
+        again after it. ``sent`` is set as the message is written."""
         waiter = _ReplyWaiter(reply, answered)
         msg_id = msg["header"]["msg_id"]
         self._waiters[msg_id] = waiter
         try:
             async with asyncio.timeout(timeout):
-                await self._conn.write_message(json.dumps(msg, default=json_default))
+                # Raises at once when the websocket is closed: then nothing was sent.
+                written = self._conn.write_message(json.dumps(msg, default=json_default))
+                if sent is not None:
+                    sent.set()  # the frame may reach EG now, even if this request times out
+                await written
                 return await waiter.done
         except TimeoutError as e:
             what = msg["header"]["msg_type"]

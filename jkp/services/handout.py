@@ -40,6 +40,12 @@ class SetUpError(Exception):
     full); the kernel was shut down."""
 
 
+class KernelFailedError(Exception):
+    """The kernel taken for a request failed its set-up (no answer in time, or its websocket
+    dropped) while EG still has it: it was shut down, and the request takes no other kernel,
+    so that nothing a request carries can cost the pool more than one kernel."""
+
+
 class SetUpPausedError(Exception):
     """Hand-outs are paused after set-ups kept failing."""
 

@@ -23,6 +23,7 @@ from traitlets.config import LoggingConfigurable
 from jkp.services.aliases import AliasStore, UnhandedKernel
 from jkp.services.gateway import Forwarded, GatewayClient, GatewayError
 from jkp.services.handout import (
+    KernelFailedError,
     PoolEmptyError,
     ReplicaUnregisteredError,
     SetUpError,
@@ -95,7 +96,8 @@ class KernelService(LoggingConfigurable):
         [],
         env="JKP_CLIENT_ENVS",
         help="Env variables besides KERNEL_* that a create may set in the kernel, as EG's "
-        "client_envs (EG_CLIENT_ENVS); comma-separated in the environment",
+        "client_envs (EG_CLIENT_ENVS): '*' alone lets every variable through; comma-separated "
+        "in the environment",
     ).tag(config=True)
 
     start_only_env = EnvList(
@@ -238,14 +240,21 @@ class KernelService(LoggingConfigurable):
             return "its KERNEL_ID is not a UUID4 as EG writes them"
         target = env.get("KERNEL_WORKING_DIR") or request.get("path") or None
         if target is not None:
-            if not isinstance(target, str) or "\x00" in target:
-                return "its path is not a string"
+            # A path the set-up cannot carry (a lone surrogate: EG drops the websocket of a
+            # message it cannot encode) is EG's to answer, like any it would refuse.
+            if not _bindable("path", target):
+                return "its path is not a string a kernel's set-up can carry"
             share = posixpath.normpath(pool.working_dir)
             target = posixpath.normpath(posixpath.join(share, target))
             if posixpath.commonpath([target, share]) != share:
                 return f"its working directory {target!r} is not in {share!r}"
-        passed = {n: v for n, v in env.items() if n.startswith("KERNEL_") or n in self.client_envs}
+        passed = {n: v for n, v in env.items() if self._passed(n)}
         return WarmCreate(pool, alias, user, target, passed)
+
+    def _passed(self, name: str) -> bool:
+        """Whether a client's env variable reaches the kernel, as EG decides it: KERNEL_*,
+        those in client_envs, and all when client_envs is exactly ``["*"]``."""
+        return name.startswith("KERNEL_") or self.client_envs == ["*"] or name in self.client_envs
 
     async def _authorize(self, user: str, kernel_name: str) -> None:
         """EG's authorization of a create's user, with EG's reason text."""
@@ -320,6 +329,7 @@ class KernelService(LoggingConfigurable):
             ShuttingDownError,
             UserDirectoryError,
             SetUpError,
+            KernelFailedError,
             GatewayError,
             RedisError,
         ) as e:
@@ -537,7 +547,7 @@ class KernelService(LoggingConfigurable):
         if not isinstance(env, dict) or not all(_bindable(n, v) for n, v in env.items()):
             raise ValueError("env must be an object of strings an environment can hold")
         for name in env:
-            if not (name.startswith("KERNEL_") or name in self.client_envs):
+            if not self._passed(name):
                 raise ValueError(f"env {name!r} is neither KERNEL_* nor in client_envs")
         variable = self._changed_start_only(pool, env)
         if variable is not None:

@@ -10,7 +10,8 @@ state lives under keys derived from it (see docs/redis.md):
 - ``<key>:claimed``   hash, kernel id -> {model, user_id, claimed_at}: kernels being handed out
 - ``<key>:handed``    hash, kernel id -> {user_id, handed_at}: kernels handed out that EG still has
 - ``<key>:retiring``  hash, kernel id -> time: kernels taken out of the pool, to shut down on EG
-- ``<key>:idempotency:<k>``  string with expiry: the pop that used idempotency key ``k``
+- ``<JKP_REDIS_KEY>:idempotency:<k>``  string with expiry, shared by all pools: the pop that
+  used idempotency key ``k``
 - ``<JKP_REDIS_KEY>:aliases``  hash, shared by all pools: the gateway's kernel aliases
   (jkp.services.aliases)
 - ``<JKP_REDIS_KEY>:pools``  hash, shared by all replicas: each pool's idle key -> the keys of
@@ -232,14 +233,15 @@ return claim['model']
 """
 )
 
-# A pop's claim. With an idempotency key (KEYS[4]) it first looks at the key's record: another
-# user's key is a conflict, a finished pop's model is answered again, another pop still in flight
-# with it is "pending"; else the claim records this pop (ARGV[4]) as the key's owner, until the
-# claim lease (ARGV[5], ms) runs out or the pop ends. The claim names its replica (ARGV[2]).
+# A pop's claim. With an idempotency key (KEYS[4]) it first looks at the key's record: the key
+# used for another request (its fingerprint, ARGV[9]) is a conflict, a finished pop's model is
+# answered again, another pop still in flight with it is "pending"; else the claim records this
+# pop (ARGV[4]) as the key's owner, until the claim lease (ARGV[5], ms) runs out or the pop ends.
+# The claim names its replica (ARGV[2]).
 # A gateway create's claim names its client's kernel id (ARGV[6]): "taken" when that is bound
 # or reserved by another create in the aliases hash (KEYS[3]), else reserved with the claim for
 # create ARGV[7], ARGV[8] seconds (the hand-over writes the binding over it).
-# With max_kernels_per_user (ARGV[9], -1: none) the user's slots (KEYS[5]) are counted: "limit"
+# With max_kernels_per_user (ARGV[10], -1: none) the user's slots (KEYS[5]) are counted: "limit"
 # and their count when the user holds that many, else the claimed kernel takes one.
 _CLAIM = (
     _NOW
@@ -255,12 +257,12 @@ if idem then
   local record = redis.call('GET', idem)
   if record then
     record = cjson.decode(record)
-    if record['user_id'] ~= ARGV[1] then return {'conflict', ''} end
+    if record['request'] ~= ARGV[9] then return {'conflict', ''} end
     if record['model'] then return {'replay', record['model']} end
     if record['owner'] ~= ARGV[4] then return {'pending', ''} end
   end
 end
-local limit = tonumber(ARGV[9])
+local limit = tonumber(ARGV[10])
 local slots = nil
 if limit >= 0 then
   local count
@@ -288,8 +290,8 @@ if ARGV[2] ~= '' then replica = ARGV[2] end
 local claim = {model = model, user_id = ARGV[1], claimed_at = now, replica = replica}
 redis.call('HSET', KEYS[2], id, cjson.encode(claim))
 if idem then
-  redis.call('SET', idem, cjson.encode({user_id = ARGV[1], owner = ARGV[4], kernel_id = id}),
-             'PX', ARGV[5])
+  local record = {user_id = ARGV[1], owner = ARGV[4], kernel_id = id, request = ARGV[9]}
+  redis.call('SET', idem, cjson.encode(record), 'PX', ARGV[5])
 end
 if alias ~= '' then reserve_alias(KEYS[3], alias, ARGV[7], ARGV[8]) end
 return {'claimed', model}
@@ -307,8 +309,9 @@ end
 """
 
 # Replica ARGV[3]'s claim becomes a hand-out; an idempotency record (KEYS[4], when ARGV[4] is a
-# model) keeps the model; a gateway create's binding (ARGV[7]) is kept under the id its client
-# knows the kernel by (ARGV[6]) in the aliases hash (KEYS[3]), in the same step.
+# model) keeps the model, with the request's fingerprint (ARGV[8]); a gateway create's binding
+# (ARGV[7]) is kept under the id its client knows the kernel by (ARGV[6]) in the aliases hash
+# (KEYS[3]), in the same step.
 _HAND_OVER = (
     _NOW
     + _CLAIM_HOLDER
@@ -322,7 +325,7 @@ if ARGV[6] ~= '' then
 end
 redis.call('HSET', KEYS[2], ARGV[1], cjson.encode(handed))
 if ARGV[4] ~= '' then
-  local record = {user_id = ARGV[2], kernel_id = ARGV[1], model = ARGV[4]}
+  local record = {user_id = ARGV[2], kernel_id = ARGV[1], model = ARGV[4], request = ARGV[8]}
   redis.call('SET', KEYS[4], cjson.encode(record), 'PX', ARGV[5])
 end
 return 1
@@ -468,12 +471,15 @@ def _derived_key(suffix: str, what: str) -> property:
 @dataclass(frozen=True)
 class PoolKeys:
     """The Redis keys of one pool, all derived from its idle-list key (see docs/redis.md), and
-    the aliases hash and pools registry all pools share."""
+    those all pools share: the aliases hash, the pools registry, the users' kernels, and the
+    idempotency records under ``shared`` (JKP_REDIS_KEY), as a key names one request whatever
+    its pool."""
 
     idle: str
     aliases: str = ""
     pools: str = ""
     users: str = ""  # user -> the kernels it holds (jkp.services.user_kernels), for all pools
+    shared: str = ""
 
     starting = _derived_key("starting", "kernel id -> start lease expiry")
     late = _derived_key("late", "kernel id -> until when a start given up on may appear on EG")
@@ -488,7 +494,7 @@ class PoolKeys:
     upkeep = _derived_key("upkeep", "whose turn it is for the checks one replica does for all")
 
     def idempotency(self, key: str) -> str:
-        return f"{self.idle}:idempotency:{key}"
+        return f"{self.shared or self.idle}:idempotency:{key}"
 
     def unhanded(self) -> str:
         """The keys of the pool's kernels no client may reach, as registered in ``pools``."""
@@ -498,10 +504,12 @@ class PoolKeys:
 
 @dataclass(frozen=True)
 class Idempotency:
-    """A pop's idempotency key, and the pop (``owner``) that holds it while it runs."""
+    """A pop's idempotency key, the pop (``owner``) that holds it while it runs, and the
+    fingerprint of what it asked (``request``): the key with another request is a conflict."""
 
     key: str
     owner: str
+    request: str = ""
 
 
 @dataclass(frozen=True)
@@ -531,7 +539,7 @@ class Replay:
 
 
 class IdempotencyConflict(Exception):
-    """The idempotency key was used by a pop for another user."""
+    """The idempotency key was used for another request (user, pool or env)."""
 
 
 class IdempotencyPending(Exception):
@@ -716,8 +724,8 @@ class PoolStore:
     ) -> Claim | Replay | None:
         """Take the oldest idle kernel for ``user_id``; None when the pool is empty.
 
-        With ``idempotency``, a key an earlier pop of this user finished with gives a Replay of
-        its model instead; IdempotencyConflict when another user's pop used the key, and
+        With ``idempotency``, a key an earlier pop of the same request finished with gives a
+        Replay of its model instead; IdempotencyConflict when another request used the key, and
         IdempotencyPending while another pop with it runs (at most ``lease_seconds``).
 
         With ``alias``, a gateway create's client-side kernel id: AliasTaken when it is bound
@@ -730,27 +738,21 @@ class PoolStore:
         """
         k = self.keys
         keys = [k.idle, k.claimed, k.aliases, "", k.users]
-        args: list[Any] = [
-            user_id,
-            replica,
-            spec,
-            "",
-            0,
-            alias,
-            create_id,
-            lease_seconds,
-            user_limit,
-        ]
+        args: list[Any] = [user_id, replica, spec, "", 0, alias, create_id, lease_seconds, ""]
+        args.append(user_limit)
         if idempotency is not None:
             keys[3] = k.idempotency(idempotency.key)
             args[3:5] = [idempotency.owner, int(lease_seconds * 1000)]
+            args[8] = idempotency.request
         outcome, model_json = [_text(v) for v in await self._claim(keys=keys, args=args)]
         if outcome == "claimed":
             return Claim(json.loads(model_json)["id"], model_json, idempotency, replica)
         if outcome == "replay":
             return Replay(model_json)
         if outcome == "conflict":
-            raise IdempotencyConflict("the Idempotency-Key was used for another userId")
+            raise IdempotencyConflict(
+                "the Idempotency-Key was used for another request (userId, kernelName or env)"
+            )
         if outcome == "pending":
             raise IdempotencyPending("a pop with this Idempotency-Key is still running")
         if outcome == "taken":
@@ -776,10 +778,11 @@ class PoolStore:
         k = self.keys
         idempotency_key = k.idempotency(claim.idempotency.key if claim.idempotency else "-")
         keys = [k.claimed, k.handed, k.aliases, idempotency_key]
-        args: list[Any] = [claim.kernel_id, user_id, claim.replica, "", 0, alias, ""]
+        args: list[Any] = [claim.kernel_id, user_id, claim.replica, "", 0, alias, "", ""]
         if claim.idempotency is not None:
             args[3] = json.dumps(model or claim.model)
             args[4] = max(int(ttl_seconds * 1000), 1)
+            args[7] = claim.idempotency.request
         if alias:
             args[6] = json.dumps(binding or {})
         return bool(await self._hand_over(keys=keys, args=args))
@@ -941,7 +944,9 @@ class RedisStore(LoggingConfigurable):
 
     def pool(self, key: str | None = None) -> PoolStore:
         """The store of the pool whose idle list is at ``key`` (default: the ``key`` trait)."""
-        keys = PoolKeys(key or self.key, self.aliases_key, self.pools_key, self.users_key)
+        keys = PoolKeys(
+            key or self.key, self.aliases_key, self.pools_key, self.users_key, shared=self.key
+        )
         return PoolStore(self.client, keys)
 
     @property

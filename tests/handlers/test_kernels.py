@@ -439,3 +439,36 @@ async def test_a_working_dir_through_a_link_another_user_planted_binds_no_pooled
     cwd = await run_in_kernel(jkp, kernel_id, "import os; print(os.getcwd())")
     assert not cwd.startswith(str(shared_dir / "bob"))
     assert list((shared_dir / "bob").iterdir()) == []
+
+
+async def test_a_path_no_kernel_can_take_costs_no_pooled_kernel(stack):
+    jkp, gateway = stack
+    pooled = set(await jkp.idle_ids())
+    # A lone surrogate: valid JSON, but no kernel message can carry it.
+    body = r'{"name": "python_kubernetes", "path": "\ud800", "env": {"KERNEL_USERNAME": "alice"}}'
+    for _ in range(2):
+        status, answer = await jkp.request("POST", "/api/kernels", body)
+        assert status == 201, answer  # EG's own kernel, started cold
+        assert answer["id"] not in pooled
+    assert set(await jkp.idle_ids()) == pooled
+    assert set(gateway.list_kernel_ids()) >= pooled
+
+
+async def test_client_envs_star_lets_any_variable_reach_a_warm_kernel(
+    redis_server, gateway, jkp_factory, monkeypatch
+):
+    # EG's client_envs of exactly ["*"] passes every variable of a create's env.
+    monkeypatch.setenv("JKP_CLIENT_ENVS", "*")
+    jkp = await jkp_factory(redis_server, gateway, "--PoolManager.max_pending_kernels=2")
+    pooled = await jkp.wait_for_idle(2)
+
+    status, model = await create(jkp, {**USER_ENV, "FOO": "from the create"})
+    assert status == 201, model
+    assert model["id"] in pooled  # served warm
+    body = {"userId": "zt", "env": {"BAR": "from the pop"}}
+    status, popped = await jkp.request("POST", "/api/kernels/pop/", json.dumps(body))
+    assert status == 200, popped
+
+    code = "import os; print(os.environ.get('FOO'), os.environ.get('BAR'))"
+    assert (await run_in_kernel(jkp, model["id"], code)).strip() == "from the create None"
+    assert (await run_in_kernel(gateway, popped["id"], code)).strip() == "None from the pop"

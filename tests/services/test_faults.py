@@ -1,6 +1,7 @@
 """Faults of Redis and EG, against the real servers: clear errors, no hang, nothing lost."""
 
 import asyncio
+import json
 import os
 import signal
 import time
@@ -60,20 +61,25 @@ async def test_redis_outage_is_logged_once_per_change(redis_server, gateway, jkp
     assert len(jkp.logged("redis is back")) == 1
 
 
-async def test_eg_down_pop_fails_fast_and_keeps_the_kernel(redis_server, gateway, jkp_factory):
+async def test_eg_hung_pop_fails_fast_and_puts_no_set_up_kernel_back(
+    redis_server, gateway, jkp_factory
+):
     jkp = await jkp_factory(redis_server, gateway, "--max-pending-kernels=2")
     pooled = await jkp.wait_for_idle(2)
+    taken = json.loads((await jkp.store.idle_models())[-1])["id"]  # the next pop's
     os.kill(gateway.pid, signal.SIGSTOP)  # hung, not gone: its kernels live on, like pods
     try:
         status, body, took = await timed_pop(jkp)
         assert status == 503 and body["reason"] == "Gateway error"
         assert took < 2.5  # bounded by kernel_request_timeout (2 s), not a hang
-        assert sorted(await jkp.idle_ids()) == sorted(pooled)
+        # Its set-up was sent (EG relays it once it runs again): it never goes back.
+        assert await jkp.idle_ids() == [k for k in pooled if k != taken]
     finally:
         os.kill(gateway.pid, signal.SIGCONT)
-    # EG answers again: the same kernel is served.
+    await wait_until(lambda: jkp.logged(f"Kernel {taken} removed"), 30, "its shutdown")
+    # EG answers again: the other pooled kernel is served.
     status, model = await jkp.pop("zt")
-    assert status == 200 and model["id"] in pooled
+    assert status == 200 and model["id"] in pooled and model["id"] != taken
     # Operators see what the failed pop met.
     status, pool = await jkp.request("GET", "/api/pool")
     assert [e["dependency"] for e in pool["last_errors"]] == ["gateway"]

@@ -122,8 +122,8 @@ async def test_trim_surplus_retires_newest_above_target(store):
     assert await store.trim_surplus(2) == []
 
 
-def key(owner, k="retry-1"):
-    return Idempotency(k, owner)
+def key(owner, k="retry-1", request="zt's pop"):
+    return Idempotency(k, owner, request)
 
 
 async def test_idempotent_claim_repeats_the_model_handed_out(store):
@@ -137,14 +137,14 @@ async def test_idempotent_claim_repeats_the_model_handed_out(store):
     assert [json.loads(m)["id"] for m in await store.idle_models()] == ["k2"]
 
 
-async def test_idempotency_key_of_another_user_is_a_conflict(store):
+async def test_idempotency_key_of_another_request_is_a_conflict(store):
     await pooled(store, "k1", "k2")
     claim = await store.claim("zt", key("pop-a"))
     with pytest.raises(IdempotencyConflict):
-        await store.claim("someone-else", key("pop-b"))
+        await store.claim("someone-else", key("pop-b", request="someone-else's pop"))
     assert await store.hand_over(claim, "zt", claim.model, ttl_seconds=60)
     with pytest.raises(IdempotencyConflict):
-        await store.claim("someone-else", key("pop-b"))
+        await store.claim("zt", key("pop-b", request="zt's pop with another env"))
 
 
 async def test_idempotency_key_in_use_by_a_running_pop_is_pending(store):

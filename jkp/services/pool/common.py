@@ -93,9 +93,9 @@ class Retirer:
         self.health = health
         self.tasks: set[asyncio.Task] = set()
 
-    def retire_soon(self, kernel_id: str, reason: str) -> asyncio.Task:
+    def retire_soon(self, kernel_id: str, reason: str, detail: str = "") -> asyncio.Task:
         """Shut a retired kernel down in the background (pops do not wait for EG's DELETE)."""
-        return self.track(self.retire(kernel_id, reason))
+        return self.track(self.retire(kernel_id, reason, detail))
 
     def abandon_start_soon(self, kernel_id: str, reason: str) -> asyncio.Task:
         """Retire a kernel being started, and shut it down, in a task of its own."""
@@ -112,20 +112,23 @@ class Retirer:
         """Let the shutdowns under way finish."""
         await asyncio.gather(*self.tasks, return_exceptions=True)
 
-    async def retire(self, kernel_id: str, reason: str) -> None:
+    async def retire(self, kernel_id: str, reason: str, detail: str = "") -> None:
         """Shut a kernel in the retiring set down on EG, then forget it.
 
-        When EG cannot be reached it stays in the retiring set and the next reconcile retries.
+        ``reason`` is one of a fixed few (it labels jkp_kernels_removed_total); ``detail``,
+        such as an error's text, is only logged. When EG cannot be reached the kernel stays in
+        the retiring set and the next reconcile retries.
         """
+        reason_logged = f"{reason}: {detail}" if detail else reason
         try:
             self.gateway.close_channel(kernel_id)
             await self.gateway.shutdown_kernel(kernel_id)
             await self.store.forget_retired(kernel_id)
             self.metrics.kernels_removed.labels(reason).inc()
-            self.log.info("Kernel %s removed (%s)", kernel_id, reason)
+            self.log.info("Kernel %s removed (%s)", kernel_id, reason_logged)
         except (GatewayError, RedisError) as e:
             self.health.count_error(e)
-            self.log.warning("Kernel %s not removed yet (%s): %s", kernel_id, reason, e)
+            self.log.warning("Kernel %s not removed yet (%s): %s", kernel_id, reason_logged, e)
 
     async def _abandon_start(self, kernel_id: str, reason: str) -> None:
         try:

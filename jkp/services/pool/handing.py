@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -12,6 +14,7 @@ from redis.exceptions import RedisError
 from jkp.services.gateway import GatewayError, KernelReplyError, ShellReply
 from jkp.services.handout import (
     Handout,
+    KernelFailedError,
     PoolEmptyError,
     PopAbandonedError,
     ReplicaUnregisteredError,
@@ -48,6 +51,8 @@ _EMPTY_POOL_POLL = 0.1
 # Of a set-up's time, the share (up to a cap) kept back to ask EG whose fault a timeout was.
 _VERDICT_TIME_SHARE = 0.25
 _VERDICT_TIME_MAX = 0.5
+# A pop with less time left claims nothing: its set-up could not be answered in time.
+_LEAST_SET_UP_TIME = 0.05
 
 
 class HandingOut(PoolPart):
@@ -80,21 +85,27 @@ class HandingOut(PoolPart):
         to ``timings`` by step name (claim, set_up, hand_over), as jkp_pop_step_seconds has them.
 
         Raises PoolEmptyError when no kernel is ready in time, GatewayError when EG fails (the
-        kernel taken goes back to the pool), RedisError when Redis does, UserDirectoryError when
-        the user's directory is refused, SetUpError when the share fails, SetUpPausedError after
-        several such failures in a row, IdempotencyConflict, PopAbandonedError,
-        UserLimitReached when ``user_id`` holds ``user_limit`` kernels already (-1: no limit),
-        and ShuttingDownError once ``close()`` was called. InvalidUserId, before anything else,
-        when ``user_id`` is not one safe path segment (that is not a pop: it is not counted).
+        kernel taken goes back to the pool unless its set-up was sent), RedisError when Redis
+        does, UserDirectoryError when the user's directory is refused, KernelFailedError when
+        the kernel taken failed its set-up (it is shut down; no other is taken), SetUpError
+        when the share fails, SetUpPausedError after several such failures in a row,
+        IdempotencyConflict, PopAbandonedError, UserLimitReached when ``user_id`` holds
+        ``user_limit`` kernels already (-1: no limit), and ShuttingDownError once ``close()``
+        was called. InvalidUserId, before anything else, when ``user_id`` is not one safe path
+        segment (that is not a pop: it is not counted).
         """
         set_up = enter_user_dir_request(self.options.working_dir, user_id, env)
+        idempotency = None
+        if idempotency_key is not None:
+            # A key is one request: the same key with another body is a conflict, not a replay.
+            asked = {"userId": user_id, "kernelName": self.options.kernel_name, "env": env or {}}
+            fingerprint = hashlib.sha256(json.dumps(asked, sort_keys=True).encode()).hexdigest()
+            idempotency = Idempotency(idempotency_key, uuid.uuid4().hex, fingerprint)
         return await self._serve(
             user_id,
             set_up,
             client_gone,
-            idempotency=(
-                None if idempotency_key is None else Idempotency(idempotency_key, uuid.uuid4().hex)
-            ),
+            idempotency=idempotency,
             timings=timings,
             user_limit=user_limit,
         )
@@ -216,16 +227,19 @@ class HandingOut(PoolPart):
             )
         self.set_up_guard.check()
         while True:
-            if handout.remaining() <= 0:
-                raise PoolEmptyError(
-                    f"no kernel could be set up within {self.options.pop_timeout:g}s"
-                )
+            if handout.remaining() < _LEAST_SET_UP_TIME:
+                raise self._out_of_time()
             step = self._step_timer(handout)
             claim = await self._claim(handout)
             step("claim")
             if isinstance(claim, Replay):
                 self.log.info("Pop repeated with its Idempotency-Key: kernel %s", claim.model["id"])
                 return claim.model, "repeated"
+            if handout.remaining() < _LEAST_SET_UP_TIME:
+                # Claimed at the deadline (a slow claim, or a kernel pooled in the last
+                # milliseconds): a set-up sent now would time out and cost the kernel.
+                await self.store.release(claim)
+                raise self._out_of_time()
             self.filler.refill_later()
             if handout.claimed is not None:
                 handout.claimed.set()
@@ -235,7 +249,7 @@ class HandingOut(PoolPart):
             set_up = await self._set_up(claim, handout)
             step("set_up")
             if set_up is None:
-                continue  # that kernel is gone or hung: the next one
+                continue  # that kernel is gone from EG: the next one
             model, handing = set_up
             if handing is not None:
                 # Usually done already: it ran beside the set-up's wait for the idle status.
@@ -262,6 +276,9 @@ class HandingOut(PoolPart):
                 return model, "served"
             # Our claim was taken back by a reconcile while we worked: never hand that out.
             self.log.warning("Claim on kernel %s expired during set-up", claim.kernel_id)
+
+    def _out_of_time(self) -> PoolEmptyError:
+        return PoolEmptyError(f"no kernel could be set up within {self.options.pop_timeout:g}s")
 
     def _step_timer(self, handout: Handout) -> Callable[[str], None]:
         """A function that records the time since it was made, or since its last call, as the
@@ -337,18 +354,22 @@ class HandingOut(PoolPart):
         idle and ``last_activity`` the kernel's answer's time, and ``connections`` not
         counting jkp's own websockets: asking EG again would add a round trip to every pop.
 
-        Who is at fault decides what becomes of the kernel. A kernel that EG still has but that
-        did not answer in time, or that EG no longer has, is retired and None returned. When EG
-        itself fails, the kernel goes back to the pool and GatewayError is raised. A refused
-        user directory leaves the kernel untouched: it goes back and UserDirectoryError is
-        raised. Any other error of the set-up is the share's: the kernel is shut down and
-        SetUpError raised at once, rather than spending the pool on a broken share.
+        Who is at fault decides what becomes of the kernel. A kernel that EG no longer has is
+        forgotten and None returned. One that EG still has but that failed the set-up (no
+        answer in time, its websocket dropped) is retired and KernelFailedError raised: a
+        request costs the pool one such kernel at most, whatever it carries. When EG itself
+        fails, the kernel goes back to the pool if its set-up was not sent (it is retired
+        otherwise) and GatewayError is raised. A refused user directory leaves the kernel
+        untouched: it goes back and UserDirectoryError is raised. Any other error of the
+        set-up is the share's: the kernel is shut down and SetUpError raised at once, rather
+        than spending the pool on a broken share.
         """
         kernel_id = claim.kernel_id
         # Part of the time is kept back for asking EG whose fault a timeout was.
         budget = handout.timeout(self.options.kernel_request_timeout)
         verdict_time = min(_VERDICT_TIME_MAX, budget * _VERDICT_TIME_SHARE)
         answered: asyncio.Future[ShellReply] = asyncio.get_running_loop().create_future()
+        sent = asyncio.Event()
         request = asyncio.ensure_future(
             self.gateway.comm_request(
                 kernel_id,
@@ -357,6 +378,7 @@ class HandingOut(PoolPart):
                 budget - verdict_time,
                 keep_open=True,  # closed after the answer (see _pop), or when retired
                 answered=answered,
+                sent=sent,
             )
         )
         model: dict[str, Any] | None = None
@@ -383,13 +405,13 @@ class HandingOut(PoolPart):
             raise SetUpError(str(e)) from e
         except GatewayError as e:
             if handing is None:
-                return await self._set_up_failed(claim, e, handout.timeout(verdict_time))
+                return await self._set_up_failed(claim, e, handout, sent.is_set(), verdict_time)
             # Set up, but never reported idle again (it died, or EG or its websocket failed):
-            # nobody got it, so it is shut down and the next one taken.
+            # nobody got it, so it is shut down, and the request fails.
             self.gateway.close_channel(kernel_id)
             if await handing and await self.store.retire_handed(kernel_id):
-                self.retirer.retire_soon(kernel_id, f"not idle after its set-up: {e}")
-            return None
+                self.retirer.retire_soon(kernel_id, "not idle after its set-up", str(e))
+            raise KernelFailedError(f"kernel {kernel_id} was not idle after its set-up") from e
         finally:
             request.cancel()  # only when this pop itself was cancelled: it is done otherwise
         self.set_up_guard.succeeded()
@@ -409,8 +431,16 @@ class HandingOut(PoolPart):
         model["connections"] = 0
         return model
 
-    async def _set_up_failed(self, claim: Claim, error: GatewayError, timeout: float) -> None:
-        """Ask EG whether the kernel or EG failed the set-up, and deal with the kernel.
+    async def _set_up_failed(
+        self,
+        claim: Claim,
+        error: GatewayError,
+        handout: Handout,
+        sent: bool,
+        verdict_time: float,
+    ) -> None:
+        """Ask EG whether the kernel or EG failed the set-up, and deal with the kernel: None
+        when it is gone from EG (the pop takes the next), else raise.
 
         No liveness check comes before a set-up, as it would cost EG and jkp a request per pop:
         only a failed one asks, in the time kept back for it.
@@ -420,20 +450,27 @@ class HandingOut(PoolPart):
         gone = error.status == 404
         if not gone:
             try:
+                timeout = handout.timeout(verdict_time)
                 gone = await self.gateway.get_kernel(kernel_id, timeout) is None
-            except GatewayError:
-                # EG is down or erroring: the kernel is not at fault, keep it for the next pop.
-                await self.store.release(claim)
+            except GatewayError as e:
+                if not sent:
+                    # EG failed before the set-up left: the kernel is untouched, keep it.
+                    await self.store.release(claim)
+                    raise error from None
+                # The kernel may have run the set-up: it never goes back to the pool.
+                if await self.store.retire_claim(claim):
+                    self.retirer.retire_soon(kernel_id, "set-up unconfirmed", str(e))
+                if e.outcome_unknown and handout.remaining() <= 0:
+                    raise self._out_of_time() from error  # EG was given no time to answer
                 raise error from None
         if gone:
             self.log.info("Kernel %s is gone from EG; taking the next", kernel_id)
             if await self.store.retire_claim(claim):
                 await self.store.forget_retired(kernel_id)
-        else:
-            self.log.warning(
-                "Kernel %s did not answer its set-up (%s); shutting it down, taking the next",
-                kernel_id,
-                error,
-            )
-            if await self.store.retire_claim(claim):
-                self.retirer.retire_soon(kernel_id, "did not answer its set-up")
+            return
+        self.log.warning(
+            "Kernel %s did not answer its set-up (%s); shutting it down", kernel_id, error
+        )
+        if await self.store.retire_claim(claim):
+            self.retirer.retire_soon(kernel_id, "did not answer its set-up", str(error))
+        raise KernelFailedError(f"kernel {kernel_id} did not answer its set-up: {error}")
