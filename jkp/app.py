@@ -23,6 +23,7 @@ from jkp.handlers import pool as pool_handlers
 from jkp.handlers import status as status_handlers
 from jkp.handlers.base import NotFoundHandler
 from jkp.log import JSONFormatter
+from jkp.services.bridges import SessionBridges
 from jkp.services.gateway import GatewayClient
 from jkp.services.kernels import KernelService
 from jkp.services.metrics import Metrics
@@ -148,6 +149,7 @@ class JKPManagerApp(JupyterApp):
     # The default pool (kernelName absent), as the design names it.
     pool_manager = Instance(PoolManager, allow_none=True)
     kernels = Instance(KernelService, allow_none=True)
+    bridges = Instance(SessionBridges, allow_none=True)
     web_app = Instance(web.Application, allow_none=True)
     http_server = Instance(HTTPServer, allow_none=True)
 
@@ -191,6 +193,9 @@ class JKPManagerApp(JupyterApp):
         self.kernels = KernelService(
             self.pool_registry, self.gateway, self.store.aliases(), parent=self, log=self.log
         )
+        self.bridges = SessionBridges(
+            self.store.client, self.store.bridges_channel, parent=self, log=self.log
+        )
 
     def check_config(self) -> None:
         """Read and validate every option once, so a bad value stops start-up now."""
@@ -212,6 +217,7 @@ class JKPManagerApp(JupyterApp):
             auth_token=self.auth_token,
             pools=self.pool_registry,
             kernels=self.kernels,
+            bridges=self.bridges,
             # Pings find bridged websockets whose client vanished without a close.
             websocket_ping_interval=_WEBSOCKET_PING_INTERVAL,
             metrics=self.metrics,
@@ -237,6 +243,7 @@ class JKPManagerApp(JupyterApp):
             self.log.critical("Bad configuration: %s", e)
             self.exit(1)
         await self.pool_registry.start()
+        await self.bridges.start()
         self.http_server = HTTPServer(self.web_app, max_body_size=_TORNADO_MAX_BODY_BYTES)
         self.http_server.listen(self.port, self.ip)
         self.log.info("jkp %s listening on http://%s:%d", __version__, self.ip, self.port)
@@ -264,6 +271,7 @@ class JKPManagerApp(JupyterApp):
         if self.http_server is not None:
             await self.http_server.close_all_connections()
         await self.pool_registry.stop()
+        await self.bridges.stop()
         self.gateway.close()
         await self.store.close()
 

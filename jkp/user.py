@@ -20,7 +20,8 @@ USER_DIR_REFUSED = "UserDirectoryRefused"
 # move. The working dir itself is resolved once: the operator's share may be a link (a mount).
 # Only a directory entered changes the kernel, so a refused kernel (or one whose directory
 # cannot be made or entered) can go back to the pool; past that, a mark on ``sys`` tells a
-# replica taking the pop over that it is not pristine.
+# replica taking the pop over that it is not pristine. A kernel moved names its directory in
+# KERNEL_WORKING_DIR (as EG's kernels started there do), not the pool's or the client's text.
 _SET_UP_FUNCTION = """\
 def __jkp_set_up(base, target, child_only, env):
     import errno, os, sys
@@ -62,6 +63,8 @@ def __jkp_set_up(base, target, child_only, env):
             os.close(fd)
     sys._jkp_set_up = True
     os.environ.update(env)
+    if target is not None:
+        os.environ["KERNEL_WORKING_DIR"] = os.getcwd()
 """
 
 # The set-up as one cell, every value a Python literal: for a kernel without the set-up comm
@@ -82,8 +85,8 @@ finally:
 SET_UP_COMM_TARGET = "jkp.set_up"
 # Which answers the set-up comm gives, for the pool's spec fingerprint: kernels pooled by a jkp
 # with other answers are rolled over. 2: success is the comm_close, with {"status": "ok"}.
-# 3: the user's directory is entered without following links.
-SET_UP_PROTOCOL = 3
+# 3: the user's directory is entered without following links. 4: KERNEL_WORKING_DIR names it.
+SET_UP_PROTOCOL = 4
 
 # Run once in each new kernel before it is pooled. It installs the set-up behind the comm
 # target (in closures: nothing in the user's namespace), and pays a fresh kernel's one-time

@@ -15,6 +15,7 @@ from tornado.websocket import (
 )
 
 from jkp.handlers.base import token_authenticated
+from jkp.services.bridges import Bridge, SessionBridges
 from jkp.services.gateway import MAX_WEBSOCKET_MESSAGE_BYTES, GatewayError, ack_quickly
 from jkp.services.kernels import KernelRequestError, KernelService
 
@@ -27,14 +28,20 @@ class ChannelsHandler(WebSocketHandler):
     messages of its kernel_info on connect) is lost: it waits in the upstream until the
     client is there to read it. Text and binary frames keep their type both ways; each side
     reads its next frame only once the last one was written to the other (back-pressure),
-    and a close on either side closes the other with its code.
+    and a close on either side closes the other with its code. A newer connection of the same
+    kernel and ``session_id`` replaces it, as EG would (see jkp.services.bridges).
     """
 
     upstream: WebSocketClientConnection | None = None
+    bridge: Bridge | None = None
 
     @property
     def kernels(self) -> KernelService:
         return self.settings["kernels"]
+
+    @property
+    def bridges(self) -> SessionBridges:
+        return self.settings["bridges"]
 
     @property
     def max_message_size(self) -> int:
@@ -60,6 +67,9 @@ class ChannelsHandler(WebSocketHandler):
             upstream_id = await self.kernels.upstream_id(kernel_id)
         except KernelRequestError as e:
             return self._refuse(e.status, str(e), e.reason)
+        session_id = self.get_query_argument("session_id", "")
+        if session_id:
+            self.bridge = await self.bridges.open(upstream_id, session_id, self._give_way)
         try:
             self.upstream = await self.kernels.gateway.connect_channels(
                 upstream_id, query, subprotocols
@@ -68,6 +78,11 @@ class ChannelsHandler(WebSocketHandler):
             if e.status is not None:
                 return self._refuse(e.status, f"Enterprise Gateway: {e}", "Gateway refused")
             return self._refuse(503, f"Enterprise Gateway failed: {e}", "Gateway error")
+        if self.bridge is not None and self.bridge.replaced:
+            # Closed only now that EG opened it: EG cannot close a handshake under way, and
+            # the newer connection waits on EG until this one is closed.
+            self.upstream.close()
+            return self._refuse(409, _REPLACED, "Conflict")
         await super().get(kernel_id)
         if self.ws_connection is None or self.ws_connection.is_closing():
             self.upstream.close()  # the client's handshake failed after all
@@ -118,14 +133,28 @@ class ChannelsHandler(WebSocketHandler):
         except WebSocketClosedError:
             self.close()
 
+    def _give_way(self) -> None:
+        """A newer connection of this session arrived: close this one (once it is open)."""
+        if self.ws_connection is not None:
+            self.close(1000, _REPLACED)
+
     def on_close(self) -> None:
+        if self.bridge is not None:
+            self.bridges.close(self.bridge)
         if self.upstream is not None:
             self.upstream.close(*_close_args(self.close_code, self.close_reason))
 
     def on_finish(self) -> None:
-        # A handshake refused after the upstream opened (e.g. a bad Origin) leaves no upstream.
-        if self.ws_connection is None and self.upstream is not None:
-            self.upstream.close()
+        if self.ws_connection is None:
+            if self.bridge is not None:
+                self.bridges.close(self.bridge)
+            # A handshake refused after the upstream opened (e.g. a bad Origin) leaves no
+            # upstream.
+            if self.upstream is not None:
+                self.upstream.close()
+
+
+_REPLACED = "Replaced by a newer connection of the same kernel and session"
 
 
 def _close_args(code: int | None, reason: str | None) -> tuple[int | None, str | None]:

@@ -964,6 +964,11 @@ class RedisStore(LoggingConfigurable):
         """The hash where every replica's pools register the keys of their unhanded kernels."""
         return f"{self.key}:pools"
 
+    @property
+    def bridges_channel(self) -> str:
+        """The channel where replicas announce the kernel websockets they bridge."""
+        return f"{self.key}:bridges"
+
     def aliases(self) -> AliasStore:
         """The store of the gateway's kernel aliases."""
         return AliasStore(self.client, self.aliases_key, self.pools_key)

@@ -5,6 +5,8 @@ Real Redis, real EG, real ipykernel kernels, served warm and bound to the client
 
 import asyncio
 import json
+import os
+import signal
 import struct
 import uuid
 
@@ -390,3 +392,112 @@ async def test_a_kernel_message_over_10_mib_closes_the_clients_websocket(bound):
                 assert msg["msg_type"] != "stream", "the oversized output came through"
     finally:
         client.conn.close()
+
+
+async def _connect_twice_while_eg_is_stopped(gateway, first_url, second_url):
+    """Begin a websocket to ``first_url`` and one to ``second_url`` while EG's process is
+    stopped, so both handshakes reach EG in the same loop turn when it resumes (as when EG
+    is busy launching a kernel); the first is left unanswered, as Jupyter Server leaves the
+    one Chromium rejected. The second connection, once open."""
+    os.kill(gateway.pid, signal.SIGSTOP)
+    try:
+        first = asyncio.ensure_future(websocket_connect(first_url))
+        await asyncio.sleep(0.15)
+        second = asyncio.ensure_future(websocket_connect(second_url))
+        await asyncio.sleep(0.15)
+    finally:
+        os.kill(gateway.pid, signal.SIGCONT)
+    try:
+        async with asyncio.timeout(10):
+            return Client(await second)
+    finally:
+        first.add_done_callback(lambda f: f.exception() or f.result().close())
+
+
+async def _kernel_info(client, timeout=5):
+    msg_id = await client.send(client.message("kernel_info_request", {}))
+    got = await client.replies(msg_id, timeout)
+    (reply,) = [m for m, _, _ in got if m["msg_type"] == "kernel_info_reply"]
+    return reply
+
+
+def _channels_url(jkp, kernel_id, session_id):
+    base = jkp.url.replace("http", "ws", 1)
+    return f"{base}/api/kernels/{kernel_id}/channels?session_id={session_id}"
+
+
+async def test_a_second_websocket_of_the_same_session_never_waits_on_the_first(bound):
+    """Lab retries a websocket Chromium rejected with the same session_id while Jupyter
+    Server leaves its first one towards the gateway open: the retry must answer at once."""
+    jkp, gateway, kernel_id = bound
+    url = _channels_url(jkp, kernel_id, uuid.uuid4())
+    client = await _connect_twice_while_eg_is_stopped(gateway, url, url)
+    try:
+        reply = await _kernel_info(client)
+    finally:
+        client.conn.close()
+    assert reply["content"]["status"] == "ok"
+
+
+async def test_a_second_websocket_of_the_same_session_on_another_replica_never_waits(
+    bound, redis_server, jkp_factory
+):
+    jkp, gateway, kernel_id = bound
+    other = await jkp_factory(redis_server, gateway, "--PoolManager.max_pending_kernels=0")
+    session_id = uuid.uuid4()
+    client = await _connect_twice_while_eg_is_stopped(
+        gateway,
+        _channels_url(jkp, kernel_id, session_id),
+        _channels_url(other, kernel_id, session_id),
+    )
+    try:
+        reply = await _kernel_info(client)
+    finally:
+        client.conn.close()
+    assert reply["content"]["status"] == "ok"
+
+
+async def test_an_open_websocket_is_closed_by_a_newer_one_of_its_session_on_any_replica(
+    bound, redis_server, jkp_factory
+):
+    jkp, gateway, kernel_id = bound
+    other = await jkp_factory(redis_server, gateway, "--PoolManager.max_pending_kernels=0")
+    session_id = uuid.uuid4()
+    first = await websocket_connect(_channels_url(jkp, kernel_id, session_id))
+    second = await websocket_connect(_channels_url(other, kernel_id, session_id))
+    third = Client(await websocket_connect(_channels_url(jkp, kernel_id, session_id)))
+    try:
+        for replaced in (first, second):
+            async with asyncio.timeout(5):
+                while await replaced.read_message() is not None:
+                    pass
+            assert replaced.close_code == 1000
+            assert "newer connection of the same kernel and session" in replaced.close_reason
+        assert (await _kernel_info(third))["content"]["status"] == "ok"
+    finally:
+        third.conn.close()
+
+
+async def test_output_sent_while_a_session_was_away_reaches_it_when_it_connects_again(bound):
+    """EG keeps what the kernel sends while a session has no websocket, and replays it when
+    the same session connects again (Lab after a network blip): jkp keeps that."""
+    jkp, gateway, kernel_id = bound
+    upstream = (await jkp.app.kernels.binding(kernel_id))["kernel_id"]
+    url = _channels_url(jkp, kernel_id, uuid.uuid4())
+    client = Client(await websocket_connect(url))
+    msg_id = await client.execute("import time; time.sleep(2); print('while away')")
+    await client.until_running(msg_id)
+    client.conn.close()
+
+    def connections():
+        return gateway.request("GET", f"/api/kernels/{upstream}")[1]["connections"]
+
+    await wait_until(lambda: connections() == 0, 2, "the session to be away before the print")
+    again = Client(await websocket_connect(url))
+    try:
+        got = await again.replies(msg_id, timeout=10)
+    finally:
+        again.conn.close()
+    assert [m["content"]["text"] for m, _, _ in got if m["msg_type"] == "stream"] == [
+        "while away\n"
+    ]

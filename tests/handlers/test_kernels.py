@@ -472,3 +472,32 @@ async def test_client_envs_star_lets_any_variable_reach_a_warm_kernel(
     code = "import os; print(os.environ.get('FOO'), os.environ.get('BAR'))"
     assert (await run_in_kernel(jkp, model["id"], code)).strip() == "from the create None"
     assert (await run_in_kernel(gateway, popped["id"], code)).strip() == "None from the pop"
+
+
+_WORKING_DIR = "import os; print(os.getcwd()); print(os.environ['KERNEL_WORKING_DIR'])"
+
+
+async def test_a_kernel_s_working_dir_variable_names_its_directory_after_a_pop_or_create(
+    stack, shared_dir
+):
+    jkp, gateway = stack
+    status, popped = await jkp.pop("zt")
+    assert status == 200, popped
+    out = await run_in_kernel(gateway, popped["id"], _WORKING_DIR)
+    assert out.splitlines() == [str(shared_dir / "zt")] * 2
+
+    # A directory relative to the share, as a client may name it.
+    status, model = await create(jkp, {**USER_ENV, "KERNEL_WORKING_DIR": "alice/project"})
+    assert status == 201, model
+    out = await run_in_kernel(jkp, model["id"], _WORKING_DIR)
+    assert out.splitlines() == [str(shared_dir / "alice" / "project")] * 2
+
+
+async def test_a_create_without_a_directory_keeps_the_pools_working_dir_variable(stack, shared_dir):
+    jkp, _ = stack
+    status, model = await create(jkp, USER_ENV)
+    assert status == 201, model
+    out = await run_in_kernel(
+        jkp, model["id"], "import os; print(os.environ['KERNEL_WORKING_DIR'])"
+    )
+    assert out.strip() == str(shared_dir)
