@@ -153,6 +153,9 @@ class APIHandler(web.RequestHandler):
         if exc_info:
             error = exc_info[1]
             if isinstance(error, web.HTTPError):
+                # Headers an error carries (e.g. Retry-After); send_error cleared those set before.
+                for name, value in getattr(error, "headers", {}).items():
+                    self.set_header(name, value)
                 if error.log_message:
                     message = error.log_message % error.args if error.args else error.log_message
                 reason = error.reason

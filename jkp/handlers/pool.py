@@ -74,7 +74,10 @@ class PopHandler(APIHandler):
         except ReplicaUnregisteredError as e:
             raise api_error(503, str(e), "Replica not registered") from e
         except PoolEmptyError as e:
-            raise api_error(503, f"No kernel available: {e}", "Pool empty") from e
+            error = api_error(503, f"No kernel available: {e}", "Pool empty")
+            if e.retry_after is not None:
+                error.headers = {"Retry-After": str(e.retry_after)}  # type: ignore[attr-defined]
+            raise error from e
         except SetUpPausedError as e:
             raise api_error(503, f"Not handing out kernels now: {e}", "Set-up paused") from e
         except IdempotencyConflict as e:

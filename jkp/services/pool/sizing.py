@@ -1,0 +1,143 @@
+"""How big a pool should be: the policy (pure functions) and the Sizer that reads its inputs.
+
+Between ``min_pending_kernels`` and ``max_pending_kernels``, a pool's target is the peak
+number of pops and warm creates that arrived within any window of one replacement time
+(``refill_delay`` plus the median of the pool's recent start latencies) over the last
+``scale_down_delay`` seconds, plus ``HEADROOM``. A kernel handed out is replaced one
+replacement time later, so that many kernels cover the worst stretch seen lately. Arrivals
+are counted per second in Redis by every replica's claims, and every replica computes the
+same target from the same data and Redis' clock (see docs/sizing.md).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import statistics
+from collections.abc import Mapping, Sequence
+
+from jkp.services.store import DemandData, PoolStore
+
+# Added to a non-zero peak: the arrival of the next second, which a window ending now misses
+# (measured: without it the steady 1 pop / 1.5 s case was served warm ~80% of the time).
+HEADROOM = 1
+# Start latency assumed until the pool has measured one (a local kernel ~1 s, a pod 10-60 s).
+DEFAULT_START_LATENCY = 10.0
+# Trims look back this much longer than starts: a replica that reads Redis' clock a little
+# later never retires what another just started for the same arrivals.
+TRIM_LOOKBACK_FACTOR = 1.1
+TRIM_LOOKBACK_MARGIN = 2.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Demand:
+    """A pool's target and the demand behind it, as /api/pool shows them."""
+
+    target: int
+    peak: int  # most arrivals within one window of ``window`` seconds in the look-back
+    latency: float  # median recent start latency (L)
+    window: float  # refill_delay + L, whole seconds of arrivals
+    arrivals: int  # arrivals in the look-back
+
+    def as_dict(self) -> dict[str, float | int]:
+        """The demand for /api/pool (without the target, shown beside the bounds)."""
+        return {
+            "peak": self.peak,
+            "start_latency": round(self.latency, 3),
+            "window": self.window,
+            "arrivals": self.arrivals,
+        }
+
+
+def start_latency(latencies: Sequence[float]) -> float:
+    """The median of the recent start latencies; DEFAULT_START_LATENCY before any."""
+    return statistics.median(latencies) if latencies else DEFAULT_START_LATENCY
+
+
+def peak_arrivals(buckets: Mapping[int, int], now: float, window: int, lookback: float) -> int:
+    """Most arrivals within ``window`` consecutive seconds ending in the last ``lookback``
+    seconds before ``now``; ``buckets`` maps a Unix second to its arrivals."""
+    start = math.floor(now - lookback) - window + 1
+    seconds = sorted(s for s in buckets if start <= s <= now)
+    peak = inside = 0
+    first = 0
+    for second in seconds:
+        inside += buckets[second]
+        while seconds[first] <= second - window:
+            inside -= buckets[seconds[first]]
+            first += 1
+        peak = max(peak, inside)
+    return peak
+
+
+def demand(
+    data: DemandData,
+    minimum: int,
+    maximum: int,
+    lookback: float,
+    refill_delay: float = 0.0,
+) -> Demand:
+    """The target between ``minimum`` and ``maximum`` for the arrivals and start latencies in
+    ``data``, looking back ``lookback`` seconds from its ``now``."""
+    latency = start_latency(data.latencies)
+    window = max(1, math.ceil(refill_delay + latency))
+    peak = peak_arrivals(data.buckets, data.now, window, lookback)
+    wanted = peak + HEADROOM if peak else 0
+    arrivals = sum(n for s, n in data.buckets.items() if s >= data.now - lookback)
+    target = min(maximum, max(minimum, wanted))
+    return Demand(target, peak, latency, window, arrivals)
+
+
+def retry_after(data: DemandData, start_lease: float) -> int:
+    """Whole seconds until a kernel is expected: the start latency less the age of the oldest
+    start under way (its lease began ``start_lease`` before it expires); at least 1."""
+    latency = start_latency(data.latencies)
+    if data.oldest_start_expiry is not None:
+        latency -= data.now - (data.oldest_start_expiry - start_lease)
+    return max(1, math.ceil(latency))
+
+
+class Sizer:
+    """Reads a pool's demand from Redis and turns it into its targets: the one starts fill up
+    to, and the (never lower) one trims retire down to. A fixed pool (minimum equal to
+    maximum) reads nothing: both are its maximum."""
+
+    def __init__(
+        self,
+        store: PoolStore,
+        minimum: int,
+        maximum: int,
+        scale_down_delay: float,
+        refill_delay: float,
+    ):
+        self.store = store
+        self.minimum = min(minimum, maximum)
+        self.maximum = maximum
+        self.scale_down_delay = scale_down_delay
+        self.refill_delay = refill_delay
+        self.last: Demand | None = None
+
+    @property
+    def adaptive(self) -> bool:
+        """Whether the target follows demand (minimum below maximum)."""
+        return self.minimum < self.maximum
+
+    @property
+    def trim_lookback(self) -> float:
+        """The look-back of trims, also how long arrivals are kept in Redis."""
+        return self.scale_down_delay * TRIM_LOOKBACK_FACTOR + TRIM_LOOKBACK_MARGIN
+
+    @property
+    def arrivals_ttl(self) -> int:
+        """Seconds a claim keeps the arrivals hash alive; 0 for a fixed pool (none recorded)."""
+        return math.ceil(self.trim_lookback + 120) if self.adaptive else 0
+
+    async def targets(self) -> tuple[int, int]:
+        """The start target and the trim target, read from Redis now (one script)."""
+        if not self.adaptive:
+            return self.maximum, self.maximum
+        data = await self.store.demand(self.trim_lookback + 120)
+        starts = demand(data, self.minimum, self.maximum, self.scale_down_delay, self.refill_delay)
+        trims = demand(data, self.minimum, self.maximum, self.trim_lookback, self.refill_delay)
+        self.last = starts
+        return starts.target, trims.target
