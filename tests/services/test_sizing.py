@@ -1,0 +1,151 @@
+"""Pools sized by demand, on real Redis and EG: the target shared by replicas, bursts served
+by one round of starts, scale-down after the delay and without flapping (docs/sizing.md)."""
+
+import asyncio
+import json
+import time
+from pathlib import Path
+
+from tests.conftest import metric, wait_until
+
+ADAPTIVE = ("--PoolManager.min_pending_kernels=1", "--PoolManager.max_pending_kernels=8")
+
+
+async def _held(replica):
+    """Idle plus starting kernels of the pool, all replicas."""
+    counts = await replica.store.counts()
+    return counts["idle"] + counts["starting"]
+
+
+async def _pops(replicas, count, prefix):
+    """``count`` pops at once, spread over ``replicas``: (status, seconds) of each."""
+
+    async def one(i):
+        started = time.monotonic()
+        code, body = await replicas[i % len(replicas)].pop(f"{prefix}{i}")
+        return code, time.monotonic() - started, body
+
+    return await asyncio.gather(*(one(i) for i in range(count)))
+
+
+def _kernels_on_eg(gateway):
+    """Kernel processes the gateway runs now: each names a connection file in its runtime
+    dir (a kernel still in its start delay is the shell that will exec it)."""
+    needle = str(gateway.runtime_dir).encode()
+    count = 0
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and needle in (entry / "cmdline").read_bytes():
+                count += 1
+        except OSError:
+            continue  # the process ended while we looked
+    return count
+
+
+def _started(replica):
+    """Kernel starts this replica sent to EG."""
+    return sum(1 for m in replica.logged("Kernel ") if m.endswith("started on EG"))
+
+
+async def test_a_pop_on_one_replica_grows_the_pool_another_fills(
+    redis_server, gateway, jkp_factory
+):
+    # Replica a starts one kernel at a time: the rest of what its pops ask, b must start.
+    a = await jkp_factory(redis_server, gateway, *ADAPTIVE, "--PoolManager.max_concurrent_starts=1")
+    b = await jkp_factory(redis_server, gateway, *ADAPTIVE)
+    await a.wait_for_idle(1)
+    before = _started(b)
+
+    results = await _pops([a], 5, "grow")
+
+    assert [code for code, _, _ in results] == [200] * 5
+    _, status = await b.request("GET", "/api/pool")
+    assert status["min"] == 1 and status["max"] == 8
+    assert status["target"] == 6, status  # 5 arrivals within one start, and one for the next
+    assert status["demand"]["peak"] == 5
+    await wait_until(lambda: _started(b) - before >= 3, 15, "replica b to start kernels")
+    await a.wait_for_idle(6, timeout=30)
+    _, seen_by_a = await a.request("GET", "/api/pool")
+    assert seen_by_a["target"] == status["target"]
+
+
+async def test_a_burst_is_served_by_one_round_of_starts(redis_server, gateway_factory, jkp_factory):
+    gateway = gateway_factory(start_delay=2)
+    pool = await jkp_factory(
+        redis_server,
+        gateway,
+        "--PoolManager.min_pending_kernels=1",
+        "--PoolManager.max_pending_kernels=10",
+        "--PoolManager.max_concurrent_starts=10",
+    )
+    await pool.wait_for_idle(1, timeout=30)
+    _, status = await pool.request("GET", "/api/pool")
+    latency = status["demand"]["start_latency"]
+    assert latency >= 2
+
+    burst = asyncio.ensure_future(_pops([pool], 8, "burst"))
+    # Seven find the pool empty: a start for each is under way at once, not one per round.
+    await wait_until(lambda: _started(pool) >= 1 + 7, 1.0, "a start for each waiting pop")
+    results = await burst
+
+    assert [code for code, _, _ in results] == [200] * 8
+    assert max(seconds for _, seconds, _ in results) < 2 * latency + 1
+    assert (
+        await metric(
+            pool, 'jkp_time_to_kernel_seconds_count{pool="python_kubernetes",served="waited"}'
+        )
+        == 7
+    )
+    assert (
+        await metric(
+            pool, 'jkp_time_to_kernel_seconds_count{pool="python_kubernetes",served="warm"}'
+        )
+        == 1
+    )
+
+
+async def test_scale_down_waits_for_the_delay_then_retires_oldest_without_flapping(
+    redis_server, gateway, jkp_factory
+):
+    argv = (*ADAPTIVE, "--PoolManager.scale_down_delay=6")
+    a = await jkp_factory(redis_server, gateway, *argv)
+    b = await jkp_factory(redis_server, gateway, *argv)
+    await a.wait_for_idle(1)
+
+    results = await _pops([a, b], 5, "down")
+    burst_end = time.monotonic()
+    assert [code for code, _, _ in results] == [200] * 5
+    await a.wait_for_idle(6, timeout=30)
+    started = _started(a) + _started(b)
+    oldest = list(reversed(await a.idle_ids()))
+
+    # Held while the burst is within the delay: nothing retired.
+    await asyncio.sleep(max(0.0, burst_end + 4 - time.monotonic()))
+    assert len(await a.idle_ids()) == 6
+    await a.wait_for_idle(1, timeout=20)
+    down_after = time.monotonic() - burst_end
+
+    assert 6 <= down_after <= 20
+    # The newest kernel stayed; no replica started one again for what the other retired.
+    assert await a.idle_ids() == oldest[-1:]
+    await asyncio.sleep(3)
+    assert await _held(a) == 1
+    assert _started(a) + _started(b) == started
+    retired = [m for r in (a, b) for m in r.logged("Kernel ") if m.endswith("(above its target)")]
+    assert len(retired) == 5
+
+
+async def test_an_empty_pools_503_says_when_to_retry(redis_server, gateway, jkp_factory):
+    pool = await jkp_factory(
+        redis_server,
+        gateway,
+        "--PoolManager.max_pending_kernels=0",
+        "--PoolManager.pop_timeout=0.5",
+    )
+    await pool.store.client.lpush(pool.store.keys.start_latencies, "6.0")
+
+    response = await pool.fetch("POST", "/api/kernels/pop/", json.dumps({"userId": "late"}))
+
+    assert response.code == 503
+    assert json.loads(response.body)["reason"] == "Pool empty"
+    assert response.headers["Retry-After"] == "6"
