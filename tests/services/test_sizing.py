@@ -6,6 +6,8 @@ import json
 import time
 from pathlib import Path
 
+from tornado.httpclient import AsyncHTTPClient
+
 from tests.conftest import metric, wait_until
 
 ADAPTIVE = ("--PoolManager.min_pending_kernels=1", "--PoolManager.max_pending_kernels=8")
@@ -135,17 +137,117 @@ async def test_scale_down_waits_for_the_delay_then_retires_oldest_without_flappi
     assert len(retired) == 5
 
 
-async def test_an_empty_pools_503_says_when_to_retry(redis_server, gateway, jkp_factory):
+async def test_an_empty_pools_503_says_when_to_retry(
+    redis_server, redis_client, gateway, jkp_factory
+):
     pool = await jkp_factory(
         redis_server,
         gateway,
         "--PoolManager.max_pending_kernels=0",
         "--PoolManager.pop_timeout=0.5",
     )
-    await pool.store.client.lpush(pool.store.keys.start_latencies, "6.0")
+    # The pool's recent starts took 6 s (as docs/redis.md names the key).
+    await redis_client.lpush("test:kernels:idle:start-latencies", "6.0")
 
     response = await pool.fetch("POST", "/api/kernels/pop/", json.dumps({"userId": "late"}))
 
     assert response.code == 503
     assert json.loads(response.body)["reason"] == "Pool empty"
     assert response.headers["Retry-After"] == "6"
+
+
+async def test_pool_of_2_to_16_follows_a_trickle_and_a_burst_then_returns_to_its_minimum(
+    redis_server, gateway_factory, jkp_factory
+):
+    """The issue's scenario: kernels that start in ~3.5 s (a pod waiting to be scheduled),
+    two replicas, a pool of min 2 / max 16 with a scale-down delay of 15 s."""
+    gateway = gateway_factory(start_delay=3)
+    argv = (
+        "--PoolManager.min_pending_kernels=2",
+        "--PoolManager.max_pending_kernels=16",
+        "--PoolManager.scale_down_delay=15",
+    )
+    replicas = [await jkp_factory(redis_server, gateway, *argv) for _ in range(2)]
+    a = replicas[0]
+    client = AsyncHTTPClient()
+    out = 0  # kernels handed out (or being) that the users have not deleted yet
+    most_on_eg = []  # kernels on EG beyond those handed out or being shut down, as sampled
+
+    async def delete(kernel_id, after):
+        nonlocal out
+        await asyncio.sleep(after)
+        await client.fetch(f"{gateway.url}/api/kernels/{kernel_id}", method="DELETE")
+        out -= 1
+
+    async def pop(i):
+        nonlocal out
+        out += 1
+        started = time.monotonic()
+        code, model = await replicas[i % 2].pop(f"user{i}")
+        if code != 200:
+            out -= 1
+        return code, time.monotonic() - started, model
+
+    async def watch_eg():
+        while True:
+            # Kernels jkp is shutting down (a failed start, a surplus) are not the pool's.
+            retiring = len(await a.store.retiring_ids())
+            on_eg = _kernels_on_eg(gateway)
+            most_on_eg.append((on_eg - out - retiring, time.monotonic(), on_eg, out, retiring))
+            await asyncio.sleep(0.2)
+
+    watcher = asyncio.ensure_future(watch_eg())
+    try:
+        # No demand: the pool holds its minimum.
+        await a.wait_for_idle(2, timeout=60)
+        for _ in range(10):
+            assert await _held(a) == 2
+            await asyncio.sleep(0.3)
+
+        # One pop every 1.5 s, each kernel deleted by its user a second later.
+        trickle_start = time.monotonic()
+        trickle, held, deletes = [], [], []
+        for i in range(24):
+            result = asyncio.ensure_future(pop(i))
+            await asyncio.sleep(1.5)
+            code, seconds, model = await result
+            assert code == 200, model
+            trickle.append((time.monotonic() - 1.5 - trickle_start, seconds))
+            deletes.append(asyncio.ensure_future(delete(model["id"], 1.0)))
+            held.append(await _held(a))
+        after_15s = [seconds for at, seconds in trickle if at >= 15]
+        warm = sum(seconds < 0.5 for seconds in after_15s) / len(after_15s)
+        assert warm >= 0.9, trickle
+        assert max(held[10:]) <= 8, held
+
+        # Twelve at once.
+        burst = await asyncio.gather(*(pop(100 + i) for i in range(12)))
+        burst_end = time.monotonic()
+        assert [code for code, _, _ in burst] == [200] * 12
+        assert max(seconds for _, seconds, _ in burst) < 12
+
+        # Right after it, and until the delay has passed, the pool keeps what it asked for.
+        await asyncio.sleep(3)
+        kept = await _held(a)
+        assert kept > 2
+        deletes += [asyncio.ensure_future(delete(m["id"], 0)) for _, _, m in burst]
+        await asyncio.gather(*deletes)
+        await asyncio.sleep(max(0.0, burst_end + 12 - time.monotonic()))
+        assert await _held(a) > 2
+
+        await wait_until(lambda: _at_minimum(a), 75, "the pool back at its minimum")
+        back_after = time.monotonic() - burst_end
+        assert 15 <= back_after <= 75
+        worst = [(n, round(t - burst_end, 1), *rest) for n, t, *rest in sorted(most_on_eg)[-3:]]
+        assert max(most_on_eg)[0] <= 16, worst
+    finally:
+        watcher.cancel()
+    print(
+        f"warm {warm:.0%}; held in trickle {held}; after the burst {kept}; "
+        f"minimum again after {back_after:.1f}s"
+    )
+
+
+async def _at_minimum(replica):
+    counts = await replica.store.counts()
+    return counts["idle"] == 2 and counts["starting"] == 0
