@@ -114,6 +114,7 @@ class PoolRegistry(LoggingConfigurable):
             where = f"pools[{name!r}]: " if len(self.pools) > 1 else ""
             check_options(pool, where)
             try:
+                pool.check_bounds()
                 pool.check_kernel_env()
             except TraitError as e:
                 raise TraitError(f"{where}{e}") from None

@@ -57,8 +57,9 @@ class Filler(PoolPart):
         self.start_slots = start_slots
         self._check = check
         self.sizer = sizer
-        # The idle and starting kernels the pool asks for now (all replicas).
-        self.target = sizer.maximum
+        # The idle and starting kernels the pool asks for now (all replicas); None: not read
+        # yet, the maximum until then.
+        self._target: int | None = None
         self.starts: dict[str, asyncio.Task] = {}  # by kernel id
         self._wake_event = asyncio.Event()
         # Replaced each time a kernel is pooled, so every waiter on the old one wakes.
@@ -75,6 +76,11 @@ class Filler(PoolPart):
         # Kernels being replaced for their age: the target is raised by as many.
         self.recycling = 0
         start_slots.register(self.wake)
+
+    @property
+    def target(self) -> int:
+        """The idle and starting kernels the pool asks for now (all replicas)."""
+        return self.sizer.maximum if self._target is None else self._target
 
     def start(self) -> None:
         """Start the fill loop."""
@@ -168,7 +174,7 @@ class Filler(PoolPart):
         (never lower) target of trims, oldest first."""
         if not self.sizer.adaptive:
             return
-        self.target, trim_target = await self.sizer.targets()
+        self._target, trim_target = await self.sizer.targets()
         self.metrics.pool_target.set(self.target)
         spec = self.options.spec_fingerprint
         for model_json in await self.store.trim_oldest(trim_target + self.recycling, spec):

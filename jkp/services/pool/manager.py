@@ -262,12 +262,6 @@ class PoolManager(LoggingConfigurable):
 
     def __init__(self, **kwargs: Any):
         super().__init__(**kwargs)
-        minimum = self.min_pending_kernels
-        if minimum is not None and minimum > self.max_pending_kernels:
-            raise TraitError(
-                f"min_pending_kernels ({minimum}) must not exceed max_pending_kernels "
-                f"({self.max_pending_kernels})"
-            )
         self.health = Health(self.log, self.metrics)
         self.retirer = Retirer(self.log, self.gateway, self.store, self.metrics, self.health)
         self.registration = Registration(_HEARTBEAT_TTL_INTERVALS * self.replica_heartbeat_interval)
@@ -280,13 +274,7 @@ class PoolManager(LoggingConfigurable):
             self.retirer,
             self.registration,
         )
-        self.sizer = Sizer(
-            self.store,
-            self.max_pending_kernels if minimum is None else minimum,
-            self.max_pending_kernels,
-            self.scale_down_delay,
-            self.refill_delay,
-        )
+        self.sizer = Sizer(self.store, self)
         self.filler = Filler(
             shared, start_slots=self.start_slots, check=self.reconcile, sizer=self.sizer
         )
@@ -376,6 +364,15 @@ class PoolManager(LoggingConfigurable):
         """A hash of what the pool's kernels are started as (kernel spec, start env,
         init_code): a kernel of another fingerprint is never handed out by this replica."""
         return spec.spec_fingerprint(self)
+
+    def check_bounds(self) -> None:
+        """Refuse at start-up a minimum above the maximum."""
+        minimum = self.min_pending_kernels
+        if minimum is not None and minimum > self.max_pending_kernels:
+            raise TraitError(
+                f"min_pending_kernels ({minimum}) must not exceed max_pending_kernels "
+                f"({self.max_pending_kernels})"
+            )
 
     def check_kernel_env(self) -> None:
         """Refuse at start-up the KERNEL_* values EG would refuse with 400 at every start."""

@@ -15,6 +15,7 @@ import dataclasses
 import math
 import statistics
 from collections.abc import Mapping, Sequence
+from typing import Protocol
 
 from jkp.services.store import DemandData, PoolStore
 
@@ -27,6 +28,15 @@ DEFAULT_START_LATENCY = 10.0
 # later never retires what another just started for the same arrivals.
 TRIM_LOOKBACK_FACTOR = 1.1
 TRIM_LOOKBACK_MARGIN = 2.0
+
+
+class SizingOptions(Protocol):
+    """The options of a pool that its size depends on (PoolManager's traits)."""
+
+    min_pending_kernels: int | None
+    max_pending_kernels: int
+    scale_down_delay: float
+    refill_delay: float
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,22 +110,27 @@ def retry_after(data: DemandData, start_lease: float) -> int:
 class Sizer:
     """Reads a pool's demand from Redis and turns it into its targets: the one starts fill up
     to, and the (never lower) one trims retire down to. A fixed pool (minimum equal to
-    maximum) reads nothing: both are its maximum."""
+    maximum) reads nothing: both are its maximum.
 
-    def __init__(
-        self,
-        store: PoolStore,
-        minimum: int,
-        maximum: int,
-        scale_down_delay: float,
-        refill_delay: float,
-    ):
+    ``options`` has the pool's min_pending_kernels, max_pending_kernels, scale_down_delay and
+    refill_delay, read when used (so a bad value is reported by the start-up check).
+    """
+
+    def __init__(self, store: PoolStore, options: SizingOptions):
         self.store = store
-        self.minimum = min(minimum, maximum)
-        self.maximum = maximum
-        self.scale_down_delay = scale_down_delay
-        self.refill_delay = refill_delay
+        self.options = options
         self.last: Demand | None = None
+
+    @property
+    def maximum(self) -> int:
+        """max_pending_kernels."""
+        return self.options.max_pending_kernels
+
+    @property
+    def minimum(self) -> int:
+        """min_pending_kernels; the maximum when unset (or above it)."""
+        minimum = self.options.min_pending_kernels
+        return self.maximum if minimum is None else min(minimum, self.maximum)
 
     @property
     def adaptive(self) -> bool:
@@ -125,7 +140,7 @@ class Sizer:
     @property
     def trim_lookback(self) -> float:
         """The look-back of trims, also how long arrivals are kept in Redis."""
-        return self.scale_down_delay * TRIM_LOOKBACK_FACTOR + TRIM_LOOKBACK_MARGIN
+        return self.options.scale_down_delay * TRIM_LOOKBACK_FACTOR + TRIM_LOOKBACK_MARGIN
 
     @property
     def arrivals_ttl(self) -> int:
@@ -137,7 +152,8 @@ class Sizer:
         if not self.adaptive:
             return self.maximum, self.maximum
         data = await self.store.demand(self.trim_lookback + 120)
-        starts = demand(data, self.minimum, self.maximum, self.scale_down_delay, self.refill_delay)
-        trims = demand(data, self.minimum, self.maximum, self.trim_lookback, self.refill_delay)
+        lookback, refill_delay = self.options.scale_down_delay, self.options.refill_delay
+        starts = demand(data, self.minimum, self.maximum, lookback, refill_delay)
+        trims = demand(data, self.minimum, self.maximum, self.trim_lookback, refill_delay)
         self.last = starts
         return starts.target, trims.target
