@@ -382,7 +382,7 @@ class PoolManager(LoggingConfigurable):
 
     async def retry_after(self) -> int:
         """Whole seconds until a kernel is expected in this pool (for a 503's Retry-After)."""
-        data = await self.store.demand(self.sizer.trim_lookback)
+        data = await self.store.demand(self.sizer.keep_seconds)
         return retry_after(data, self.start_lease)
 
     async def status(self) -> dict[str, Any]:

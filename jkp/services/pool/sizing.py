@@ -2,7 +2,7 @@
 
 Between ``min_pending_kernels`` and ``max_pending_kernels``, a pool's target is the peak
 number of pops and warm creates that arrived within any window of one replacement time
-(``refill_delay`` plus the median of the pool's recent start latencies) over the last
+(``refill_delay`` plus the 90th percentile of the pool's recent start latencies) over the last
 ``scale_down_delay`` seconds, plus ``HEADROOM``. A kernel handed out is replaced one
 replacement time later, so that many kernels cover the worst stretch seen lately. Arrivals
 are counted per second in Redis by every replica's claims, and every replica computes the
@@ -22,12 +22,18 @@ from jkp.services.store import DemandData, PoolStore
 # Added to a non-zero peak: the arrival of the next second, which a window ending now misses
 # (measured: without it the steady 1 pop / 1.5 s case was served warm ~80% of the time).
 HEADROOM = 1
+# The share of recent starts a replacement time covers: with the median, a pool under load
+# (starts of 3.6-7.6 s) served a pop every 1.5 s warm only 79% of the time.
+SLOW_START_QUANTILE = 0.9
 # Start latency assumed until the pool has measured one (a local kernel ~1 s, a pod 10-60 s).
 DEFAULT_START_LATENCY = 10.0
 # Trims look back this much longer than starts: a replica that reads Redis' clock a little
 # later never retires what another just started for the same arrivals.
 TRIM_LOOKBACK_FACTOR = 1.1
 TRIM_LOOKBACK_MARGIN = 2.0
+# Arrivals are kept this much longer than the trims' look-back: the first window of the
+# look-back begins one window (refill_delay + start latency) before it.
+_WINDOW_ALLOWANCE = 300.0
 
 
 class SizingOptions(Protocol):
@@ -46,7 +52,7 @@ class Demand:
     target: int
     peak: int  # most arrivals within one window of ``window`` seconds in the look-back
     latency: float  # median recent start latency (L)
-    window: float  # refill_delay + L, whole seconds of arrivals
+    window: float  # refill_delay + the slow (90th percentile) start latency, whole seconds
     arrivals: int  # arrivals in the look-back
 
     def as_dict(self) -> dict[str, float | int]:
@@ -62,6 +68,15 @@ class Demand:
 def start_latency(latencies: Sequence[float]) -> float:
     """The median of the recent start latencies; DEFAULT_START_LATENCY before any."""
     return statistics.median(latencies) if latencies else DEFAULT_START_LATENCY
+
+
+def slow_start_latency(latencies: Sequence[float]) -> float:
+    """The 90th percentile (nearest rank) of the recent start latencies: what a replacement
+    takes when starts are slow, as they are under load; DEFAULT_START_LATENCY before any."""
+    if not latencies:
+        return DEFAULT_START_LATENCY
+    ordered = sorted(latencies)
+    return ordered[math.ceil(SLOW_START_QUANTILE * len(ordered)) - 1]
 
 
 def peak_arrivals(buckets: Mapping[int, int], now: float, window: int, lookback: float) -> int:
@@ -90,7 +105,7 @@ def demand(
     """The target between ``minimum`` and ``maximum`` for the arrivals and start latencies in
     ``data``, looking back ``lookback`` seconds from its ``now``."""
     latency = start_latency(data.latencies)
-    window = max(1, math.ceil(refill_delay + latency))
+    window = max(1, math.ceil(refill_delay + slow_start_latency(data.latencies)))
     peak = peak_arrivals(data.buckets, data.now, window, lookback)
     wanted = peak + HEADROOM if peak else 0
     arrivals = sum(n for s, n in data.buckets.items() if s >= data.now - lookback)
@@ -139,19 +154,24 @@ class Sizer:
 
     @property
     def trim_lookback(self) -> float:
-        """The look-back of trims, also how long arrivals are kept in Redis."""
+        """The look-back of trims."""
         return self.options.scale_down_delay * TRIM_LOOKBACK_FACTOR + TRIM_LOOKBACK_MARGIN
+
+    @property
+    def keep_seconds(self) -> float:
+        """How long arrivals are kept in Redis."""
+        return self.trim_lookback + _WINDOW_ALLOWANCE
 
     @property
     def arrivals_ttl(self) -> int:
         """Seconds a claim keeps the arrivals hash alive; 0 for a fixed pool (none recorded)."""
-        return math.ceil(self.trim_lookback + 120) if self.adaptive else 0
+        return math.ceil(self.keep_seconds) if self.adaptive else 0
 
     async def targets(self) -> tuple[int, int]:
         """The start target and the trim target, read from Redis now (one script)."""
         if not self.adaptive:
             return self.maximum, self.maximum
-        data = await self.store.demand(self.trim_lookback + 120)
+        data = await self.store.demand(self.keep_seconds)
         lookback, refill_delay = self.options.scale_down_delay, self.options.refill_delay
         starts = demand(data, self.minimum, self.maximum, lookback, refill_delay)
         trims = demand(data, self.minimum, self.maximum, self.trim_lookback, refill_delay)
