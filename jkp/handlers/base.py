@@ -19,9 +19,14 @@ MAX_BODY_BYTES = 64 * 1024
 _AUTH_SCHEMES = ("token", "bearer")
 
 
-def api_error(status: int, message: str, reason: str) -> web.HTTPError:
-    """An HTTPError whose message is shown as is (never %-formatted) in the body and the log."""
-    return web.HTTPError(status, "%s", message, reason=reason)
+def api_error(
+    status: int, message: str, reason: str, headers: dict[str, str] | None = None
+) -> web.HTTPError:
+    """An HTTPError whose message is shown as is (never %-formatted) in the body and the log,
+    sent with ``headers`` (e.g. Retry-After)."""
+    error = web.HTTPError(status, "%s", message, reason=reason)
+    error.headers = headers or {}  # type: ignore[attr-defined]
+    return error
 
 
 def token_authenticated(headers: Any, expected: str | None, query_token: str = "") -> bool:

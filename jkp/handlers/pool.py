@@ -74,10 +74,8 @@ class PopHandler(APIHandler):
         except ReplicaUnregisteredError as e:
             raise api_error(503, str(e), "Replica not registered") from e
         except PoolEmptyError as e:
-            error = api_error(503, f"No kernel available: {e}", "Pool empty")
-            if e.retry_after is not None:
-                error.headers = {"Retry-After": str(e.retry_after)}  # type: ignore[attr-defined]
-            raise error from e
+            retry = {} if e.retry_after is None else {"Retry-After": str(e.retry_after)}
+            raise api_error(503, f"No kernel available: {e}", "Pool empty", retry) from e
         except SetUpPausedError as e:
             raise api_error(503, f"Not handing out kernels now: {e}", "Set-up paused") from e
         except IdempotencyConflict as e:

@@ -266,8 +266,9 @@ async def test_pool_of_2_to_16_follows_a_trickle_and_a_burst_then_returns_to_its
         watcher.cancel()
         client.close()
     print(
-        f"warm {warm:.0%}; held in trickle {held}; after the burst {kept}; "
-        f"minimum again after {back_after:.1f}s"
+        f"warm {warm:.0%}; held in trickle {held}; burst slowest "
+        f"{max(seconds for _, seconds, _ in burst):.1f}s; after it {kept}; minimum again after "
+        f"{back_after:.1f}s; most on EG beyond handed out {worst[-1]}"
     )
 
 

@@ -19,8 +19,10 @@ from typing import Protocol
 
 from jkp.services.store import DemandData, PoolStore
 
-# Added to a non-zero peak: the arrival of the next second, which a window ending now misses
-# (measured: without it the steady 1 pop / 1.5 s case was served warm ~80% of the time).
+# Added to a non-zero peak: the arrival in the current, partly counted second, and a start
+# slower than the 90th percentile. Measured (docs/sizing.md): a pop every 1.5 s was served
+# warm 100% of the time with it and without it on a moderately loaded machine, holding 5
+# kernels instead of 4; it is the margin for a machine under more load than the recent starts.
 HEADROOM = 1
 # The share of recent starts a replacement time covers: with the median, a pool under load
 # (starts of 3.6-7.6 s) served a pop every 1.5 s warm only 79% of the time.
