@@ -20,6 +20,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -389,9 +390,12 @@ class EnterpriseGateway(_Server):
         client_cert: str | None = None,
         client_key: str | None = None,
         more_kernel_names: tuple[str, ...] = (),
+        start_delay: float = 0,
     ):
         super().__init__(workdir, port)
         self.kernel_argv = kernel_argv
+        # Seconds each kernel waits before it runs, as a pod waits to be scheduled.
+        self.start_delay = start_delay
         # What this helper presents to a gateway that requires client certificates.
         self.client_cert, self.client_key = client_cert, client_key
         self.auth_token = auth_token
@@ -430,13 +434,16 @@ class EnterpriseGateway(_Server):
     def _write_kernel_specs(self) -> None:
         # Not resolved: the venv's python symlink is what makes it the venv.
         python = str(self.eg_venv / "bin" / "python")
+        argv = [python, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
+        if self.start_delay:
+            launch = " ".join(shlex.quote(a) for a in argv)
+            argv = ["sh", "-c", f"sleep {self.start_delay:g}; exec {launch}"]
         for name in self.kernel_names:
             spec_dir = self.jupyter_path / "kernels" / name
             spec_dir.mkdir(parents=True, exist_ok=True)
             spec = {
                 # Tests may give another command, e.g. a kernel that dies at once.
-                "argv": self.kernel_argv
-                or [python, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+                "argv": self.kernel_argv or argv,
                 "display_name": f"Python 3 (local, as {name})",
                 "language": "python",
             }

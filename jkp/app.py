@@ -136,7 +136,8 @@ class JKPManagerApp(JupyterApp):
     pools = EnvDict(
         env="JKP_POOLS",
         help="Warm pools by EG kernel spec name, each a dict of PoolManager options by trait "
-        "name plus 'size' (its max_pending_kernels), e.g. {'python_kubernetes': {'size': 10}, "
+        "name plus 'size' (its max_pending_kernels) and 'min' (its min_pending_kernels), e.g. "
+        "{'python_kubernetes': {'size': 10, 'min': 2}, "
         "'r_kubernetes': {'size': 2, 'kernel_image': 'elyra/kernel-r:3.2.2'}}; options a pool "
         "does not set come from PoolManager's. Empty: one pool of PoolManager.kernel_name. "
         "In the environment, JSON",

@@ -19,9 +19,14 @@ MAX_BODY_BYTES = 64 * 1024
 _AUTH_SCHEMES = ("token", "bearer")
 
 
-def api_error(status: int, message: str, reason: str) -> web.HTTPError:
-    """An HTTPError whose message is shown as is (never %-formatted) in the body and the log."""
-    return web.HTTPError(status, "%s", message, reason=reason)
+def api_error(
+    status: int, message: str, reason: str, headers: dict[str, str] | None = None
+) -> web.HTTPError:
+    """An HTTPError whose message is shown as is (never %-formatted) in the body and the log,
+    sent with ``headers`` (e.g. Retry-After)."""
+    error = web.HTTPError(status, "%s", message, reason=reason)
+    error.headers = headers or {}  # type: ignore[attr-defined]
+    return error
 
 
 def token_authenticated(headers: Any, expected: str | None, query_token: str = "") -> bool:
@@ -153,6 +158,9 @@ class APIHandler(web.RequestHandler):
         if exc_info:
             error = exc_info[1]
             if isinstance(error, web.HTTPError):
+                # Headers an error carries (e.g. Retry-After); send_error cleared those set before.
+                for name, value in getattr(error, "headers", {}).items():
+                    self.set_header(name, value)
                 if error.log_message:
                     message = error.log_message % error.args if error.args else error.log_message
                 reason = error.reason

@@ -74,7 +74,8 @@ class PopHandler(APIHandler):
         except ReplicaUnregisteredError as e:
             raise api_error(503, str(e), "Replica not registered") from e
         except PoolEmptyError as e:
-            raise api_error(503, f"No kernel available: {e}", "Pool empty") from e
+            retry = {} if e.retry_after is None else {"Retry-After": str(e.retry_after)}
+            raise api_error(503, f"No kernel available: {e}", "Pool empty", retry) from e
         except SetUpPausedError as e:
             raise api_error(503, f"Not handing out kernels now: {e}", "Set-up paused") from e
         except IdempotencyConflict as e:

@@ -20,7 +20,10 @@ _MIN_STEP_TIME = 0.001
 
 
 class PoolEmptyError(Exception):
-    """No idle kernel became available within the pop timeout."""
+    """No idle kernel became available within the pop timeout; ``retry_after``: whole
+    seconds until one is expected, when known."""
+
+    retry_after: int | None = None
 
 
 class UserDirectoryError(Exception):
@@ -75,6 +78,8 @@ class Handout:
     create_id: str = ""
     # Whether it found its pool empty and waited for a kernel (a miss, not a hit).
     waited: bool = False
+    # Whether its claims have been counted as an arrival (once per request, not per try).
+    arrived: bool = False
     # Seconds by step (claim, set_up, hand_over), summed over the kernels it tried, for the
     # caller to report (Server-Timing); None when nobody asked.
     timings: dict[str, float] | None = None

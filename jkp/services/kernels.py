@@ -13,6 +13,7 @@ import dataclasses
 import datetime
 import json
 import posixpath
+import time
 import uuid
 from typing import Any
 from urllib.parse import quote
@@ -169,6 +170,7 @@ class KernelService(LoggingConfigurable):
         KernelRequestError 403 when the user is refused (as EG would), 409 when the requested
         kernel id exists; PopAbandonedError when the client left.
         """
+        started = time.monotonic()
         plan = await self._plan(body)
         if isinstance(plan, str):
             self.log.info("Create started cold by EG: %s", plan)
@@ -205,7 +207,11 @@ class KernelService(LoggingConfigurable):
                     await plan.pool.take_back(model["id"], "its client's id exists on EG")
                 raise _already_exists(plan.alias)
         if model is None:
-            return await self._create_cold(body, plan.user_name)
+            answer = await self._create_cold(body, plan.user_name)
+            if answer.status == 201:
+                served_cold = plan.pool.metrics.time_to_kernel.labels("cold")
+                served_cold.observe(time.monotonic() - started)
+            return answer
         kernel_id = plan.alias or model["id"]
         self.log.info("Create served warm: kernel %s as %s", model["id"], kernel_id)
         model = _shown_as(model, kernel_id)

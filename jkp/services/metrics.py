@@ -14,6 +14,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 _POP_BUCKETS = (0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 # A pop's steps (claim, set-up, hand-over, response) take from well under a millisecond to seconds.
 _STEP_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10)
+# Time to kernel: a warm hand-out takes milliseconds, a wait about one start, a cold create
+# EG's answer to its start request.
+_TIME_TO_KERNEL_BUCKETS = (0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120)
 # Local kernels start in ~0.4 s, Kubernetes pods in 10-60 s.
 _START_BUCKETS = (0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300)
 
@@ -24,6 +27,8 @@ _KNOWN_LABELS = {
     "activations": [("ok",), ("failed",)],
     "errors": [("redis",), ("gateway",)],
     "pop_waits": [()],
+    "time_to_kernel": [("warm",), ("waited",), ("cold",)],
+    "idle_kernel_seconds": [()],
     "takeovers": [("start", "adopted"), ("start", "removed"), ("start", "deferred"),
                   ("late", "adopted"), ("late", "removed"), ("claim", "released"),
                   ("claim", "removed")],
@@ -75,6 +80,27 @@ class Metrics:
             Gauge, "jkp_starting_kernels", "Kernels being started (all replicas, unexpired leases)"
         )
         self.target_kernels = family(Gauge, "jkp_target_kernels", "The pool's size")
+        self.pool_target = family(
+            Gauge,
+            "jkp_pool_target",
+            "Kernels the pool keeps idle or starting now: max_pending_kernels for a fixed "
+            "pool, else what its demand asks, between min_pending_kernels and it",
+        )
+        self.time_to_kernel = family(
+            Histogram,
+            "jkp_time_to_kernel_seconds",
+            "Time until a pop or create had its kernel, as its user sees it: served warm "
+            "(an idle kernel was there), waited (for a start), cold (a create EG started; "
+            "EG answers before the kernel is ready)",
+            ("served",),
+            buckets=_TIME_TO_KERNEL_BUCKETS,
+        )
+        self.idle_kernel_seconds = family(
+            Counter,
+            "jkp_idle_kernel_seconds",
+            "Seconds kernels spent idle in the pool, counted when one leaves it (handed out "
+            "or retired) through this replica: what the pool's warmth costs",
+        )
         self.kernel_starts = family(
             Counter,
             "jkp_kernel_starts",

@@ -17,8 +17,9 @@ from jkp.services.pool import PoolManager, StartSlots
 from jkp.services.store import RedisStore
 from jkp.traits import check_options
 
-# A pool's size is its max_pending_kernels; its name is its kernel_name.
-_SIZE = "size"
+# A pool's size is its max_pending_kernels, its least min_pending_kernels; its name is its
+# kernel_name.
+_OPTION_TRAITS = {"size": "max_pending_kernels", "min": "min_pending_kernels"}
 
 
 class UnknownPoolError(LookupError):
@@ -71,11 +72,11 @@ class PoolRegistry(LoggingConfigurable):
         known = set(PoolManager.class_trait_names(config=True)) - {"kernel_name"}
         overrides: dict[str, Any] = {}
         for option, value in options.items():
-            trait_name = "max_pending_kernels" if option == _SIZE else option
+            trait_name = _OPTION_TRAITS.get(option, option)
             if trait_name not in known:
                 raise TraitError(
-                    f"pools[{name!r}]: unknown option {option!r}; options are 'size' and "
-                    f"{', '.join(sorted(known - {'max_pending_kernels'}))}"
+                    f"pools[{name!r}]: unknown option {option!r}; options are 'size', 'min' "
+                    f"and {', '.join(sorted(known - set(_OPTION_TRAITS.values())))}"
                 )
             overrides[trait_name] = value
         try:
@@ -113,6 +114,7 @@ class PoolRegistry(LoggingConfigurable):
             where = f"pools[{name!r}]: " if len(self.pools) > 1 else ""
             check_options(pool, where)
             try:
+                pool.check_bounds()
                 pool.check_kernel_env()
             except TraitError as e:
                 raise TraitError(f"{where}{e}") from None

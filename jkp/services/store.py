@@ -10,6 +10,9 @@ state lives under keys derived from it (see docs/redis.md):
 - ``<key>:claimed``   hash, kernel id -> {model, user_id, claimed_at}: kernels being handed out
 - ``<key>:handed``    hash, kernel id -> {user_id, handed_at}: kernels handed out that EG still has
 - ``<key>:retiring``  hash, kernel id -> time: kernels taken out of the pool, to shut down on EG
+- ``<key>:arrivals``  hash, Unix second (Redis time) -> pops and warm creates that arrived in it
+  (a pool sized by demand only)
+- ``<key>:start-latencies``  list: the seconds the pool's last starts took, newest first
 - ``<JKP_REDIS_KEY>:idempotency:<k>``  string with expiry, shared by all pools: the pop that
   used idempotency key ``k``
 - ``<JKP_REDIS_KEY>:aliases``  hash, shared by all pools: the gateway's kernel aliases
@@ -38,6 +41,9 @@ from traitlets.config import LoggingConfigurable
 from jkp.services.aliases import ALIAS_RESERVATION, AliasStore
 from jkp.services.user_kernels import USER_SLOTS, UserKernelStore, UserLimitReached
 from jkp.traits import EnvInt, EnvUnicode
+
+# Start latencies a pool keeps: its start latency is their median.
+START_LATENCIES_KEPT = 10
 
 # Redis server time in seconds, so leases do not depend on the replicas' clocks.
 _NOW = "local t = redis.call('TIME'); local now = tonumber(t[1]) + tonumber(t[2]) / 1e6\n"
@@ -102,6 +108,10 @@ redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('HDEL', KEYS[3], ARGV[1])
 redis.call('HDEL', KEYS[4], ARGV[1])
 redis.call('LPUSH', KEYS[1], ARGV[2])
+if ARGV[4] ~= '' then
+  redis.call('LPUSH', KEYS[5], ARGV[4])
+  redis.call('LTRIM', KEYS[5], 0, tonumber(ARGV[5]) - 1)
+end
 return 1
 """
 
@@ -243,6 +253,8 @@ return claim['model']
 # create ARGV[7], ARGV[8] seconds (the hand-over writes the binding over it).
 # With max_kernels_per_user (ARGV[10], -1: none) the user's slots (KEYS[5]) are counted: "limit"
 # and their count when the user holds that many, else the claimed kernel takes one.
+# A pool sized by demand counts a request's first claim (ARGV[11]: the arrivals' time to live,
+# 0: not counted) in its second's bucket of the arrivals hash (KEYS[6]).
 _CLAIM = (
     _NOW
     + _OF_SPEC
@@ -268,6 +280,10 @@ if limit >= 0 then
   local count
   slots, count = user_slots(KEYS[5], ARGV[1])
   if count >= limit then return {'limit', tostring(count)} end
+end
+if tonumber(ARGV[11]) > 0 then
+  redis.call('HINCRBY', KEYS[6], t[1], 1)
+  redis.call('EXPIRE', KEYS[6], ARGV[11])
 end
 -- The oldest idle kernel of this replica's spec (ARGV[3]): nearly always the last one.
 local model = redis.call('LINDEX', KEYS[1], -1)
@@ -436,6 +452,50 @@ return ids
 """
 )
 
+# Retire the oldest idle kernels of spec ARGV[2] above target ARGV[1]; returns their models.
+_TRIM_OLDEST = (
+    _NOW
+    + _OF_SPEC
+    + """
+local live = starting_of_spec(KEYS[2], KEYS[4], ARGV[2])
+local surplus = idle_of_spec(KEYS[1], ARGV[2]) + live - tonumber(ARGV[1])
+local models = {}
+if surplus <= 0 then return models end
+local idle = redis.call('LRANGE', KEYS[1], 0, -1)
+for i = #idle, 1, -1 do
+  if surplus <= 0 then break end
+  if of_spec(idle[i], ARGV[2]) then
+    redis.call('LREM', KEYS[1], -1, idle[i])
+    redis.call('HSET', KEYS[3], cjson.decode(idle[i])['id'], now)
+    table.insert(models, idle[i])
+    surplus = surplus - 1
+  end
+end
+return models
+"""
+)
+
+# A pool's demand: Redis time, the arrivals (KEYS[1]) of the last ARGV[1] seconds (older ones
+# are dropped), the recent start latencies (KEYS[2]), the earliest live start lease (KEYS[3]).
+_DEMAND = (
+    _NOW
+    + """
+local cutoff = tonumber(t[1]) - tonumber(ARGV[1])
+local buckets = {}
+local entries = redis.call('HGETALL', KEYS[1])
+for i = 1, #entries, 2 do
+  if tonumber(entries[i]) < cutoff then
+    redis.call('HDEL', KEYS[1], entries[i])
+  else
+    table.insert(buckets, entries[i])
+    table.insert(buckets, entries[i + 1])
+  end
+end
+local oldest = redis.call('ZRANGEBYSCORE', KEYS[3], '(' .. now, '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
+return {t[1], t[2], buckets, redis.call('LRANGE', KEYS[2], 0, -1), oldest[2] or ''}
+"""
+)
+
 _EXPIRED_STARTING = _NOW + "return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)\n"
 
 _COUNTS = (
@@ -488,6 +548,8 @@ class PoolKeys:
     claimed = _derived_key("claimed", "kernel id -> claim of a pop in progress")
     handed = _derived_key("handed", "kernel id -> who it was handed to")
     retiring = _derived_key("retiring", "kernel id -> when it was taken out of the pool")
+    arrivals = _derived_key("arrivals", "Unix second -> pops and warm creates that arrived")
+    start_latencies = _derived_key("start-latencies", "the last starts' seconds, newest first")
     replicas = _derived_key("replicas", "replica id -> heartbeat expiry")
     replica_specs = _derived_key("replica-specs", "replica id -> the spec it runs")
     activation = _derived_key("activation", "whose turn it is to activate idle kernels")
@@ -500,6 +562,17 @@ class PoolKeys:
         """The keys of the pool's kernels no client may reach, as registered in ``pools``."""
         keys = {"idle": self.idle, "starting": self.starting, "late": self.late}
         return json.dumps({**keys, "claimed": self.claimed, "retiring": self.retiring})
+
+
+@dataclass(frozen=True)
+class DemandData:
+    """What a pool's size is computed from, as one script read it: Redis time, arrivals per
+    Unix second, recent start latencies (newest first), the earliest live start lease's expiry."""
+
+    now: float
+    buckets: dict[int, int]
+    latencies: list[float]
+    oldest_start_expiry: float | None = None
 
 
 @dataclass(frozen=True)
@@ -563,6 +636,8 @@ class PoolStore:
         self._end_claim = client.register_script(_END_CLAIM)
         self._retire = client.register_script(_RETIRE)
         self._trim_surplus = client.register_script(_TRIM_SURPLUS)
+        self._trim_oldest = client.register_script(_TRIM_OLDEST)
+        self._demand = client.register_script(_DEMAND)
         self._beat = client.register_script(_BEAT)
         self._live_specs = client.register_script(_LIVE_SPECS)
         self._orphans = client.register_script(_ORPHANS)
@@ -593,18 +668,26 @@ class PoolStore:
         args = [target, kernel_id, lease_seconds, replica, spec, k.unhanded()]
         return bool(await self._reserve(keys=keys, args=args))
 
-    async def finish_start(self, kernel_id: str, model: dict[str, Any], replica: str = "") -> int:
-        """Move a started kernel from its lease into the idle list.
+    async def finish_start(
+        self,
+        kernel_id: str,
+        model: dict[str, Any],
+        replica: str = "",
+        latency: float | None = None,
+    ) -> int:
+        """Move a started kernel from its lease into the idle list; with ``latency`` (the
+        seconds its start took), keep that among the pool's last START_LATENCIES_KEPT.
 
         1 when pooled; 0 when its lease was no longer there (expired and retired): the caller
         must then shut the kernel down rather than pool it; -1 when another replica took the
         start over: the kernel is that replica's to pool.
         """
         k = self.keys
+        seconds = "" if latency is None else f"{latency:.3f}"
         return int(
             await self._finish_start(
-                keys=[k.idle, k.starting, k.start_owners, k.start_specs],
-                args=[kernel_id, json.dumps(model), replica],
+                keys=[k.idle, k.starting, k.start_owners, k.start_specs, k.start_latencies],
+                args=[kernel_id, json.dumps(model), replica, seconds, START_LATENCIES_KEPT],
             )
         )
 
@@ -721,6 +804,7 @@ class PoolStore:
         alias: str = "",
         create_id: str = "",
         user_limit: int = -1,
+        arrivals_ttl: int = 0,
     ) -> Claim | Replay | None:
         """Take the oldest idle kernel for ``user_id``; None when the pool is empty.
 
@@ -735,11 +819,14 @@ class PoolStore:
         With ``user_limit`` (max_kernels_per_user; -1: none), UserLimitReached when
         ``user_id`` holds that many kernels already; else the claimed kernel counts as one of
         them until it is deleted or gone (or the claim ends without a hand-over).
+
+        With ``arrivals_ttl`` (a request's first claim, in a pool sized by demand), the
+        request is counted as an arrival, kept that many seconds.
         """
         k = self.keys
-        keys = [k.idle, k.claimed, k.aliases, "", k.users]
+        keys = [k.idle, k.claimed, k.aliases, "", k.users, k.arrivals]
         args: list[Any] = [user_id, replica, spec, "", 0, alias, create_id, lease_seconds, ""]
-        args.append(user_limit)
+        args += [user_limit, arrivals_ttl]
         if idempotency is not None:
             keys[3] = k.idempotency(idempotency.key)
             args[3:5] = [idempotency.owner, int(lease_seconds * 1000)]
@@ -817,6 +904,29 @@ class PoolStore:
             keys=[k.idle, k.starting, k.retiring, k.start_specs], args=[target, spec]
         )
         return [i.decode() if isinstance(i, bytes) else i for i in ids]
+
+    async def trim_oldest(self, target: int, spec: str = "") -> list[str]:
+        """Retire the oldest idle kernels of ``spec`` above ``target``; their stored models."""
+        k = self.keys
+        models = await self._trim_oldest(
+            keys=[k.idle, k.starting, k.retiring, k.start_specs], args=[target, spec]
+        )
+        return [_text(m) for m in models]
+
+    async def demand(self, keep_seconds: float) -> DemandData:
+        """What the pool's size is computed from (see DemandData); arrivals older than
+        ``keep_seconds`` are dropped on the way."""
+        k = self.keys
+        seconds, micros, flat, latencies, oldest = await self._demand(
+            keys=[k.arrivals, k.start_latencies, k.starting], args=[keep_seconds]
+        )
+        buckets = {int(flat[i]): int(flat[i + 1]) for i in range(0, len(flat), 2)}
+        return DemandData(
+            int(seconds) + int(micros) / 1e6,
+            buckets,
+            [float(v) for v in latencies],
+            float(oldest) if oldest not in ("", b"") else None,
+        )
 
     async def forget_retired(self, kernel_id: str) -> None:
         """Drop a kernel from the retiring set once EG has shut it down."""

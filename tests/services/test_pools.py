@@ -113,6 +113,10 @@ async def test_failing_init_code_fails_starts_and_is_logged_once(
         ({"python_kubernetes": {"size": "many"}}, "pools['python_kubernetes']"),
         ({"r_kubernetes": {"size": 1}}, "no pool named 'python_kubernetes'"),
         ({"python_kubernetes": 3}, "must be a dict of options"),
+        (
+            {"python_kubernetes": {"min": 3, "size": 2}},
+            "min_pending_kernels (3) must not exceed max_pending_kernels (2)",
+        ),
     ],
 )
 def test_bad_pools_stop_start_up_naming_pool_and_option(pools, message, monkeypatch):

@@ -34,6 +34,13 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 
+def count_idle_time(metrics: PoolMetrics, model: dict[str, Any]) -> None:
+    """Add the time a kernel leaving the idle list spent there to jkp_idle_kernel_seconds."""
+    pooled_at = model.get(POOLED_AT_FIELD)
+    if isinstance(pooled_at, int | float):
+        metrics.idle_kernel_seconds.inc(max(0.0, time.time() - pooled_at))
+
+
 class InitCodeError(GatewayError):
     """A new kernel failed its pool's init_code."""
 

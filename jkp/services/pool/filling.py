@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine
@@ -19,7 +20,9 @@ from jkp.services.pool.common import (
     PoolPart,
     Shared,
     StartSlots,
+    count_idle_time,
 )
+from jkp.services.pool.sizing import Sizer
 from jkp.user import SET_UP_COMM_TARGET, SET_UP_PROBE, WARM_UP_CODE, set_up_comm_id
 
 _START_BACKOFF_BASE = 1.0
@@ -28,21 +31,35 @@ _IDLE_REPORT_PAUSE = 0.05
 # Pause of the fill loop while Redis or EG fail: doubles from the first, up to the cap.
 _FAILING_RETRY_FIRST = 0.5
 _FAILING_RETRY_CAP = 10.0
+# How often a pool sized by demand reads it: another replica's pops raise its target within
+# this time, and surplus is retired this soon after the look-back has passed.
+SIZING_INTERVAL = 1.0
 
 
 class Filler(PoolPart):
     """Starts kernels while the pool (idle + starting, across replicas) is below its target,
     and pools each once it answers; wakes on a pop, a free start slot, and every check.
 
-    ``check`` (the keeper's reconcile) runs first and every ``check_task_interval``.
+    ``check`` (the keeper's reconcile) runs first and every ``check_task_interval``. A pool
+    sized by demand (``sizer.adaptive``) also reads its target every SIZING_INTERVAL, and
+    retires its surplus idle kernels, oldest first, once the demand that asked for them has
+    passed.
     """
 
     def __init__(
-        self, shared: Shared, start_slots: StartSlots, check: Callable[[], Awaitable[None]]
+        self,
+        shared: Shared,
+        start_slots: StartSlots,
+        check: Callable[[], Awaitable[None]],
+        sizer: Sizer,
     ):
         super().__init__(shared)
         self.start_slots = start_slots
         self._check = check
+        self.sizer = sizer
+        # The idle and starting kernels the pool asks for now (all replicas); None: not read
+        # yet, the maximum until then.
+        self._target: int | None = None
         self.starts: dict[str, asyncio.Task] = {}  # by kernel id
         self._wake_event = asyncio.Event()
         # Replaced each time a kernel is pooled, so every waiter on the old one wakes.
@@ -59,6 +76,11 @@ class Filler(PoolPart):
         # Kernels being replaced for their age: the target is raised by as many.
         self.recycling = 0
         start_slots.register(self.wake)
+
+    @property
+    def target(self) -> int:
+        """The idle and starting kernels the pool asks for now (all replicas)."""
+        return self.sizer.maximum if self._target is None else self._target
 
     def start(self) -> None:
         """Start the fill loop."""
@@ -115,6 +137,7 @@ class Filler(PoolPart):
                     await self._check()
                     next_check = loop.time() + self.options.check_task_interval
                     self.health.recovered("gateway")
+                await self._resize()
                 await self._start_missing()
                 self.health.recovered("redis")
             except RedisError as e:
@@ -123,6 +146,8 @@ class Filler(PoolPart):
                 self.health.failed("gateway", e)
             now = loop.time()
             delay = next_check - now
+            if self.sizer.adaptive:
+                delay = min(delay, SIZING_INTERVAL)
             for start_at in (self._next_start_at, self._refill_at):
                 if start_at is not None and start_at > now:
                     delay = min(delay, start_at - now)
@@ -144,6 +169,19 @@ class Filler(PoolPart):
             self.options.max_start_backoff, _START_BACKOFF_BASE * 2 ** (self.start_failures - 1)
         )
 
+    async def _resize(self) -> None:
+        """Read the pool's target from its demand, and retire the idle kernels above the
+        (never lower) target of trims, oldest first."""
+        if not self.sizer.adaptive:
+            return
+        self._target, trim_target = await self.sizer.targets()
+        self.metrics.pool_target.set(self.target)
+        spec = self.options.spec_fingerprint
+        for model_json in await self.store.trim_oldest(trim_target + self.recycling, spec):
+            model = json.loads(model_json)
+            count_idle_time(self.metrics, model)
+            self.retirer.retire_soon(model["id"], "above its target")
+
     async def _start_missing(self) -> None:
         """Start kernels while the pool (idle + starting, across replicas) is below target."""
         now = asyncio.get_running_loop().time()
@@ -157,7 +195,7 @@ class Filler(PoolPart):
             kernel_id = str(uuid.uuid4())
             if not await self.store.reserve_start(
                 kernel_id,
-                self.options.max_pending_kernels + self.recycling,
+                self.target + self.recycling,
                 self.options.start_lease,
                 self.options.replica_id,
                 self.options.spec_fingerprint,
@@ -192,7 +230,7 @@ class Filler(PoolPart):
             )
             requested = True
             self.log.info("Kernel %s started on EG", kernel_id)
-            if not await self.pool_when_ready(kernel_id):
+            if not await self.pool_when_ready(kernel_id, started):
                 return
         except asyncio.CancelledError:
             if requested:
@@ -243,8 +281,9 @@ class Filler(PoolPart):
         self.metrics.start_duration.observe(asyncio.get_running_loop().time() - started)
         self.log.info("Kernel %s is ready and pooled", kernel_id)
 
-    async def pool_when_ready(self, kernel_id: str) -> bool:
-        """Wait until a started kernel answers, warm it up and pool it.
+    async def pool_when_ready(self, kernel_id: str, started: float | None = None) -> bool:
+        """Wait until a started kernel answers, warm it up and pool it; with ``started`` (the
+        loop time its start request was sent), its start latency is recorded for the pool.
 
         False when it is not this replica's to pool any more: its lease expired (the kernel is
         then shut down), or another replica took the start over (it pools the kernel).
@@ -261,7 +300,8 @@ class Filler(PoolPart):
         model = await self._reported_model(kernel_id)
         model[SPEC_FIELD] = self.options.spec_fingerprint
         model[POOLED_AT_FIELD] = time.time()
-        pooled = await self.store.finish_start(kernel_id, model, self.options.replica_id)
+        latency = None if started is None else asyncio.get_running_loop().time() - started
+        pooled = await self.store.finish_start(kernel_id, model, self.options.replica_id, latency)
         if pooled == 0:
             self.log.warning("Lease of kernel %s expired before it was ready", kernel_id)
             self.retirer.retire_soon(kernel_id, "lease expired")

@@ -28,6 +28,7 @@ from jkp.services.pool.common import (
     SPEC_FIELD,
     PoolPart,
     Shared,
+    count_idle_time,
 )
 from jkp.services.pool.filling import Filler
 from jkp.services.store import (
@@ -185,9 +186,14 @@ class HandingOut(PoolPart):
             model, outcome = await self._pop(handout)
             if handout.waited:
                 self.metrics.pop_waits.inc()
+            if outcome == "served":
+                served = "waited" if handout.waited else "warm"
+                self.metrics.time_to_kernel.labels(served).observe(loop.time() - started)
             return model
-        except PoolEmptyError:
+        except PoolEmptyError as e:
             outcome = "pool_empty"
+            if claim_wait is None:  # a pop's 503, not a create that goes cold
+                e.retry_after = await self._retry_after()
             raise
         except PopAbandonedError:
             outcome = "abandoned"
@@ -207,6 +213,14 @@ class HandingOut(PoolPart):
             self._active_pops -= 1
             if not self._active_pops:
                 self._no_active_pops.set()
+
+    async def _retry_after(self) -> int | None:
+        """Seconds until a kernel is expected, for an empty pool's 503; None when Redis
+        cannot say."""
+        try:
+            return await self.options.retry_after()
+        except RedisError:
+            return None
 
     async def close(self, timeout: float) -> None:
         """Refuse new pops and wait up to ``timeout`` seconds for those in flight."""
@@ -267,6 +281,7 @@ class HandingOut(PoolPart):
                 # the pop. Closed once the answer is written, which the caller does in this
                 # same step: the close frame is nothing the caller needs to wait for.
                 asyncio.get_running_loop().call_soon(self.gateway.close_channel, claim.kernel_id)
+                count_idle_time(self.metrics, claim.model)
                 if handout.client_gone.is_set() and await self.store.retire_handed(claim.kernel_id):
                     self.retirer.retire_soon(claim.kernel_id, "caller left during its hand-over")
                     # A retry with the key must not be answered with a kernel being shut down.
@@ -312,7 +327,9 @@ class HandingOut(PoolPart):
                     handout.alias,
                     handout.create_id,
                     handout.user_limit,
+                    0 if handout.arrived else self.options.sizer.arrivals_ttl,
                 )
+                handout.arrived = True
             except IdempotencyPending:
                 claim = None  # the pop holding the key answers soon, or gives it up
             else:

@@ -18,6 +18,7 @@ from jkp.services.pool.common import (
     TURN_SHARE,
     PoolPart,
     Shared,
+    count_idle_time,
     gather_bounded,
 )
 from jkp.services.pool.filling import Filler
@@ -69,6 +70,7 @@ class Keeper(PoolPart):
             if await self.gateway.get_kernel(kernel_id) is not None:
                 alive.append(kernel_id)
             elif await self.store.retire_idle(kernel_id, model_json):
+                count_idle_time(self.metrics, json.loads(model_json))
                 self.log.info("Idle kernel %s is gone from EG; dropped", kernel_id)
                 self.gateway.close_channel(kernel_id)
                 await self.store.forget_retired(kernel_id)
@@ -104,13 +106,14 @@ class Keeper(PoolPart):
             spec = model.get(SPEC_FIELD)
             if spec is not None and spec not in live:
                 if await self.store.retire_idle(model["id"], model_json):
+                    count_idle_time(self.metrics, model)
                     await self.retirer.retire(model["id"], "its spec is no longer run")
 
     async def _recycle_old_kernels(self, models: dict[str, dict[str, Any]], retire: bool) -> None:
         """Replace idle kernels older than max_kernel_age, a few at a time, the pool never
         below its size: the target grows by as many as are being replaced (on every replica,
         read off the same idle list), and old kernels are retired, by the replica whose
-        ``retire`` turn it is, only while the pool holds more than its size."""
+        ``retire`` turn it is, only while the pool holds more than its target."""
         now = time.time()
         own = {
             j: m
@@ -126,11 +129,10 @@ class Keeper(PoolPart):
             key=lambda j: own[j][POOLED_AT_FIELD],
         )
         retired = 0
-        for model_json in old[
-            : max(len(own) - self.options.max_pending_kernels, 0) if retire else 0
-        ]:
+        for model_json in old[: max(len(own) - self.filler.target, 0) if retire else 0]:
             kernel_id = own[model_json]["id"]
             if await self.store.retire_idle(kernel_id, model_json):
+                count_idle_time(self.metrics, own[model_json])
                 await self.retirer.retire(kernel_id, "older than max_kernel_age")
                 retired += 1
         self.filler.recycling = min(len(old) - retired, _RECYCLE_AT_ONCE)
@@ -272,6 +274,7 @@ class Keeper(PoolPart):
             self.health.failed("gateway", e)
             return
         if await self.store.retire_idle(kernel_id, model_json):
+            count_idle_time(self.metrics, json.loads(model_json))
             why = "did not answer activation" if alive else "gone from EG"
             self.log.warning("Idle kernel %s %s: %s", kernel_id, why, failure)
             await self.retirer.retire(kernel_id, why)

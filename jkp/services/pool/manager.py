@@ -26,6 +26,7 @@ from jkp.services.pool.filling import Filler
 from jkp.services.pool.handing import HandingOut
 from jkp.services.pool.keeping import Keeper
 from jkp.services.pool.replicas import Replicas
+from jkp.services.pool.sizing import Sizer, retry_after
 from jkp.services.store import PoolStore
 from jkp.traits import EnvFloat, EnvInt, EnvUnicode
 
@@ -63,7 +64,32 @@ class PoolManager(LoggingConfigurable):
         return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
     max_pending_kernels = EnvInt(
-        10, env="JKP_MAX_PENDING_KERNELS", help="Idle kernels kept ready", min=0
+        10,
+        env="JKP_MAX_PENDING_KERNELS",
+        help="Idle kernels kept ready: the most, when min_pending_kernels is set",
+        min=0,
+    ).tag(config=True)
+
+    min_pending_kernels = EnvInt(
+        None,
+        allow_none=True,
+        env="JKP_MIN_PENDING_KERNELS",
+        help=(
+            "The least idle kernels kept ready; between it and max_pending_kernels the pool "
+            "follows its demand (see docs/sizing.md). Unset: equal to max_pending_kernels, a "
+            "pool of fixed size"
+        ),
+        min=0,
+    ).tag(config=True)
+
+    scale_down_delay = EnvFloat(
+        600.0,
+        env="JKP_SCALE_DOWN_DELAY",
+        help=(
+            "Seconds of lower demand before a pool sized by demand retires its surplus idle "
+            "kernels (oldest first, never below min_pending_kernels)"
+        ),
+        min=1,
     ).tag(config=True)
 
     kernel_name = EnvUnicode(
@@ -248,7 +274,10 @@ class PoolManager(LoggingConfigurable):
             self.retirer,
             self.registration,
         )
-        self.filler = Filler(shared, start_slots=self.start_slots, check=self.reconcile)
+        self.sizer = Sizer(self.store, self)
+        self.filler = Filler(
+            shared, start_slots=self.start_slots, check=self.reconcile, sizer=self.sizer
+        )
         self.keeper = Keeper(shared, filler=self.filler)
         self.handing = HandingOut(shared, filler=self.filler)
         self.replicas = Replicas(shared, filler=self.filler)
@@ -336,21 +365,42 @@ class PoolManager(LoggingConfigurable):
         init_code): a kernel of another fingerprint is never handed out by this replica."""
         return spec.spec_fingerprint(self)
 
+    def check_bounds(self) -> None:
+        """Refuse at start-up a minimum above the maximum."""
+        minimum = self.min_pending_kernels
+        if minimum is not None and minimum > self.max_pending_kernels:
+            raise TraitError(
+                f"min_pending_kernels ({minimum}) must not exceed max_pending_kernels "
+                f"({self.max_pending_kernels})"
+            )
+
     def check_kernel_env(self) -> None:
         """Refuse at start-up the KERNEL_* values EG would refuse with 400 at every start."""
         spec.check_kernel_env(self)
 
     # -- state reporting ----------------------------------------------------------------------
 
+    async def retry_after(self) -> int:
+        """Whole seconds until a kernel is expected in this pool (for a 503's Retry-After)."""
+        data = await self.store.demand(self.sizer.keep_seconds)
+        return retry_after(data, self.start_lease)
+
     async def status(self) -> dict[str, Any]:
-        """This pool as Redis holds it, and what this replica saw failing last."""
+        """This pool as Redis holds it, its bounds, target and the demand behind it, and what
+        this replica saw failing last."""
         counts = await self.store.counts()
+        target, _ = await self.sizer.targets()
         self.metrics.set_pool_counts(self.max_pending_kernels, counts)
+        self.metrics.pool_target.set(target)
+        demand = self.sizer.last.as_dict() if self.sizer.adaptive and self.sizer.last else None
         return {
             "replica": self.replica_id,
             "replicas": await self.store.live_replicas(),
             "kernel_name": self.kernel_name,
-            "target": self.max_pending_kernels,
+            "target": target,
+            "min": self.sizer.minimum,
+            "max": self.max_pending_kernels,
+            "demand": demand,
             **counts,
             "errors": dict(self.health.failing),
             "last_errors": list(self.health.last_errors),

@@ -181,7 +181,7 @@ class Replicas(PoolPart):
             if model is not None:
                 taken = await self.store.adopt_late(
                     kernel_id,
-                    self.options.max_pending_kernels + self.filler.recycling,
+                    self.filler.target + self.filler.recycling,
                     self.options.start_lease,
                     self.options.replica_id,
                     self.options.spec_fingerprint,

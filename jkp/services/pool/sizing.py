@@ -1,0 +1,181 @@
+"""How big a pool should be: the policy (pure functions) and the Sizer that reads its inputs.
+
+Between ``min_pending_kernels`` and ``max_pending_kernels``, a pool's target is the peak
+number of pops and warm creates that arrived within any window of one replacement time
+(``refill_delay`` plus the 90th percentile of the pool's recent start latencies) over the last
+``scale_down_delay`` seconds, plus ``HEADROOM``. A kernel handed out is replaced one
+replacement time later, so that many kernels cover the worst stretch seen lately. Arrivals
+are counted per second in Redis by every replica's claims, and every replica computes the
+same target from the same data and Redis' clock (see docs/sizing.md).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import statistics
+from collections.abc import Mapping, Sequence
+from typing import Protocol
+
+from jkp.services.store import DemandData, PoolStore
+
+# Added to a non-zero peak: the arrival in the current, partly counted second, and a start
+# slower than the 90th percentile. Measured (docs/sizing.md): a pop every 1.5 s was served
+# warm 100% of the time with it and without it on a moderately loaded machine, holding 5
+# kernels instead of 4; it is the margin for a machine under more load than the recent starts.
+HEADROOM = 1
+# The share of recent starts a replacement time covers: with the median, a pool under load
+# (starts of 3.6-7.6 s) served a pop every 1.5 s warm only 79% of the time.
+SLOW_START_QUANTILE = 0.9
+# Start latency assumed until the pool has measured one (a local kernel ~1 s, a pod 10-60 s).
+DEFAULT_START_LATENCY = 10.0
+# Trims look back this much longer than starts: a replica that reads Redis' clock a little
+# later never retires what another just started for the same arrivals.
+TRIM_LOOKBACK_FACTOR = 1.1
+TRIM_LOOKBACK_MARGIN = 2.0
+# Arrivals are kept this much longer than the trims' look-back: the first window of the
+# look-back begins one window (refill_delay + start latency) before it.
+_WINDOW_ALLOWANCE = 300.0
+
+
+class SizingOptions(Protocol):
+    """The options of a pool that its size depends on (PoolManager's traits)."""
+
+    min_pending_kernels: int | None
+    max_pending_kernels: int
+    scale_down_delay: float
+    refill_delay: float
+
+
+@dataclasses.dataclass(frozen=True)
+class Demand:
+    """A pool's target and the demand behind it, as /api/pool shows them."""
+
+    target: int
+    peak: int  # most arrivals within one window of ``window`` seconds in the look-back
+    latency: float  # median recent start latency (L)
+    window: float  # refill_delay + the slow (90th percentile) start latency, whole seconds
+    arrivals: int  # arrivals in the look-back
+
+    def as_dict(self) -> dict[str, float | int]:
+        """The demand for /api/pool (without the target, shown beside the bounds)."""
+        return {
+            "peak": self.peak,
+            "start_latency": round(self.latency, 3),
+            "window": self.window,
+            "arrivals": self.arrivals,
+        }
+
+
+def start_latency(latencies: Sequence[float]) -> float:
+    """The median of the recent start latencies; DEFAULT_START_LATENCY before any."""
+    return statistics.median(latencies) if latencies else DEFAULT_START_LATENCY
+
+
+def slow_start_latency(latencies: Sequence[float]) -> float:
+    """The 90th percentile (nearest rank) of the recent start latencies: what a replacement
+    takes when starts are slow, as they are under load; DEFAULT_START_LATENCY before any."""
+    if not latencies:
+        return DEFAULT_START_LATENCY
+    ordered = sorted(latencies)
+    return ordered[math.ceil(SLOW_START_QUANTILE * len(ordered)) - 1]
+
+
+def peak_arrivals(buckets: Mapping[int, int], now: float, window: int, lookback: float) -> int:
+    """Most arrivals within ``window`` consecutive seconds ending in the last ``lookback``
+    seconds before ``now``; ``buckets`` maps a Unix second to its arrivals."""
+    start = math.floor(now - lookback) - window + 1
+    seconds = sorted(s for s in buckets if start <= s <= now)
+    peak = inside = 0
+    first = 0
+    for second in seconds:
+        inside += buckets[second]
+        while seconds[first] <= second - window:
+            inside -= buckets[seconds[first]]
+            first += 1
+        peak = max(peak, inside)
+    return peak
+
+
+def demand(
+    data: DemandData,
+    minimum: int,
+    maximum: int,
+    lookback: float,
+    refill_delay: float = 0.0,
+) -> Demand:
+    """The target between ``minimum`` and ``maximum`` for the arrivals and start latencies in
+    ``data``, looking back ``lookback`` seconds from its ``now``."""
+    latency = start_latency(data.latencies)
+    window = max(1, math.ceil(refill_delay + slow_start_latency(data.latencies)))
+    peak = peak_arrivals(data.buckets, data.now, window, lookback)
+    wanted = peak + HEADROOM if peak else 0
+    arrivals = sum(n for s, n in data.buckets.items() if s >= data.now - lookback)
+    target = min(maximum, max(minimum, wanted))
+    return Demand(target, peak, latency, window, arrivals)
+
+
+def retry_after(data: DemandData, start_lease: float) -> int:
+    """Whole seconds until a kernel is expected: the start latency less the age of the oldest
+    start under way (its lease began ``start_lease`` before it expires); at least 1."""
+    latency = start_latency(data.latencies)
+    if data.oldest_start_expiry is not None:
+        latency -= data.now - (data.oldest_start_expiry - start_lease)
+    return max(1, math.ceil(latency))
+
+
+class Sizer:
+    """Reads a pool's demand from Redis and turns it into its targets: the one starts fill up
+    to, and the (never lower) one trims retire down to. A fixed pool (minimum equal to
+    maximum) reads nothing: both are its maximum.
+
+    ``options`` has the pool's min_pending_kernels, max_pending_kernels, scale_down_delay and
+    refill_delay, read when used (so a bad value is reported by the start-up check).
+    """
+
+    def __init__(self, store: PoolStore, options: SizingOptions):
+        self.store = store
+        self.options = options
+        self.last: Demand | None = None
+
+    @property
+    def maximum(self) -> int:
+        """max_pending_kernels."""
+        return self.options.max_pending_kernels
+
+    @property
+    def minimum(self) -> int:
+        """min_pending_kernels; the maximum when unset (or above it)."""
+        minimum = self.options.min_pending_kernels
+        return self.maximum if minimum is None else min(minimum, self.maximum)
+
+    @property
+    def adaptive(self) -> bool:
+        """Whether the target follows demand (minimum below maximum)."""
+        return self.minimum < self.maximum
+
+    @property
+    def trim_lookback(self) -> float:
+        """The look-back of trims."""
+        return self.options.scale_down_delay * TRIM_LOOKBACK_FACTOR + TRIM_LOOKBACK_MARGIN
+
+    @property
+    def keep_seconds(self) -> float:
+        """How long arrivals are kept in Redis."""
+        return self.trim_lookback + _WINDOW_ALLOWANCE
+
+    @property
+    def arrivals_ttl(self) -> int:
+        """Seconds a claim keeps the arrivals hash alive; 0 for a fixed pool (none recorded)."""
+        return math.ceil(self.keep_seconds) if self.adaptive else 0
+
+    async def targets(self) -> tuple[int, int]:
+        """The start target and the trim target, read from Redis now (one script)."""
+        if not self.adaptive:
+            return self.maximum, self.maximum
+        data = await self.store.demand(self.keep_seconds)
+        lookback, refill_delay = self.options.scale_down_delay, self.options.refill_delay
+        starts = demand(data, self.minimum, self.maximum, lookback, refill_delay)
+        trims = demand(data, self.minimum, self.maximum, self.trim_lookback, refill_delay)
+        self.last = starts
+        return starts.target, trims.target

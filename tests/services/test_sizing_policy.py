@@ -1,0 +1,66 @@
+"""The sizing policy as pure functions: arrivals per second and start latencies in, target out."""
+
+from jkp.services.pool.sizing import (
+    DEFAULT_START_LATENCY,
+    HEADROOM,
+    demand,
+    peak_arrivals,
+    retry_after,
+    start_latency,
+)
+from jkp.services.store import DemandData
+
+NOW = 1_000_000.5
+
+
+def test_no_arrivals_keep_the_minimum():
+    assert demand(DemandData(NOW, {}, [3.0]), 2, 16, 600).target == 2
+
+
+def test_target_is_the_peak_within_one_replacement_time_plus_headroom():
+    # A pop a second for 10 s: a replacement takes refill_delay 1 + start 3.5 -> 5 s window.
+    buckets = {int(NOW) - i: 1 for i in range(10)}
+    result = demand(DemandData(NOW, buckets, [3.5]), 0, 16, 600, refill_delay=1)
+    assert (result.window, result.peak, result.arrivals) == (5, 5, 10)
+    assert result.target == 5 + HEADROOM
+
+
+def test_a_burst_raises_the_target_at_once_and_within_the_maximum():
+    buckets = {int(NOW): 12}
+    assert demand(DemandData(NOW, buckets, [3.5]), 2, 16, 600).target == 12 + HEADROOM
+    assert demand(DemandData(NOW, buckets, [3.5]), 2, 8, 600).target == 8
+
+
+def test_a_burst_holds_the_target_until_the_lookback_has_passed():
+    burst = int(NOW) - 100
+    buckets = {burst: 12}
+    assert demand(DemandData(NOW, buckets, [3.0]), 2, 16, 101).target == 13
+    # Once the burst's last window ends before the look-back: the minimum again.
+    assert demand(DemandData(NOW, buckets, [3.0]), 2, 16, 95).target == 2
+
+
+def test_a_longer_lookback_never_gives_a_lower_target():
+    buckets = {int(NOW) - s: (s % 7) for s in range(0, 700, 3)}
+    data = DemandData(NOW, buckets, [4.0])
+    targets = [demand(data, 1, 50, lookback).target for lookback in range(0, 700, 10)]
+    assert targets == sorted(targets)
+
+
+def test_peak_counts_arrivals_in_consecutive_seconds_only():
+    buckets = {100: 3, 101: 1, 104: 4, 105: 2}
+    assert peak_arrivals(buckets, 106, window=2, lookback=10) == 6
+    assert peak_arrivals(buckets, 106, window=5, lookback=10) == 8
+    assert peak_arrivals(buckets, 106, window=1, lookback=10) == 4
+
+
+def test_start_latency_is_the_median_of_recent_starts():
+    assert start_latency([3.0, 9.0, 4.0]) == 4.0
+    assert start_latency([]) == DEFAULT_START_LATENCY
+
+
+def test_retry_after_is_the_start_latency_less_the_oldest_start_age():
+    lease = 300.0
+    started_2s_ago = NOW - 2 + lease
+    assert retry_after(DemandData(NOW, {}, [5.0], started_2s_ago), lease) == 3
+    assert retry_after(DemandData(NOW, {}, [5.0]), lease) == 5
+    assert retry_after(DemandData(NOW, {}, [5.0], NOW - 60 + lease), lease) == 1
