@@ -6,6 +6,7 @@ import json
 import time
 from pathlib import Path
 
+import pytest
 from tornado.httpclient import AsyncHTTPClient
 
 from tests.conftest import metric, wait_until
@@ -179,6 +180,7 @@ async def test_an_empty_pools_503_says_when_to_retry(
     assert response.headers["Retry-After"] == "6"
 
 
+@pytest.mark.scenario  # its figures are speed targets: run on demand, not in every CI run
 async def test_pool_of_2_to_16_follows_a_trickle_and_a_burst_then_returns_to_its_minimum(
     redis_server, gateway_factory, jkp_factory
 ):
