@@ -731,7 +731,6 @@ def main(argv: list[str] | None = None) -> int:
                 f"localstack: try   curl -X POST localhost:{port}/api/kernels/pop/ "
                 "-H 'Content-Type: application/json' -d '{\"userId\":\"zt\"}'"
             )
-            print("localstack: Ctrl-C to stop", flush=True)
             jkp = subprocess.Popen(
                 [str(jkp_bin), *argv], cwd=REPO, env=jkp_env, start_new_session=True
             )
@@ -744,6 +743,7 @@ def main(argv: list[str] | None = None) -> int:
                     f" there  (log {lab.log_path})",
                     flush=True,
                 )
+            print("localstack: Ctrl-C to stop", flush=True)
             code = jkp.wait()
             print(f"localstack: jkpmanager exited with code {code}", file=sys.stderr, flush=True)
         except _Stop as stop:
