@@ -603,7 +603,7 @@ class JupyterLab(_Server):
         env["KERNEL_USERNAME"] = self.username
         home = self.workdir / "home"
         home.mkdir(exist_ok=True)
-        env["HOME"] = str(home)  # Lab's settings and workspaces start fresh
+        env["HOME"] = str(home)  # Lab keeps its settings and workspaces in its workdir
         env["JUPYTER_CONFIG_DIR"] = str(home / "config")
         env["JUPYTER_DATA_DIR"] = str(home / "data")
         env["JUPYTER_RUNTIME_DIR"] = str(home / "runtime")

@@ -418,10 +418,13 @@ async def lab_factory(tmp_path):
 async def browser():
     """Headless Chromium (Debian's) driven by Playwright, a fresh profile per launch.
 
-    Skipped only where Chromium cannot be installed (no /usr/bin/chromium and no apt-get)."""
+    Skipped only where scripts/bootstrap cannot install Chromium: no apt-get, or neither root
+    nor sudo."""
     if not Path(localstack.CHROMIUM).exists():
         if shutil.which("apt-get") is None:
             pytest.skip(f"no {localstack.CHROMIUM} and no apt-get to install Debian's chromium")
+        if os.geteuid() != 0 and shutil.which("sudo") is None:
+            pytest.skip(f"no {localstack.CHROMIUM}, and neither root nor sudo to install it")
         pytest.fail(f"{localstack.CHROMIUM} missing: run scripts/bootstrap", pytrace=False)
     try:
         from playwright.async_api import async_playwright
