@@ -22,6 +22,7 @@ Environment read by ``main()``:
 from __future__ import annotations
 
 import errno
+import http.client
 import json
 import os
 import secrets
@@ -506,7 +507,9 @@ class EnterpriseGateway(_Server):
     def _is_ready(self) -> bool:
         try:
             status, _ = self.request("GET", "/api", timeout=1.0)
-        except (OSError, ValueError):
+        # Not HTTP: another server took the port after free_port(); ours then fails to bind,
+        # exits, and start() says so.
+        except (OSError, ValueError, http.client.HTTPException):
             return False
         return status == 200
 
@@ -613,7 +616,7 @@ class JupyterLab(_Server):
     def _is_ready(self) -> bool:
         try:
             status, _ = self.request("GET", "/api/status", timeout=1.0)
-        except (OSError, ValueError):
+        except (OSError, ValueError, http.client.HTTPException):
             return False
         return status == 200
 
@@ -652,7 +655,7 @@ def _wait_ready(url: str, proc: subprocess.Popen, timeout: float) -> None:
         try:
             if http_request("GET", url, timeout=1.0)[0] == 200:
                 return
-        except (OSError, ValueError):
+        except (OSError, ValueError, http.client.HTTPException):
             pass
         time.sleep(0.1)
     why = f"exited with code {proc.returncode}" if proc.poll() is not None else "not ready"
