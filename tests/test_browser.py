@@ -54,7 +54,7 @@ async def shown(locator, page, lab, what):
         await page.screenshot(path=screenshot)
         log = "\n".join(line[:200] for line in lab.log_tail(12).splitlines())
         raise AssertionError(
-            f"no {what} in Lab within {USABLE_WITHIN} s (the page: {screenshot})\n"
+            f"waited {USABLE_WITHIN} s in vain for {what} in Lab (the page: {screenshot})\n"
             f"--- Lab's log ---\n{log}"
         ) from e
 
