@@ -1,8 +1,9 @@
-"""Local stack for jkp: a throw-away Redis and a Jupyter Enterprise Gateway.
+"""Local stack for jkp: a throw-away Redis, a Jupyter Enterprise Gateway and, with
+``--lab``, a JupyterLab pointed at jkp.
 
 Importable (the test fixtures in tests/conftest.py use it) and runnable::
 
-    python dev/localstack.py [jkpmanager args, e.g. --port=8081]
+    python dev/localstack.py [--lab] [jkpmanager args, e.g. --port=8081]
 
 Everything binds to 127.0.0.1 only.  Stdlib only, no jkp imports.
 
@@ -10,6 +11,9 @@ Environment read by ``main()``:
 
 * ``JKP_STACK_REDIS_PORT`` (default 6380, never a user's Redis on 6379)
 * ``JKP_STACK_EG_PORT`` (default 8888)
+* ``JKP_STACK_LAB_PORT`` (default 8889), with ``--lab``: JupyterLab in gateway mode at
+  jkp, as user ``alice``, its root her directory in the share (``.stack/shared/alice``), so
+  each notebook gets a warm kernel there; its URL (with a fresh token) is printed.
 * ``JKP_STACK_NO_JKP=1``: only run Redis and EG (e.g. to run jkpmanager
   yourself under a debugger), until Ctrl-C.
 * any ``JKP_*`` setting for jkpmanager overrides the defaults set here.
@@ -18,8 +22,10 @@ Environment read by ``main()``:
 from __future__ import annotations
 
 import errno
+import http.client
 import json
 import os
+import secrets
 import shlex
 import shutil
 import signal
@@ -33,6 +39,20 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_EG_VENV = REPO / ".venv-eg"
+DEFAULT_LAB_VENV = REPO / ".venv-lab"
+# Debian's package (scripts/bootstrap installs it): Playwright's own browser download is
+# blocked here, so Playwright drives this one.
+CHROMIUM = "/usr/bin/chromium"
+# Headless Chromium that opens no connection of its own: on a closed network its background
+# requests (updates, sync, field trials) are refused and get in the way.
+CHROMIUM_ARGS = [
+    "--headless",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    "--disable-sync",
+]
 HOST = "127.0.0.1"
 
 BOOTSTRAP_HINT = "run scripts/bootstrap"
@@ -494,7 +514,9 @@ class EnterpriseGateway(_Server):
     def _is_ready(self) -> bool:
         try:
             status, _ = self.request("GET", "/api", timeout=1.0)
-        except (OSError, ValueError):
+        # Not HTTP: another server took the port after free_port(); ours then fails to bind,
+        # exits, and start() says so.
+        except (OSError, ValueError, http.client.HTTPException):
             return False
         return status == 200
 
@@ -511,6 +533,102 @@ class EnterpriseGateway(_Server):
         if status != 200:
             raise RuntimeError(f"GET {self.url}/api/kernels -> {status}: {body}")
         return [k["id"] for k in body]
+
+
+# --------------------------------------------------------------------------
+# JupyterLab
+
+
+class JupyterLab(_Server):
+    """JupyterLab (Jupyter Server 2) from its own venv, in gateway mode at ``gateway_url``.
+
+    It sends every ``KERNEL_*`` variable of its environment with each kernel start: here only
+    ``KERNEL_USERNAME`` (EG refuses root), and, for a notebook, ``KERNEL_WORKING_DIR`` = the
+    notebook's folder under ``root_dir``; so a ``root_dir`` inside jkp's share is served warm.
+    An empty ``token`` turns Jupyter's login off (it listens on 127.0.0.1 only).
+    """
+
+    name = "jupyterlab"
+    log_name = "lab.log"
+
+    def __init__(
+        self,
+        workdir,
+        gateway_url: str,
+        root_dir,
+        port: int | None = None,
+        username: str = "alice",
+        token: str = "",
+        gateway_token: str = "",
+        lab_venv=DEFAULT_LAB_VENV,
+    ):
+        super().__init__(workdir, port)
+        self.gateway_url = gateway_url
+        self.root_dir = Path(root_dir).absolute()
+        self.username = username
+        self.token = token
+        self.gateway_token = gateway_token
+        self.lab_venv = Path(lab_venv).absolute()
+
+    @property
+    def url(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+    @property
+    def lab_url(self) -> str:
+        """Where a browser opens Lab (logged in by the token, when there is one)."""
+        return f"{self.url}/lab" + (f"?token={self.token}" if self.token else "")
+
+    def request(self, method: str, path: str, body=None, timeout: float = 10.0):
+        """(status, JSON body) of a request to Lab's server (its REST API), with its token."""
+        headers = {"Authorization": f"token {self.token}"} if self.token else {}
+        return http_request(method, self.url + path, body, timeout, headers)
+
+    def _command(self) -> list[str]:
+        exe = self.lab_venv / "bin" / "jupyter-lab"
+        if not exe.exists():
+            raise RuntimeError(f"{exe} not found: {BOOTSTRAP_HINT}")
+        cmd = [
+            str(exe),
+            f"--ip={HOST}",
+            f"--port={self.port}",
+            "--port_retries=0",
+            "--no-browser",
+            f"--ServerApp.root_dir={self.root_dir}",
+            f"--gateway-url={self.gateway_url}",
+            f"--IdentityProvider.token={self.token}",
+            # No requests to pypi.org or jupyter.org from the server.
+            "--LabApp.news_url=None",
+            "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+        ]
+        if self.gateway_token:
+            cmd.append(f"--GatewayClient.auth_token={self.gateway_token}")
+        if os.geteuid() == 0:
+            cmd.append("--allow-root")
+        return cmd
+
+    def _env(self) -> dict[str, str]:
+        # Only the user's KERNEL_* variable: the rest of ours would reach the kernels.
+        env = {k: v for k, v in os.environ.items() if not k.startswith("KERNEL_")}
+        env["KERNEL_USERNAME"] = self.username
+        home = self.workdir / "home"
+        home.mkdir(exist_ok=True)
+        env["HOME"] = str(home)  # Lab keeps its settings and workspaces in its workdir
+        env["JUPYTER_CONFIG_DIR"] = str(home / "config")
+        env["JUPYTER_DATA_DIR"] = str(home / "data")
+        env["JUPYTER_RUNTIME_DIR"] = str(home / "runtime")
+        env.pop("VIRTUAL_ENV", None)
+        return env
+
+    def _is_ready(self) -> bool:
+        try:
+            status, _ = self.request("GET", "/api/status", timeout=1.0)
+        except (OSError, ValueError, http.client.HTTPException):
+            return False
+        return status == 200
+
+    def _start_timeout(self) -> float:
+        return 30.0
 
 
 # --------------------------------------------------------------------------
@@ -537,9 +655,26 @@ def _jkp_port(argv: list[str], env: dict[str, str]) -> str:
     return port
 
 
+def _wait_ready(url: str, proc: subprocess.Popen, timeout: float) -> None:
+    """Wait until ``url`` answers 200 while ``proc`` runs; raise RuntimeError otherwise."""
+    deadline = time.monotonic() + timeout
+    while proc.poll() is None and time.monotonic() < deadline:
+        try:
+            if http_request("GET", url, timeout=1.0)[0] == 200:
+                return
+        except (OSError, ValueError, http.client.HTTPException):
+            pass
+        time.sleep(0.1)
+    why = f"exited with code {proc.returncode}" if proc.poll() is not None else "not ready"
+    raise RuntimeError(f"jkpmanager {why} ({url})")
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run Redis + EG + jkpmanager in the foreground; Ctrl-C/SIGTERM stops all."""
+    """Run Redis + EG + jkpmanager (+ JupyterLab with ``--lab``) in the foreground;
+    Ctrl-C/SIGTERM stops all."""
     argv = sys.argv[1:] if argv is None else list(argv)
+    with_lab = "--lab" in argv
+    argv = [a for a in argv if a != "--lab"]
     no_jkp = os.environ.get("JKP_STACK_NO_JKP", "") not in ("", "0")
     jkp_bin = REPO / ".venv" / "bin" / "jkpmanager"
     if not no_jkp and not jkp_bin.exists():
@@ -567,6 +702,19 @@ def main(argv: list[str] | None = None) -> int:
     for key, value in defaults.items():
         jkp_env.setdefault(key, value)
 
+    lab = None
+    if with_lab:
+        lab = JupyterLab(
+            state / "lab",
+            gateway_url=f"http://{HOST}:{_jkp_port(argv, jkp_env)}",
+            root_dir=shared / "alice",
+            port=int(os.environ.get("JKP_STACK_LAB_PORT", "8889")),
+            token=secrets.token_hex(16),
+            gateway_token=jkp_env.get("JKP_AUTH_TOKEN", ""),
+        )
+        lab.port_env_hint = "JKP_STACK_LAB_PORT"
+        lab.root_dir.mkdir(exist_ok=True)
+
     old_handlers = {s: signal.signal(s, _raise_stop) for s in (signal.SIGINT, signal.SIGTERM)}
     jkp: subprocess.Popen | None = None
     code = 0
@@ -593,10 +741,19 @@ def main(argv: list[str] | None = None) -> int:
                 f"localstack: try   curl -X POST localhost:{port}/api/kernels/pop/ "
                 "-H 'Content-Type: application/json' -d '{\"userId\":\"zt\"}'"
             )
-            print("localstack: Ctrl-C to stop", flush=True)
             jkp = subprocess.Popen(
                 [str(jkp_bin), *argv], cwd=REPO, env=jkp_env, start_new_session=True
             )
+            if lab is not None:
+                _wait_ready(f"http://{HOST}:{port}/api/ready", jkp, 60.0)
+                lab.start()
+                print(
+                    f"localstack: Lab    {lab.lab_url}\n"
+                    f"  as {lab.username}, notebooks in {lab.root_dir}: each gets a warm kernel"
+                    f" there  (log {lab.log_path})",
+                    flush=True,
+                )
+            print("localstack: Ctrl-C to stop", flush=True)
             code = jkp.wait()
             print(f"localstack: jkpmanager exited with code {code}", file=sys.stderr, flush=True)
         except _Stop as stop:
@@ -608,6 +765,8 @@ def main(argv: list[str] | None = None) -> int:
         # No interruptions while cleaning up: every step has its own timeout.
         for s in old_handlers:
             signal.signal(s, signal.SIG_IGN)
+        if lab is not None:
+            lab.stop()  # first: it shuts its kernels down through jkp
         if jkp is not None:
             _stop_group(jkp, 15.0)
         eg.stop()

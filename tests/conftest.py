@@ -389,3 +389,53 @@ async def metric(replica, sample):
         if line.startswith(sample + " "):
             return float(line.split()[1])
     raise AssertionError(f"{sample} not in {replica.url}/metrics")
+
+
+# -- JupyterLab in a real browser ---------------------------------------------------------
+
+
+@pytest.fixture
+async def lab_factory(tmp_path):
+    """Start JupyterLabs in gateway mode: ``make(gateway_url, root_dir)``. All stopped after.
+
+    Started and stopped in a thread: Lab talks to a jkp that runs in the test's event loop
+    (its stop shuts its kernels down through it)."""
+    import asyncio
+
+    started: list[localstack.JupyterLab] = []
+
+    async def make(gateway_url, root_dir) -> localstack.JupyterLab:
+        lab = localstack.JupyterLab(tmp_path / f"lab{len(started)}", gateway_url, root_dir)
+        started.append(lab)
+        return await asyncio.to_thread(lab.start)
+
+    yield make
+    for lab in started:
+        await asyncio.to_thread(lab.stop)
+
+
+@pytest.fixture
+async def browser():
+    """Headless Chromium (Debian's) driven by Playwright, a fresh profile per launch.
+
+    Skipped only where scripts/bootstrap cannot install Chromium: no apt-get, or neither root
+    nor sudo."""
+    if not Path(localstack.CHROMIUM).exists():
+        if shutil.which("apt-get") is None:
+            pytest.skip(f"no {localstack.CHROMIUM} and no apt-get to install Debian's chromium")
+        if os.geteuid() != 0 and shutil.which("sudo") is None:
+            pytest.skip(f"no {localstack.CHROMIUM}, and neither root nor sudo to install it")
+        pytest.fail(f"{localstack.CHROMIUM} missing: run scripts/bootstrap", pytrace=False)
+    try:
+        from playwright.async_api import async_playwright
+    except ImportError:
+        pytest.fail("playwright is not installed: run scripts/bootstrap", pytrace=False)
+    args = list(localstack.CHROMIUM_ARGS)
+    if os.geteuid() == 0:
+        args.append("--no-sandbox")  # Chromium's sandbox refuses to run as root
+    async with async_playwright() as p:
+        chromium = await p.chromium.launch(
+            executable_path=localstack.CHROMIUM, args=args, headless=True
+        )
+        yield chromium
+        await chromium.close()
