@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import json
 import math
 import random
@@ -57,6 +58,7 @@ from run import (
     _interrupt,
     log,
     machine,
+    machine_jiffies,
     metric_total,
 )
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
@@ -112,7 +114,7 @@ def day_trace(quick: bool) -> Trace:
     # Quick: the morning ramp only (09:00-12:00), where a pool must grow.
     start, end = (9 * 3600.0, 12 * 3600.0) if quick else (0.0, DAY)
     times = poisson(random.Random(SEED), rate, start, end, peak)
-    sizes = (2, 8) if quick else (1, 2, 4, 8)
+    sizes = (2, 8) if quick else (2, 4, 6, 8)
     return Trace("day", "day curve (Poisson, 40x night to peak)", end - start,
                  [t - start for t in times], sizes, DAY_TIME_SCALE)  # fmt: skip
 
@@ -262,9 +264,14 @@ class Run:
         sent = time.time()
         t0 = time.perf_counter()
         response = await client.fetch(request, raise_error=False)
-        kernel_id = json.loads(response.body).get("id") if response.code == 200 else None
+        try:
+            body = json.loads(response.body or b"{}")
+        except ValueError:
+            body = {}
+        outcome = "ok" if response.code == 200 else f"{response.code} {body.get('reason', '')}"
         self.pops.append({"i": i, "late_s": sent - due, "seconds": time.perf_counter() - t0,
-                          "code": response.code, "sent": sent, "kernel_id": kernel_id})  # fmt: skip
+                          "code": response.code, "outcome": outcome, "sent": sent,
+                          "kernel_id": body.get("id")})  # fmt: skip
 
     async def kernel_lives(self) -> list[dict]:
         response = await AsyncHTTPClient().fetch(self.sim.url + "/bench/kernels")
@@ -281,7 +288,7 @@ class Run:
             "pops": len(self.pops),
             "served": len(served),
             "refused": len(refused),
-            "refused_codes": sorted({p["code"] for p in refused}),
+            "refused_by": dict(collections.Counter(p["outcome"] for p in refused)),
             "waited": waited,
             "warm": 1 - waited / len(served) if served else 0.0,
             **time_to_kernel(served),
@@ -347,12 +354,16 @@ async def replay(trace: Trace, configs: list[Config], work: Path, stack: Stack,
                  redis: RedisServer) -> list[dict]:  # fmt: skip
     """All configurations of one trace side by side, from one common start."""
     runs = [Run(trace, c, work, stack, redis) for c in configs]
+    busy0, total0 = machine_jiffies()
     log(f"{trace.name}: starting {len(runs)} configurations ({len(trace.arrivals)} pops, "
         f"{trace.duration / trace.scale:.0f} s each)")  # fmt: skip
     await asyncio.gather(*(r.start() for r in runs))
     t0 = time.time() + 1.0
     await asyncio.gather(*(r.replay(t0) for r in runs))
     results = [await r.figures() for r in runs]
+    busy1, total1 = machine_jiffies()
+    for res in results:
+        res["machine_busy"] = (busy1 - busy0) / max(total1 - total0, 1)
     for r in runs:
         r.stop()
     for res in results:
@@ -438,6 +449,13 @@ def checks(out: dict) -> list[tuple[str, str, str, str]]:
     return rows
 
 
+def refused(r: dict) -> str:
+    """'0', or the count and why: '3 (503 Pool empty)'."""
+    why = ", ".join(f"{n} {outcome}" if len(r["refused_by"]) > 1 else outcome
+                    for outcome, n in r["refused_by"].items())  # fmt: skip
+    return f"{r['refused']} ({why})" if why else str(r["refused"])
+
+
 def report(out: dict) -> str:
     scales = ", ".join(
         f"{name} {t['time_scale']:g}x (a start {1000 * START_LATENCY_S / t['time_scale']:.0f} ms)"
@@ -452,7 +470,11 @@ def report(out: dict) -> str:
         "peak kernels | refused |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
+    notes = []
     for name, trace in out["traces"].items():
+        late = max(r["client_late_max_ms"] for r in trace["results"])
+        notes.append(f"{name}: machine CPU busy {trace['results'][0]['machine_busy']:.0%}, "
+                     f"pops sent late by up to {late:.0f} ms")  # fmt: skip
         for r in trace["results"]:
             warm = pct(r["warm"])
             if "warm_after_first_batch" in r:
@@ -460,7 +482,7 @@ def report(out: dict) -> str:
             lines.append(
                 f"| {name} | {r['pool']} | {r['served']}/{r['pops']} | {warm} | {ms(r['p50_ms'])} "
                 f"| {ms(r['p99_ms'])} | {ms(r['max_ms'])} | {r['idle_kernel_hours']:.1f} | "
-                f"{r['peak_pool_kernels']} | {r['refused']} |"
+                f"{r['peak_pool_kernels']} | {refused(r)} |"
             )
     lines += [
         "",
@@ -468,6 +490,7 @@ def report(out: dict) -> str:
         "compressed (a waiting pop waits about a compressed start) but jkp's own work in them "
         "is not. Idle kernel-h: real hours of kernels ready and not handed out, exact from "
         "the simulator. Peak kernels: the most the pool held at once (idle + starting).",
+        "; ".join(notes),
     ]
     if not out["adaptive_available"]:
         lines.append("Adaptive pool skipped: this jkp has no PoolManager.min_pending_kernels.")
