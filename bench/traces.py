@@ -21,12 +21,12 @@ simulator of its own (bench/gateway_simulator.py with ``--start-latency-s``) and
 of its own on one redis-server, with two jkp replicas sharing it; pops alternate between the
 replicas.
 
-Figures per trace and configuration: the share of pops served warm (1 - jkp's own count of
-pops that waited, jkp_pop_waits_total, over the pops served), p50/p99/max time to kernel as
-the client measured it (compressed), idle kernel-hours (exact, in real time: from the
-simulator's record of when each kernel was ready and when it was handed out or deleted),
-the most kernels the pool held at once on the simulator (idle + starting, not handed out),
-and pops refused. The adaptive configuration runs only when jkp has
+Figures per trace and configuration: the share of pops served warm (the pops served less
+jkp's own count of those that waited, jkp_pop_waits_total, over all pops sent), p50/p99/max
+time to kernel as the client measured it (compressed), idle kernel-hours (exact, in real
+time: from the simulator's record of when each kernel was ready and when it was handed out
+or deleted), the most kernels the pool held at once on the simulator (idle + starting, not
+handed out), and pops refused. The adaptive configuration runs only when jkp has
 ``PoolManager.min_pending_kernels``; otherwise it is skipped with a message saying so.
 """
 
@@ -41,6 +41,7 @@ import random
 import shutil
 import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -165,8 +166,6 @@ class Config:
 def jkp_has_adaptive_pools() -> bool:
     """Whether this jkp knows min_pending_kernels: traitlets only warns about an unknown
     option, so ask --help-all rather than watch it start."""
-    import subprocess
-
     help_text = subprocess.run(
         [PYTHON, "-m", "jkp", "--help-all"], cwd=REPO, capture_output=True, text=True, timeout=60
     ).stdout
@@ -186,6 +185,7 @@ class Run:
         self.t0 = self.t_end = 0.0
 
     async def start(self) -> None:
+        """Start the simulator and the replicas; return once the pool has settled."""
         slug = f"{self.trace.name}-{self.config.slug}"
         self.sim = self.stack.add(
             Simulator(self.work, f"sim-{slug}", start_latency_s=START_LATENCY_S / self.scale)
@@ -225,6 +225,7 @@ class Run:
         raise RuntimeError(f"{self.config.name} ({self.trace.name}): not settled: {status}")
 
     async def pop_waits(self) -> float:
+        """jkp_pop_waits_total summed over the replicas: the pops served so far that waited."""
         return sum([await metric_total(jkp, "jkp_pop_waits_total") for jkp in self.replicas])
 
     async def replay(self, t0: float) -> None:
@@ -254,6 +255,7 @@ class Run:
         self.waits[name] = await self.pop_waits()
 
     async def pop(self, client: AsyncHTTPClient, i: int, due: float) -> None:
+        """Pop ``i`` of the trace, due at ``due``, through replica i mod REPLICAS."""
         jkp = self.replicas[i % len(self.replicas)]
         request = HTTPRequest(
             jkp.url + "/api/kernels/pop/",
@@ -274,6 +276,7 @@ class Run:
                           "kernel_id": body.get("id")})  # fmt: skip
 
     async def kernel_lives(self) -> list[dict]:
+        """Every kernel the simulator started, with the moments of its life."""
         response = await AsyncHTTPClient().fetch(self.sim.url + "/bench/kernels")
         return json.loads(response.body)["kernels"]
 
@@ -290,19 +293,22 @@ class Run:
             "refused": len(refused),
             "refused_by": dict(collections.Counter(p["outcome"] for p in refused)),
             "waited": waited,
-            "warm": 1 - waited / len(served) if served else 0.0,
+            # A refused pop was not served warm either.
+            "warm": (len(served) - waited) / len(self.pops) if self.pops else 0.0,
             **time_to_kernel(served),
             "client_late_max_ms": 1000 * max((p["late_s"] for p in self.pops), default=0),
             **kernel_costs(lives, served, self.t0, self.t_end, self.scale),
         }
         if "first_batch_end" in self.waits:
             last = self.trace.marks["first_batch_end"]
-            n_after = len([p for p in served if p["i"] > last])
+            after = [p for p in self.pops if p["i"] > last]
+            n_served = len([p for p in after if p["code"] == 200])
             waited_after = self.waits["end"] - self.waits["first_batch_end"]
-            out["warm_after_first_batch"] = 1 - waited_after / n_after if n_after else 0.0
+            out["warm_after_first_batch"] = (n_served - waited_after) / len(after) if after else 0.0
         return out
 
     def stop(self) -> None:
+        """Stop the replicas and the simulator."""
         for item in [*self.replicas, self.sim]:
             self.stack.remove(item)
 
@@ -486,7 +492,7 @@ def report(out: dict) -> str:
             )
     lines += [
         "",
-        "warm: pops jkp did not count as waiting (jkp_pop_waits_total). Times to kernel are "
+        "warm: share of all pops served without waiting (jkp_pop_waits_total). Times to kernel are "
         "compressed (a waiting pop waits about a compressed start) but jkp's own work in them "
         "is not. Idle kernel-h: real hours of kernels ready and not handed out, exact from "
         "the simulator. Peak kernels: the most the pool held at once (idle + starting).",
