@@ -1,6 +1,7 @@
 """jkp benchmark: pop latency on the real local stack, the cold path, and scale on the simulator.
 
     .venv/bin/python bench/run.py [--quick] [--json PATH] [--skip-scale] [--steady-only]
+    .venv/bin/python bench/run.py --traces [--quick] [--time-scale F] [--adaptive MIN:MAX]
     (or scripts/bench)
 
 1. Real stack (redis-server + Enterprise Gateway from dev/localstack.py, jkp as a process):
