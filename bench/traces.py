@@ -11,10 +11,10 @@ Each trace is a list of pop arrival times in real (uncompressed) seconds:
 
 Within a trace every duration (arrival times, the kernel start latency, scale_down_delay,
 refill_delay, pop_timeout) is divided by one factor, its time scale, so a day runs in minutes.
-jkp's own work (a pop, ~10-20 ms of CPU) is not compressed: the day is compressed 180x (a
-30 s start takes 167 ms, ~10x a pop), the short traces only 60x, so that 30 pops of a
-class do not arrive faster than 2 cores can serve them (at 180x they came 90 a second and
-warm pops queued for the CPU). ``--time-scale`` sets one factor for all.
+jkp's own work (a pop, ~10-20 ms of CPU; a start's warm-up) is not compressed: the day is
+compressed 180x (a 30 s start takes 167 ms, ~10x a pop), the batches 60x and the classroom
+20x, so that bursts do not arrive faster than 2 cores can serve them (at 180x a class came
+90 pops a second and warm pops queued for the CPU). ``--time-scale`` sets one factor for all.
 
 Each configuration of a trace runs at the same time as the others, each on a gateway
 simulator of its own (bench/gateway_simulator.py with ``--start-latency-s``) and a Redis key
@@ -66,7 +66,8 @@ from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 
 START_LATENCY_S = 30.0  # a kernel pod's start on Kubernetes (10-60 s), in real seconds
 DAY_TIME_SCALE = 180  # 30 s -> 167 ms: ~10x jkp's own pop time; a day -> 8 min
-BURST_TIME_SCALE = 60  # 30 s -> 500 ms; an hour of batches -> 60 s
+BATCHES_TIME_SCALE = 60  # 30 s -> 500 ms; an hour of batches -> 60 s
+CLASS_TIME_SCALE = 20  # 30 s -> 1.5 s; the class's 30 pops and 30 starts over 3 s, not 1
 POP_TIMEOUT_S = 120.0  # real seconds: a pop may wait for several starts, not fail after one
 REFILL_DELAY_S = 1.0  # jkp's default, compressed like the rest
 SCALE_DOWN_DELAY_S = 600.0  # the issue's default
@@ -131,19 +132,21 @@ def batches_trace(quick: bool) -> Trace:
     first_batch_end = max(i for i, t in enumerate(times) if t == batch_times[0])
     sizes = (2, 10) if quick else (2, 5, 10, 15)
     return Trace("batches", f"agents: {BATCH_SIZE} at once every 2 min over a trickle",
-                 duration, times, sizes, BURST_TIME_SCALE,
+                 duration, times, sizes, BATCHES_TIME_SCALE,
                  {"first_batch_end": first_batch_end})  # fmt: skip
 
 
 def classroom_trace(quick: bool) -> Trace:
-    """A trickle of one pop per 5 min; at minute 20, CLASS_SIZE pops within 60 s."""
-    duration = 1800.0
+    """A trickle of one pop per 5 min; after 20 quiet minutes (quick: 5), CLASS_SIZE pops
+    within 60 s; then 9 more minutes (quick: 3)."""
+    quiet, after = (300.0, 180.0) if quick else (1200.0, 540.0)
+    duration = quiet + 60 + after
     rng = random.Random(SEED + 2)
     trickle = poisson(rng, lambda t: 1 / 300, 0, duration, 1 / 300)
-    times = sorted(trickle + [1200 + rng.uniform(0, 60) for _ in range(CLASS_SIZE)])
+    times = sorted(trickle + [quiet + rng.uniform(0, 60) for _ in range(CLASS_SIZE)])
     sizes = (2, 30) if quick else (2, 10, 30)
     return Trace("classroom", f"classroom: {CLASS_SIZE} within 60 s, unannounced", duration,
-                 times, sizes, BURST_TIME_SCALE)  # fmt: skip
+                 times, sizes, CLASS_TIME_SCALE)  # fmt: skip
 
 
 @dataclass
@@ -512,7 +515,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--time-scale",
         type=float,
         help=f"traces: real seconds per compressed second, for every trace (default "
-        f"{DAY_TIME_SCALE} for the day, {BURST_TIME_SCALE} for the others)",
+        f"{DAY_TIME_SCALE} for the day, {BATCHES_TIME_SCALE} for the batches, "
+        f"{CLASS_TIME_SCALE} for the classroom)",
     )
     parser.add_argument(
         "--adaptive",
