@@ -6,11 +6,18 @@ on 2 cores. Tests must never use it in place of the real EG: it runs no code, ch
 than EG does, and differs from EG wherever EG's behaviour is not needed for load.
 
     python bench/gateway_simulator.py --port 0 --ip 127.0.0.1 [--kernel-name python_kubernetes]
-                                      [--latency-ms 0] [--cull-idle-timeout 0] [--stats]
+                                      [--latency-ms 0] [--start-latency-s 0]
+                                      [--cull-idle-timeout 0] [--stats]
 
 prints ``listening on http://<ip>:<port>`` once it listens and serves until SIGINT/SIGTERM.
+``--start-latency-s`` makes each start take that long, as EG on Kubernetes does: its
+``POST /api/kernels`` answers (201) only once the kernel's pod runs, and until then the kernel
+is unknown to GET, DELETE and the websocket (404), as in EG, whose kernel manager records a
+kernel only once its start returned.
 ``--stats`` adds ``GET /bench/stats``: request counts, open websockets, and the recent bursts of
-kernel_info requests (e.g. one activation sweep of jkp), as bench/run.py reads them.
+kernel_info requests (e.g. one activation sweep of jkp), as bench/run.py reads them; and
+``GET /bench/kernels``: each kernel's life (requested, ready, pooled, handed out, deleted, in
+epoch seconds), from which bench/traces.py integrates idle kernel-seconds exactly.
 Needs only tornado and the standard library.
 """
 
@@ -62,9 +69,11 @@ def isoformat(dt: datetime) -> str:
 class Kernel:
     """One simulated kernel: plain state, no task or timer of its own, so 1000s cost little."""
 
-    __slots__ = ("id", "name", "username", "session", "last_activity", "execution_count", "sockets")
+    __slots__ = (
+        "id", "name", "username", "session", "last_activity", "execution_count", "sockets", "life"
+    )  # fmt: skip
 
-    def __init__(self, kernel_id: str, name: str, username: str):
+    def __init__(self, kernel_id: str, name: str, username: str, life: dict[str, float | None]):
         self.id = kernel_id
         self.name = name
         self.username = username
@@ -72,6 +81,7 @@ class Kernel:
         self.last_activity = utcnow()
         self.execution_count = 0
         self.sockets: set[ChannelsHandler] = set()
+        self.life = life
 
     def model(self) -> dict:
         return {
@@ -86,14 +96,27 @@ class Kernel:
 class Simulator:
     """All kernels, by id, and the settings that shape their answers."""
 
-    def __init__(self, kernel_name: str, latency: float, cull_idle_timeout: float):
+    def __init__(
+        self, kernel_name: str, latency: float, cull_idle_timeout: float, start_latency: float = 0
+    ):
         self.kernel_name = kernel_name
         self.latency = latency
+        self.start_latency = start_latency
         self.cull_idle_timeout = cull_idle_timeout
         self.kernels: dict[str, Kernel] = {}
+        self.starting: set[str] = set()  # ids whose POST is still waiting for the start latency
+        # Each kernel's life, also after it is gone: what it cost while nobody used it.
+        self.lives: list[dict[str, float | None]] = []
+
+    def new_life(self, kernel_id: str) -> dict[str, float | None]:
+        life = {"id": kernel_id, "requested": time.time(), "ready": None, "pooled": None,
+                "handed_out": None, "deleted": None}  # fmt: skip
+        self.lives.append(life)
+        return life
 
     def remove(self, kernel_id: str) -> None:
         kernel = self.kernels.pop(kernel_id)
+        kernel.life["deleted"] = time.time()
         for ws in list(kernel.sockets):  # EG closes the websockets of a kernel that is gone
             ws.close()
 
@@ -207,7 +230,7 @@ class KernelsHandler(BaseHandler):
         # Real EG answers this only with list_kernels on; the simulator always does.
         self.write_json([k.model() for k in self.sim.kernels.values()])
 
-    def post(self) -> None:
+    async def post(self) -> None:
         try:
             body = json.loads(self.request.body or b"{}")
         except ValueError:
@@ -232,7 +255,7 @@ class KernelsHandler(BaseHandler):
             valid = False
         if not valid:
             raise HTTPError(400, f"Invalid v4 UUID value in ['env']['KERNEL_ID']: '{kernel_id}'")
-        if kernel_id in self.sim.kernels:
+        if kernel_id in self.sim.kernels or kernel_id in self.sim.starting:
             raise HTTPError(400, f"Kernel already exists: {kernel_id}")
         # Stricter than EG, which falls back to its own user: jkp must always send one.
         username = env.get("KERNEL_USERNAME", "")
@@ -242,7 +265,17 @@ class KernelsHandler(BaseHandler):
                 f"User '{username}' is not authorized to start kernel '{name}'. "
                 "Ensure KERNEL_USERNAME is set to an appropriate value and retry the request.",
             )
-        kernel = self.sim.kernels[kernel_id] = Kernel(kernel_id, name, username)
+        life = self.sim.new_life(kernel_id)
+        if self.sim.start_latency:
+            # The request is answered once the kernel runs, as EG's is once the pod runs; a
+            # client that gave up meanwhile still gets its kernel started, as on Kubernetes.
+            self.sim.starting.add(kernel_id)
+            try:
+                await asyncio.sleep(self.sim.start_latency)
+            finally:
+                self.sim.starting.discard(kernel_id)
+        kernel = self.sim.kernels[kernel_id] = Kernel(kernel_id, name, username, life)
+        life["ready"] = time.time()
         self.set_status(201)
         self.set_header("Location", f"/api/kernels/{kernel_id}")
         self.write_json(kernel.model())
@@ -251,6 +284,11 @@ class KernelsHandler(BaseHandler):
 class StatsHandler(BaseHandler):
     def get(self) -> None:
         self.write_json(self.settings["stats"].report())
+
+
+class LivesHandler(BaseHandler):
+    def get(self) -> None:
+        self.write_json({"now": time.time(), "kernels": self.sim.lives})
 
 
 class KernelHandler(BaseHandler):
@@ -300,6 +338,8 @@ class ChannelsHandler(JSONErrors, WebSocketHandler):
         self.kernel.last_activity = utcnow()
         if not answered or request.get("channel", "shell") != "shell":
             return  # nothing else is needed by jkp; a real kernel would answer or ignore
+        if header["msg_type"] == "comm_msg":
+            self.record_set_up(request)
         stats: Stats | None = self.settings["stats"]
         if stats is None:
             await self.reply(request, reply_type)
@@ -309,6 +349,15 @@ class ChannelsHandler(JSONErrors, WebSocketHandler):
             await self.reply(request, reply_type)
         finally:
             stats.answered()
+
+    def record_set_up(self, request: dict) -> None:
+        """jkp's warm-up asks the set-up comm a probe (the kernel is then pooled); the first
+        other message on it is a pop's set-up (the kernel is handed out)."""
+        data = request.get("content", {}).get("data") or {}
+        life = self.kernel.life
+        step = "pooled" if isinstance(data, dict) and data.get("probe") else "handed_out"
+        if life[step] is None:
+            life[step] = time.time()
 
     async def reply(self, request: dict, reply_type: str | None) -> None:
         header = request["header"]
@@ -387,7 +436,7 @@ def make_app(sim: Simulator, stats: Stats | None = None) -> Application:
         (kernel + "/channels", ChannelsHandler),
     ]
     if stats is not None:
-        routes.append((r"/bench/stats", StatsHandler))
+        routes += [(r"/bench/stats", StatsHandler), (r"/bench/kernels", LivesHandler)]
     return Application(
         routes,
         simulator=sim,
@@ -397,7 +446,9 @@ def make_app(sim: Simulator, stats: Stats | None = None) -> Application:
 
 
 async def serve(args: argparse.Namespace) -> None:
-    sim = Simulator(args.kernel_name, args.latency_ms / 1000, args.cull_idle_timeout)
+    sim = Simulator(
+        args.kernel_name, args.latency_ms / 1000, args.cull_idle_timeout, args.start_latency_s
+    )
     # A deep backlog so hundreds of simultaneous websocket connects are not dropped and retried.
     sockets = bind_sockets(args.port, address=args.ip, backlog=2048)
     stats = Stats(args.stats_gap) if args.stats else None
@@ -425,6 +476,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=0, help="port; 0 picks a free one")
     parser.add_argument("--kernel-name", default="python_kubernetes", help="the one kernel spec")
     parser.add_argument("--latency-ms", type=float, default=0.0, help="delay before each reply")
+    parser.add_argument(
+        "--start-latency-s",
+        type=float,
+        default=0.0,
+        help="seconds a kernel takes to start: POST /api/kernels answers after them",
+    )
     parser.add_argument(
         "--cull-idle-timeout",
         type=float,

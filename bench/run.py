@@ -1,6 +1,7 @@
 """jkp benchmark: pop latency on the real local stack, the cold path, and scale on the simulator.
 
     .venv/bin/python bench/run.py [--quick] [--json PATH] [--skip-scale] [--steady-only]
+    .venv/bin/python bench/run.py --traces [--quick] [--time-scale F] [--adaptive MIN:MAX]
     (or scripts/bench)
 
 1. Real stack (redis-server + Enterprise Gateway from dev/localstack.py, jkp as a process):
@@ -15,6 +16,8 @@
 2. Scale (bench/gateway_simulator.py instead of EG, since 2 cores cannot hold 1000 real
    kernels): one activation sweep over 1000 pooled kernels, jkp's RSS, pop p50 with 1000 vs 10
    pooled, pops/s of 1 vs 3 replicas.
+3. ``--traces`` runs only the trace replay of bench/traces.py: fixed and adaptive pools under a
+   day curve, agents' batches and a classroom, on simulators with a kernel start latency.
 
 Prints a markdown table (figure, target, PASS/FAIL) and writes every figure to JSON
 (default .stack/bench-results.json). Everything binds to 127.0.0.1; every process started here
@@ -54,6 +57,7 @@ from jkp.user import SET_UP_COMM_TARGET, WARM_UP_CODE, enter_user_dir_request
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "dev"))
+import traces  # noqa: E402  (bench/, beside this script)
 from localstack import HOST, EnterpriseGateway, RedisServer, free_port  # noqa: E402
 
 PYTHON = str(REPO / ".venv" / "bin" / "python")
@@ -103,10 +107,10 @@ class Proc:
 
 
 class Jkp(Proc):
-    """One jkp replica: ``python -m jkp`` with a pool of ``target`` kernels."""
+    """One jkp replica: ``python -m jkp`` with a pool of ``target`` kernels (its most)."""
 
     def __init__(self, work: Path, name: str, redis: RedisServer, gateway_url: str, key: str,
-                 target: int, extra: tuple[str, ...]):  # fmt: skip
+                 target: int, extra: tuple[str, ...], pop_timeout: float = 30):  # fmt: skip
         self.port, self.target = free_port(), target
         self.extra = extra
         self.url = f"http://{HOST}:{self.port}"
@@ -124,7 +128,7 @@ class Jkp(Proc):
             f"--PoolManager.working_dir={work / 'shared'}",
             "--PoolManager.nfs_volume_server=",
             f"--max-pending-kernels={target}",
-            "--PoolManager.pop_timeout=30",
+            f"--PoolManager.pop_timeout={pop_timeout}",
             *extra,
         ]
         super().__init__(name, cmd, work / f"{name}.log", env)
@@ -1176,9 +1180,10 @@ async def real_stack(args, work: Path, stack: Stack, out: dict) -> None:
 
 
 class Simulator(Proc):
-    def __init__(self, work: Path, name: str, latency_ms: float = 0):
+    def __init__(self, work: Path, name: str, latency_ms: float = 0, start_latency_s: float = 0):
         sim = str(REPO / "bench" / "gateway_simulator.py")
-        cmd = [PYTHON, sim, "--port", "0", "--ip", HOST, "--stats", f"--latency-ms={latency_ms}"]
+        cmd = [PYTHON, sim, "--port", "0", "--ip", HOST, "--stats", f"--latency-ms={latency_ms}",
+               f"--start-latency-s={start_latency_s}"]  # fmt: skip
         super().__init__(name, cmd, work / f"{name}.log")
         self.url = None
 
@@ -1540,8 +1545,8 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="small N: a smoke run of ~1 min")
     parser.add_argument(
         "--json",
-        default=str(REPO / ".stack" / "bench-results.json"),
-        help="where to write all figures (default .stack/bench-results.json)",
+        help="where to write all figures (default .stack/bench-results.json; with --traces "
+        ".stack/bench-traces.json)",
     )
     parser.add_argument("--skip-scale", action="store_true", help="only the real stack")
     parser.add_argument(
@@ -1550,7 +1555,11 @@ def main() -> int:
     parser.add_argument(
         "--keep", action="store_true", help="keep the logs (work dir) after success"
     )
+    traces.add_arguments(parser)
     args = parser.parse_args()
+    if args.traces:
+        return traces.main(args)
+    args.json = args.json or str(REPO / ".stack" / "bench-results.json")
 
     signal.signal(signal.SIGTERM, _interrupt)
     work = Path(tempfile.mkdtemp(prefix="jkp-bench-"))

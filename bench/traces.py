@@ -1,0 +1,573 @@
+"""Trace replay: how pools of fixed sizes and the adaptive pool serve three kinds of demand.
+
+    .venv/bin/python bench/run.py --traces [--quick] [--time-scale F] [--adaptive 1:32]
+    (or scripts/bench --traces)
+
+Each trace is a list of pop arrival times in real (uncompressed) seconds:
+- ``day``: a day of Poisson arrivals whose rate follows a smooth curve, 40x higher at the
+  afternoon peak (one pop per start latency) than at night;
+- ``batches``: agents that fan out, a batch of 10 pops at once every 2 minutes, over a trickle;
+- ``classroom``: 30 pops within 60 s, unannounced, after 20 quiet minutes.
+
+Within a trace every duration (arrival times, the kernel start latency, scale_down_delay,
+refill_delay, pop_timeout) is divided by one factor, its time scale, so a day runs in minutes.
+jkp's own work (a pop, ~10-20 ms of CPU; a start's warm-up) is not compressed: the day is
+compressed 180x (a 30 s start takes 167 ms, ~10x a pop), the batches 60x and the classroom
+20x, so that bursts do not arrive faster than 2 cores can serve them (at 180x a class came
+90 pops a second and warm pops queued for the CPU). ``--time-scale`` sets one factor for all.
+
+Each configuration of a trace runs at the same time as the others, each on a gateway
+simulator of its own (bench/gateway_simulator.py with ``--start-latency-s``) and a Redis key
+of its own on one redis-server, with two jkp replicas sharing it; pops alternate between the
+replicas.
+
+Figures per trace and configuration: the share of pops served warm (the pops served less
+jkp's own count of those that waited, jkp_pop_waits_total, over all pops sent), p50/p99/max
+time to kernel as the client measured it (compressed), idle kernel-hours (exact, in real
+time: from the simulator's record of when each kernel was ready and when it was handed out
+or deleted), the most kernels the pool held at once on the simulator (idle + starting, not
+handed out), and pops refused. The adaptive configuration runs only when jkp has
+``PoolManager.min_pending_kernels``; otherwise it is skipped with a message saying so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import json
+import math
+import random
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from run import (
+    PYTHON,
+    REPO,
+    Jkp,
+    RedisServer,
+    Simulator,
+    Stack,
+    _interrupt,
+    log,
+    machine,
+    machine_jiffies,
+    metric_total,
+)
+from tornado.httpclient import AsyncHTTPClient, HTTPRequest
+
+START_LATENCY_S = 30.0  # a kernel pod's start on Kubernetes (10-60 s), in real seconds
+DAY_TIME_SCALE = 180  # 30 s -> 167 ms: ~10x jkp's own pop time; a day -> 8 min
+BATCHES_TIME_SCALE = 60  # 30 s -> 500 ms; an hour of batches -> 60 s
+CLASS_TIME_SCALE = 20  # 30 s -> 1.5 s; the class's 30 pops and 30 starts over 3 s, not 1
+POP_TIMEOUT_S = 120.0  # real seconds: a pop may wait for several starts, not fail after one
+REFILL_DELAY_S = 1.0  # jkp's default, compressed like the rest
+SCALE_DOWN_DELAY_S = 600.0  # the issue's default
+MAX_CONCURRENT_STARTS = 32  # per replica: a cluster starts pods side by side
+REPLICAS = 2
+BATCH_SIZE = 10
+CLASS_SIZE = 30
+DAY = 24 * 3600.0
+SEED = 23
+
+
+@dataclass
+class Trace:
+    """Arrival times (real seconds from the trace's start) and the pools it is replayed on."""
+
+    name: str
+    title: str
+    duration: float
+    arrivals: list[float]
+    fixed_sizes: tuple[int, ...]
+    scale: float  # real seconds per compressed second
+    # Arrivals that end a phase the checks look at, by name (e.g. the first batch's last).
+    marks: dict[str, int] = field(default_factory=dict)
+
+
+def poisson(rng: random.Random, rate, start: float, end: float, peak: float) -> list[float]:
+    """Arrivals of a Poisson process of ``rate(t)`` (per second, at most ``peak``) in
+    [start, end), by thinning."""
+    times, t = [], start
+    while True:
+        t += rng.expovariate(peak)
+        if t >= end:
+            return times
+        if rng.random() * peak < rate(t):
+            times.append(t)
+
+
+def day_trace(quick: bool) -> Trace:
+    """Rate lowest at 04:00, highest at 16:00 (40x), log-cosine in between."""
+    peak = 1 / START_LATENCY_S
+
+    def rate(t: float) -> float:
+        s = (1 - math.cos(2 * math.pi * (t - 4 * 3600) / DAY)) / 2
+        return peak * 40 ** (s - 1)
+
+    # Quick: the morning ramp only (09:00-12:00), where a pool must grow.
+    start, end = (9 * 3600.0, 12 * 3600.0) if quick else (0.0, DAY)
+    times = poisson(random.Random(SEED), rate, start, end, peak)
+    sizes = (2, 8) if quick else (2, 4, 6, 8)
+    return Trace("day", "day curve (Poisson, 40x night to peak)", end - start,
+                 [t - start for t in times], sizes, DAY_TIME_SCALE)  # fmt: skip
+
+
+def batches_trace(quick: bool) -> Trace:
+    """A batch of BATCH_SIZE pops at once every 2 min from minute 1, over a trickle of one a
+    minute (Poisson)."""
+    duration = 900.0 if quick else 3600.0
+    rng = random.Random(SEED + 1)
+    trickle = poisson(rng, lambda t: 1 / 60, 0, duration, 1 / 60)
+    batch_times = [60.0 + 120 * k for k in range(int((duration - 60) // 120))]
+    times = sorted(trickle + [t for t in batch_times for _ in range(BATCH_SIZE)])
+    first_batch_end = max(i for i, t in enumerate(times) if t == batch_times[0])
+    sizes = (2, 10) if quick else (2, 5, 10, 15)
+    return Trace("batches", f"agents: {BATCH_SIZE} at once every 2 min over a trickle",
+                 duration, times, sizes, BATCHES_TIME_SCALE,
+                 {"first_batch_end": first_batch_end})  # fmt: skip
+
+
+def classroom_trace(quick: bool) -> Trace:
+    """A trickle of one pop per 5 min; after 20 quiet minutes (quick: 5), CLASS_SIZE pops
+    within 60 s; then 9 more minutes (quick: 3)."""
+    quiet, after = (300.0, 180.0) if quick else (1200.0, 540.0)
+    duration = quiet + 60 + after
+    rng = random.Random(SEED + 2)
+    trickle = poisson(rng, lambda t: 1 / 300, 0, duration, 1 / 300)
+    times = sorted(trickle + [quiet + rng.uniform(0, 60) for _ in range(CLASS_SIZE)])
+    sizes = (2, 30) if quick else (2, 10, 30)
+    return Trace("classroom", f"classroom: {CLASS_SIZE} within 60 s, unannounced", duration,
+                 times, sizes, CLASS_TIME_SCALE)  # fmt: skip
+
+
+@dataclass
+class Config:
+    """One pool configuration: fixed (``minimum`` None) or adaptive."""
+
+    maximum: int
+    minimum: int | None = None
+
+    @property
+    def name(self) -> str:
+        return f"fixed {self.maximum}" if self.minimum is None else \
+            f"adaptive {self.minimum}-{self.maximum}"  # fmt: skip
+
+    @property
+    def slug(self) -> str:
+        return self.name.replace(" ", "-")
+
+
+def jkp_has_adaptive_pools() -> bool:
+    """Whether this jkp knows min_pending_kernels: traitlets only warns about an unknown
+    option, so ask --help-all rather than watch it start."""
+    help_text = subprocess.run(
+        [PYTHON, "-m", "jkp", "--help-all"], cwd=REPO, capture_output=True, text=True, timeout=60
+    ).stdout
+    return "--PoolManager.min_pending_kernels" in help_text
+
+
+class Run:
+    """One configuration replaying one trace: its simulator, its replicas, its pops."""
+
+    def __init__(self, trace: Trace, config: Config, work: Path, stack: Stack,
+                 redis: RedisServer):  # fmt: skip
+        self.trace, self.config, self.scale = trace, config, trace.scale
+        self.work, self.stack, self.redis = work, stack, redis
+        self.replicas: list[Jkp] = []
+        self.pops: list[dict] = []
+        self.waits: dict[str, float] = {}  # jkp_pop_waits_total over replicas, by moment
+        self.t0 = self.t_end = 0.0
+
+    async def start(self) -> None:
+        """Start the simulator and the replicas; return once the pool has settled."""
+        slug = f"{self.trace.name}-{self.config.slug}"
+        self.sim = self.stack.add(
+            Simulator(self.work, f"sim-{slug}", start_latency_s=START_LATENCY_S / self.scale)
+        )
+        await self.sim.wait_listening()
+        options = [
+            f"--PoolManager.max_concurrent_starts={MAX_CONCURRENT_STARTS}",
+            "--PoolManager.activation_interval=0",
+            f"--PoolManager.refill_delay={REFILL_DELAY_S / self.scale}",
+        ]
+        if self.config.minimum is not None:
+            options += [
+                f"--PoolManager.min_pending_kernels={self.config.minimum}",
+                f"--PoolManager.scale_down_delay={SCALE_DOWN_DELAY_S / self.scale}",
+            ]
+        for i in range(REPLICAS):
+            jkp = Jkp(self.work, f"jkp-{slug}-{i}", self.redis, self.sim.url, f"bench:{slug}",
+                      self.config.maximum, tuple(options), POP_TIMEOUT_S / self.scale)  # fmt: skip
+            self.replicas.append(self.stack.add(jkp))
+        await self.settled()
+
+    async def settled(self, timeout: float = 120) -> None:
+        """Wait until the pool is filled to what it keeps with no demand and nothing starts."""
+        want = self.config.maximum if self.config.minimum is None else self.config.minimum
+        deadline, status = time.monotonic() + timeout, None
+        while time.monotonic() < deadline:
+            for jkp in self.replicas:
+                jkp.check_alive()
+            try:
+                statuses = [await jkp.status() for jkp in self.replicas]
+                status = statuses[0]
+                if all(s["starting"] == 0 and s["idle"] >= want for s in statuses):
+                    return
+            except OSError:
+                pass  # not listening yet
+            await asyncio.sleep(0.2)
+        raise RuntimeError(f"{self.config.name} ({self.trace.name}): not settled: {status}")
+
+    async def pop_waits(self) -> float:
+        """jkp_pop_waits_total summed over the replicas: the pops served so far that waited."""
+        return sum([await metric_total(jkp, "jkp_pop_waits_total") for jkp in self.replicas])
+
+    async def replay(self, t0: float) -> None:
+        """Send each pop at its compressed arrival time from ``t0`` (epoch seconds)."""
+        client = AsyncHTTPClient(force_instance=True, max_clients=256)
+        self.t0 = t0
+        self.waits["start"] = await self.pop_waits()
+        tasks: list[asyncio.Task] = []
+        mark_tasks = []
+        for i, t in enumerate(self.trace.arrivals):
+            delay = t0 + t / self.scale - time.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(self.pop(client, i, t0 + t / self.scale)))
+            for mark, last in self.trace.marks.items():
+                if i == last:
+                    mark_tasks.append(asyncio.create_task(self.mark(mark, list(tasks))))
+        await asyncio.gather(*tasks, *mark_tasks)
+        self.t_end = max(time.time(), t0 + self.trace.duration / self.scale)
+        await asyncio.sleep(max(0.0, self.t_end - time.time()))
+        self.waits["end"] = await self.pop_waits()
+        client.close()
+
+    async def mark(self, name: str, tasks: list[asyncio.Task]) -> None:
+        """Read jkp's wait count once the pops up to a phase's end are answered."""
+        await asyncio.gather(*tasks)
+        self.waits[name] = await self.pop_waits()
+
+    async def pop(self, client: AsyncHTTPClient, i: int, due: float) -> None:
+        """Pop ``i`` of the trace, due at ``due``, through replica i mod REPLICAS."""
+        jkp = self.replicas[i % len(self.replicas)]
+        request = HTTPRequest(
+            jkp.url + "/api/kernels/pop/",
+            method="POST",
+            body=json.dumps({"userId": f"{self.trace.name}-{i}"}),
+            request_timeout=60,
+        )
+        sent = time.time()
+        t0 = time.perf_counter()
+        response = await client.fetch(request, raise_error=False)
+        try:
+            body = json.loads(response.body or b"{}")
+        except ValueError:
+            body = {}
+        outcome = "ok" if response.code == 200 else f"{response.code} {body.get('reason', '')}"
+        self.pops.append({"i": i, "late_s": sent - due, "seconds": time.perf_counter() - t0,
+                          "code": response.code, "outcome": outcome, "sent": sent,
+                          "kernel_id": body.get("id")})  # fmt: skip
+
+    async def kernel_lives(self) -> list[dict]:
+        """Every kernel the simulator started, with the moments of its life."""
+        response = await AsyncHTTPClient().fetch(self.sim.url + "/bench/kernels")
+        return json.loads(response.body)["kernels"]
+
+    async def figures(self) -> dict:
+        """What this run's users and its bill saw."""
+        lives = await self.kernel_lives()
+        served = [p for p in self.pops if p["code"] == 200]
+        refused = [p for p in self.pops if p["code"] != 200]
+        waited = self.waits["end"] - self.waits["start"]
+        out = {
+            "pool": self.config.name,
+            "pops": len(self.pops),
+            "served": len(served),
+            "refused": len(refused),
+            "refused_by": dict(collections.Counter(p["outcome"] for p in refused)),
+            "waited": waited,
+            # A refused pop was not served warm either.
+            "warm": (len(served) - waited) / len(self.pops) if self.pops else 0.0,
+            **time_to_kernel(served),
+            "client_late_max_ms": 1000 * max((p["late_s"] for p in self.pops), default=0),
+            **kernel_costs(lives, served, self.t0, self.t_end, self.scale),
+        }
+        if "first_batch_end" in self.waits:
+            last = self.trace.marks["first_batch_end"]
+            after = [p for p in self.pops if p["i"] > last]
+            n_served = len([p for p in after if p["code"] == 200])
+            waited_after = self.waits["end"] - self.waits["first_batch_end"]
+            out["warm_after_first_batch"] = (n_served - waited_after) / len(after) if after else 0.0
+        return out
+
+    def stop(self) -> None:
+        """Stop the replicas and the simulator."""
+        for item in [*self.replicas, self.sim]:
+            self.stack.remove(item)
+
+
+def time_to_kernel(served: list[dict]) -> dict:
+    """p50/p99/max in ms of the pops served (compressed time, as measured)."""
+    if not served:
+        return {"p50_ms": None, "p99_ms": None, "max_ms": None}
+    ms = sorted(1000 * p["seconds"] for p in served)
+    q = statistics.quantiles(ms, n=100, method="inclusive") if len(ms) > 1 else ms * 99
+    return {"p50_ms": q[49], "p99_ms": q[98], "max_ms": ms[-1]}
+
+
+def kernel_costs(
+    lives: list[dict], served: list[dict], t0: float, t_end: float, scale: float
+) -> dict:
+    """Idle kernel-hours (ready, not handed out) in [t0, t_end] in real time, and the most
+    kernels the pool held at once (starting or idle: requested, not handed out or deleted).
+
+    A kernel leaves the pool when a pop claims it: as the pop was sent, or once the kernel
+    was pooled if the pop waited for it. Its set-up reaches the simulator later (more so
+    while a burst queues for the CPU), when jkp may already be starting its replacement.
+    """
+    claimed = {p["kernel_id"]: p["sent"] for p in served}
+    idle = starting = 0.0
+    events = []
+    for life in lives:
+        handed_out = life["handed_out"]
+        if life["id"] in claimed:
+            handed_out = max(claimed[life["id"]], life["pooled"] or life["ready"] or 0)
+        gone = min(t for t in (handed_out, life["deleted"], t_end) if t is not None)
+        ready = life["ready"] if life["ready"] is not None else gone
+        idle += max(0.0, min(gone, t_end) - max(ready, t0))
+        starting += max(0.0, min(ready, t_end) - max(life["requested"], t0))
+        events += [(life["requested"], 1), (gone, -1)]
+    held = peak = 0
+    for t, step in sorted(events):
+        held += step
+        if t >= t0:  # the fill before the trace does not count, what it left does
+            peak = max(peak, held)
+    return {
+        "idle_kernel_hours": idle * scale / 3600,
+        "starting_kernel_hours": starting * scale / 3600,
+        "peak_pool_kernels": peak,
+    }
+
+
+async def replay(trace: Trace, configs: list[Config], work: Path, stack: Stack,
+                 redis: RedisServer) -> list[dict]:  # fmt: skip
+    """All configurations of one trace side by side, from one common start."""
+    runs = [Run(trace, c, work, stack, redis) for c in configs]
+    busy0, total0 = machine_jiffies()
+    log(f"{trace.name}: starting {len(runs)} configurations ({len(trace.arrivals)} pops, "
+        f"{trace.duration / trace.scale:.0f} s each)")  # fmt: skip
+    await asyncio.gather(*(r.start() for r in runs))
+    t0 = time.time() + 1.0
+    await asyncio.gather(*(r.replay(t0) for r in runs))
+    results = [await r.figures() for r in runs]
+    busy1, total1 = machine_jiffies()
+    for res in results:
+        res["machine_busy"] = (busy1 - busy0) / max(total1 - total0, 1)
+    for r in runs:
+        r.stop()
+    for res in results:
+        log(f"  {trace.name} {res['pool']}: warm {res['warm']:.1%}, p50 {res['p50_ms']:.0f} ms, "
+            f"idle {res['idle_kernel_hours']:.1f} kernel-h, peak {res['peak_pool_kernels']}, "
+            f"refused {res['refused']}")  # fmt: skip
+    return results
+
+
+async def replay_all(args, work: Path, stack: Stack, out: dict) -> None:
+    redis = stack.add(RedisServer(work / "redis-traces"))
+    await asyncio.to_thread(redis.start)
+    minimum, maximum = (int(v) for v in args.adaptive.split(":"))
+    adaptive = Config(maximum, minimum) if out["adaptive_available"] else None
+    for make in (day_trace, batches_trace, classroom_trace):
+        trace = make(args.quick)
+        trace.scale = args.time_scale or trace.scale
+        configs = [Config(size) for size in trace.fixed_sizes] + ([adaptive] if adaptive else [])
+        out["traces"][trace.name] = {
+            "title": trace.title,
+            "real_duration_s": trace.duration,
+            "time_scale": trace.scale,
+            "pops": len(trace.arrivals),
+            "results": await replay(trace, configs, work, stack, redis),
+        }
+
+
+def pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.1f}%"
+
+
+def ms(x: float | None) -> str:
+    return "-" if x is None else f"{x:.0f}"
+
+
+def checks(out: dict) -> list[tuple[str, str, str, str]]:
+    """The issue's "Done when" rows for the trace replay: (check, value, target, result)."""
+    traces = out["traces"]
+    if not out["adaptive_available"]:
+        why = "not run: jkp has no PoolManager.min_pending_kernels"
+        return [(name, "-", "-", why) for name in ("day", "batches", "classroom")]
+
+    def result(ok: bool) -> str:
+        return "PASS" if ok else "FAIL"
+
+    def split(name: str) -> tuple[dict, list[dict]]:
+        results = traces[name]["results"]
+        return ([r for r in results if r["pool"].startswith("adaptive")][0],
+                [r for r in results if r["pool"].startswith("fixed")])  # fmt: skip
+
+    rows = []
+    if "day" in traces:
+        ad, fixed = split("day")
+        reaching = [r for r in fixed if r["warm"] >= 0.99]
+        if reaching:
+            ref = min(reaching, key=lambda r: int(r["pool"].split()[1]))
+            share = ad["idle_kernel_hours"] / ref["idle_kernel_hours"]
+            value = f"{pct(ad['warm'])} warm, idle {share:.0%} of {ref['pool']}'s"
+            ok = ad["warm"] >= 0.99 and share <= 0.5
+        else:
+            value, ok = f"{pct(ad['warm'])} warm; no fixed pool reached 99%", False
+        rows.append(("day: adaptive warm, idle cost vs the smallest fixed pool at 99%",
+                     value, "≥ 99%, ≤ 50%", result(ok)))  # fmt: skip
+    if "batches" in traces:
+        ad, fixed = split("batches")
+        ref = [r for r in fixed if r["pool"] == f"fixed {BATCH_SIZE}"]
+        warm = ad.get("warm_after_first_batch", 0.0)
+        if ref:
+            share = ad["idle_kernel_hours"] / ref[0]["idle_kernel_hours"]
+            value, ok = f"{pct(warm)} warm, idle {share:.0%} of fixed {BATCH_SIZE}'s", \
+                warm >= 0.95 and share <= 1.1  # fmt: skip
+        else:
+            value, ok = f"{pct(warm)} warm; no fixed {BATCH_SIZE} run", False
+        rows.append(("batches: adaptive warm after the first batch, idle cost vs fixed "
+                     f"{BATCH_SIZE}", value, "≥ 95%, ≤ 110%", result(ok)))  # fmt: skip
+    if "classroom" in traces:
+        ad, _ = split("classroom")
+        limit = 1000 * (START_LATENCY_S + 1) / traces["classroom"]["time_scale"]
+        value = f"{ad['refused']} refused, max {ms(ad['max_ms'])} ms"
+        ok = ad["refused"] == 0 and ad["max_ms"] is not None and ad["max_ms"] <= limit
+        rows.append(("classroom: adaptive refused, longest time to kernel", value,
+                     f"0, ≤ {limit:.0f} ms (start + 1 s)", result(ok)))  # fmt: skip
+    return rows
+
+
+def refused(r: dict) -> str:
+    """'0', or the count and why: '3 (503 Pool empty)'."""
+    why = ", ".join(f"{n} {outcome}" if len(r["refused_by"]) > 1 else outcome
+                    for outcome, n in r["refused_by"].items())  # fmt: skip
+    return f"{r['refused']} ({why})" if why else str(r["refused"])
+
+
+def report(out: dict) -> str:
+    scales = ", ".join(
+        f"{name} {t['time_scale']:g}x (a start {1000 * START_LATENCY_S / t['time_scale']:.0f} ms)"
+        for name, t in out["traces"].items()
+    )
+    lines = [
+        f"Trace replay: kernel start {START_LATENCY_S:g} s real, time compressed: {scales}; "
+        f"{REPLICAS} jkp replicas per pool; jkp {out['jkp_git']}"
+        + ("; QUICK run (short traces)" if out["quick"] else ""),
+        "",
+        "| trace | pool | pops | warm | p50 ms | p99 ms | max ms | idle kernel-h | "
+        "peak kernels | refused |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    notes = []
+    for name, trace in out["traces"].items():
+        late = max(r["client_late_max_ms"] for r in trace["results"])
+        notes.append(f"{name}: machine CPU busy {trace['results'][0]['machine_busy']:.0%}, "
+                     f"pops sent late by up to {late:.0f} ms")  # fmt: skip
+        for r in trace["results"]:
+            warm = pct(r["warm"])
+            if "warm_after_first_batch" in r:
+                warm += f" ({pct(r['warm_after_first_batch'])} after the 1st)"
+            lines.append(
+                f"| {name} | {r['pool']} | {r['served']}/{r['pops']} | {warm} | {ms(r['p50_ms'])} "
+                f"| {ms(r['p99_ms'])} | {ms(r['max_ms'])} | {r['idle_kernel_hours']:.1f} | "
+                f"{r['peak_pool_kernels']} | {refused(r)} |"
+            )
+    lines += [
+        "",
+        "warm: share of all pops served without waiting (jkp_pop_waits_total). Times to kernel are "
+        "compressed (a waiting pop waits about a compressed start) but jkp's own work in them "
+        "is not. Idle kernel-h: real hours of kernels ready and not handed out, exact from "
+        "the simulator. Peak kernels: the most the pool held at once (idle + starting).",
+        "; ".join(notes),
+    ]
+    if not out["adaptive_available"]:
+        lines.append("Adaptive pool skipped: this jkp has no PoolManager.min_pending_kernels.")
+    lines += ["", "| check | value | target | result |", "|---|---|---|---|"]
+    lines += [f"| {' | '.join(row)} |" for row in checks(out)]
+    return "\n".join(lines)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The trace replay's options on bench/run.py's command line."""
+    parser.add_argument("--traces", action="store_true", help="run only the trace replay")
+    parser.add_argument(
+        "--time-scale",
+        type=float,
+        help=f"traces: real seconds per compressed second, for every trace (default "
+        f"{DAY_TIME_SCALE} for the day, {BATCHES_TIME_SCALE} for the batches, "
+        f"{CLASS_TIME_SCALE} for the classroom)",
+    )
+    parser.add_argument(
+        "--adaptive",
+        default="1:32",
+        metavar="MIN:MAX",
+        help="traces: min_pending_kernels:max_pending_kernels of the adaptive pool",
+    )
+
+
+def main(args: argparse.Namespace) -> int:
+    """Replay the traces; print the table and write the figures to JSON."""
+    signal.signal(signal.SIGTERM, _interrupt)
+    work = Path(tempfile.mkdtemp(prefix="jkp-traces-"))
+    (work / "shared").mkdir()
+    stack, started = Stack(), time.monotonic()
+    out = {
+        "quick": args.quick,
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "machine": machine(),
+        "start_latency_s": START_LATENCY_S,
+        "adaptive": args.adaptive,
+        "adaptive_available": jkp_has_adaptive_pools(),
+        "traces": {},
+    }
+    out["jkp_git"] = out["machine"]["jkp_git"]
+    if not out["adaptive_available"]:
+        log("adaptive pool skipped: this jkp has no PoolManager.min_pending_kernels")
+    ok = False
+    try:
+        asyncio.run(replay_all(args, work, stack, out))
+        ok = True
+    except KeyboardInterrupt:
+        print("\nbench: interrupted", file=sys.stderr)
+    except Exception:
+        traceback.print_exc()
+    finally:
+        log("stopping everything")
+        stack.stop_all()
+    out["duration_s"] = time.monotonic() - started
+    if not ok:
+        print(f"bench: failed; logs kept in {work}", file=sys.stderr)
+        return 1
+    print()
+    print(report(out))
+    print(f"\ntotal run time {out['duration_s']:.0f} s")
+    path = Path(args.json or REPO / ".stack" / "bench-traces.json")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(out, indent=2) + "\n")
+    print(f"figures written to {path}")
+    if args.keep:
+        print(f"logs kept in {work}")
+    else:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
