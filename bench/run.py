@@ -1570,9 +1570,26 @@ def main() -> int:
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "machine": machine(),
     }
+    return run_and_report(
+        main_async(args, work, stack, out),
+        work,
+        stack,
+        out,
+        started,
+        report,
+        Path(args.json),
+        args.keep,
+    )
+
+
+def run_and_report(
+    rounds, work: Path, stack: Stack, out: dict, started: float, report_of, path: Path, keep: bool
+) -> int:
+    """Run a benchmark's ``rounds`` (a coroutine filling ``out``), stop everything it started,
+    then print ``report_of(out)`` and write ``out`` to ``path``; the exit status."""
     ok = False
     try:
-        asyncio.run(main_async(args, work, stack, out))
+        asyncio.run(rounds)
         ok = True
     except KeyboardInterrupt:
         print("\nbench: interrupted", file=sys.stderr)
@@ -1586,13 +1603,12 @@ def main() -> int:
         print(f"bench: failed; logs kept in {work}", file=sys.stderr)
         return 1
     print()
-    print(report(out))
+    print(report_of(out))
     print(f"\ntotal run time {out['duration_s']:.0f} s")
-    path = Path(args.json)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out, indent=2) + "\n")
     print(f"figures written to {path}")
-    if args.keep:
+    if keep:
         print(f"logs kept in {work}")
     else:
         shutil.rmtree(work, ignore_errors=True)

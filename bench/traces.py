@@ -38,14 +38,11 @@ import collections
 import json
 import math
 import random
-import shutil
 import signal
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
-import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -61,6 +58,7 @@ from run import (
     machine,
     machine_jiffies,
     metric_total,
+    run_and_report,
 )
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 
@@ -544,30 +542,7 @@ def main(args: argparse.Namespace) -> int:
     out["jkp_git"] = out["machine"]["jkp_git"]
     if not out["adaptive_available"]:
         log("adaptive pool skipped: this jkp has no PoolManager.min_pending_kernels")
-    ok = False
-    try:
-        asyncio.run(replay_all(args, work, stack, out))
-        ok = True
-    except KeyboardInterrupt:
-        print("\nbench: interrupted", file=sys.stderr)
-    except Exception:
-        traceback.print_exc()
-    finally:
-        log("stopping everything")
-        stack.stop_all()
-    out["duration_s"] = time.monotonic() - started
-    if not ok:
-        print(f"bench: failed; logs kept in {work}", file=sys.stderr)
-        return 1
-    print()
-    print(report(out))
-    print(f"\ntotal run time {out['duration_s']:.0f} s")
     path = Path(args.json or REPO / ".stack" / "bench-traces.json")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(out, indent=2) + "\n")
-    print(f"figures written to {path}")
-    if args.keep:
-        print(f"logs kept in {work}")
-    else:
-        shutil.rmtree(work, ignore_errors=True)
-    return 0
+    return run_and_report(
+        replay_all(args, work, stack, out), work, stack, out, started, report, path, args.keep
+    )
