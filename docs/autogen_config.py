@@ -35,6 +35,9 @@ that does not parse stops start-up with a message naming the option and the vari
 """
 
 # Markdown punctuation that help texts may hold and must show as it is ('*', <t>, KERNEL_*).
+# Longer defaults (a list of 15 names) are shown with their option only, keeping the table narrow.
+_TABLE_DEFAULT_WIDTH = 40
+
 _MARKDOWN_SPECIAL = re.compile(r"([\\`*_\[\]<>|{}#~$])")
 
 
@@ -111,7 +114,10 @@ def _env_table(classes: list[type[Configurable]]) -> list[str]:
             env = env_name(trait)
             if env:
                 option = f"{{confval}}`{cls.__name__}.{name}`"
-                rows.append((env, option, _code(_default(cls, name, trait))))
+                default = _default(cls, name, trait)
+                long = len(default) > _TABLE_DEFAULT_WIDTH
+                shown = "(see the option)" if long else _code(default)
+                rows.append((env, option, shown))
     lines += [f"| {_code(env)} | {option} | {default} |" for env, option, default in sorted(rows)]
     return lines
 

@@ -40,4 +40,5 @@ html_theme_options = {
     "footer_start": ["copyright"],
     "footer_end": ["sphinx-version"],
 }
-html_sidebars = {"index": []}
+# The pages are one flat list in the header: no section sidebar to show.
+html_sidebars = {"**": []}
