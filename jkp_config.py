@@ -50,7 +50,8 @@ c.PoolManager.max_pending_kernels = 10
 # How long a pop may take in all (an empty pool, set-ups) before answering 503, seconds.
 # (JKP_POP_TIMEOUT)
 # c.PoolManager.pop_timeout = 10
-# Pools by kernel spec, each with PoolManager options by trait name plus "size" (README: Pools).
+# Pools by kernel spec, each with PoolManager options by trait name plus "size"
+# (docs/configuration.md: Pools).
 # (JKP_POOLS, as JSON)
 # c.JKPManagerApp.pools = {
 #     "python_kubernetes": {"size": 10},
@@ -78,7 +79,7 @@ c.PoolManager.max_pending_kernels = 10
 # Replacements start this long after a burst's first pop, so the burst has EG to itself.
 # c.PoolManager.refill_delay = 1  # (JKP_REFILL_DELAY)
 
-# -- As a drop-in gateway (README: As a drop-in gateway) ----------------------------------
+# -- As a drop-in gateway (docs/gateway.md) ----------------------------------
 # Point a Jupyter client's gateway URL at jkp: creates a pool can serve are served warm.
 # Mirror EG's own settings here, so a warm create is refused whenever EG would refuse it.
 # c.KernelService.unauthorized_users = ["root"]  # (JKP_UNAUTHORIZED_USERS, comma-separated)

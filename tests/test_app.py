@@ -242,14 +242,6 @@ def test_kernel_values_eg_would_refuse_stop_start_up(env_name, value, kernel_var
     assert "Traceback" not in result.stderr
 
 
-def test_readme_documents_every_variable():
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
-    for cls in (JKPManagerApp, GatewayClient, RedisStore, PoolManager):
-        for trait in cls.class_own_traits(config=True).values():
-            env = env_name(trait)
-            assert env is None or f"`{env}`" in readme, env
-
-
 def test_json_log_lines(tmp_path):
     env = {
         "PATH": "/usr/bin:/bin",
