@@ -14,7 +14,7 @@ from tornado.log import app_log
 
 from jkp.errors import ApiError
 from jkp.services.gateway import GatewayClient
-from jkp.services.pools import PoolRegistry
+from jkp.services.pool.registry import PoolRegistry
 from jkp.user import InvalidUserId
 
 # Pop bodies are tiny; anything bigger is refused before it is read.

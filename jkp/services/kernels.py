@@ -24,7 +24,8 @@ from traitlets.config import LoggingConfigurable
 from jkp.errors import ApiError
 from jkp.services.aliases import AliasStore, UnhandedKernel
 from jkp.services.gateway import Forwarded, GatewayClient, GatewayError
-from jkp.services.handout import (
+from jkp.services.pool import PoolManager
+from jkp.services.pool.pop import (
     KernelFailedError,
     PoolEmptyError,
     ReplicaUnregisteredError,
@@ -33,8 +34,7 @@ from jkp.services.handout import (
     ShuttingDownError,
     UserDirectoryError,
 )
-from jkp.services.pool import PoolManager
-from jkp.services.pools import PoolRegistry
+from jkp.services.pool.registry import PoolRegistry
 from jkp.services.store import AliasTaken
 from jkp.services.user_kernels import UserLimitReached
 from jkp.traits import EnvBool, EnvFloat, EnvInt, EnvList

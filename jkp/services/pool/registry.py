@@ -14,7 +14,8 @@ from traitlets.config import LoggingConfigurable
 from jkp.errors import ApiError
 from jkp.services.gateway import GatewayClient, GatewayError
 from jkp.services.metrics import Metrics
-from jkp.services.pool import PoolManager, StartSlots
+from jkp.services.pool.common import StartSlots
+from jkp.services.pool.manager import PoolManager
 from jkp.services.store import RedisStore
 from jkp.traits import check_options
 

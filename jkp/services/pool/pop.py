@@ -1,5 +1,5 @@
-"""What one pop carries (its user, deadline, caller, idempotency key), its errors, and the guard
-that stops handing out while the share keeps failing set-ups."""
+"""A pop: what one carries (Handout: its user, deadline, caller, idempotency key), the errors
+it can end in, and the guard that stops handing out while the share keeps failing set-ups."""
 
 from __future__ import annotations
 
