@@ -27,8 +27,7 @@ sys.path.insert(0, str(REPO / "dev"))
 sys.path.insert(0, str(REPO / "bench"))
 
 import localstack  # noqa: E402
-from pyinstrument import Profiler  # noqa: E402
-from run import (  # noqa: E402
+from kernel_channels import (  # noqa: E402
     answers,
     arm_set_up,
     delete_kernels,
@@ -36,6 +35,7 @@ from run import (  # noqa: E402
     send_shell,
     straight_set_up,
 )
+from pyinstrument import Profiler  # noqa: E402
 
 from jkp.app import JKPManagerApp  # noqa: E402
 

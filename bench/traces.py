@@ -38,24 +38,21 @@ import collections
 import json
 import math
 import random
-import signal
 import statistics
 import subprocess
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from run import (
+from harness import (
     PYTHON,
     REPO,
     Jkp,
     RedisServer,
     Simulator,
     Stack,
-    _interrupt,
+    begin_run,
     log,
-    machine,
     machine_jiffies,
     metric_total,
     run_and_report,
@@ -526,19 +523,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     """Replay the traces; print the table and write the figures to JSON."""
-    signal.signal(signal.SIGTERM, _interrupt)
-    work = Path(tempfile.mkdtemp(prefix="jkp-traces-"))
-    (work / "shared").mkdir()
-    stack, started = Stack(), time.monotonic()
-    out = {
-        "quick": args.quick,
-        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "machine": machine(),
-        "start_latency_s": START_LATENCY_S,
-        "adaptive": args.adaptive,
-        "adaptive_available": jkp_has_adaptive_pools(),
-        "traces": {},
-    }
+    work, stack, out, started = begin_run("jkp-traces-", args.quick)
+    out.update(
+        start_latency_s=START_LATENCY_S,
+        adaptive=args.adaptive,
+        adaptive_available=jkp_has_adaptive_pools(),
+        traces={},
+    )
     out["jkp_git"] = out["machine"]["jkp_git"]
     if not out["adaptive_available"]:
         log("adaptive pool skipped: this jkp has no PoolManager.min_pending_kernels")

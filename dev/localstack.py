@@ -376,10 +376,32 @@ class RedisServer(_Server):
 
 
 # --------------------------------------------------------------------------
-# Enterprise Gateway
+# Jupyter servers: Enterprise Gateway, JupyterLab
 
 
-class EnterpriseGateway(_Server):
+class _JupyterServer(_Server):
+    """A Jupyter server child (EG, Lab): ready once ``ready_path`` answers 200 through its
+    ``request`` (token, CA)."""
+
+    ready_path = "/api"
+
+    def request(self, method: str, path: str, body=None, timeout: float = 10.0):
+        raise NotImplementedError
+
+    def _is_ready(self) -> bool:
+        try:
+            status, _ = self.request("GET", self.ready_path, timeout=1.0)
+        # Not HTTP: another server took the port after free_port(); ours then fails to bind,
+        # exits, and start() says so.
+        except (OSError, ValueError, http.client.HTTPException):
+            return False
+        return status == 200
+
+    def _start_timeout(self) -> float:
+        return 30.0
+
+
+class EnterpriseGateway(_JupyterServer):
     """Jupyter Enterprise Gateway 3.3 from its own venv, with one local kernel spec.
 
     The kernel spec named ``kernel_name`` (default ``python_kubernetes``, as in
@@ -511,18 +533,6 @@ class EnterpriseGateway(_Server):
         env.pop("VIRTUAL_ENV", None)
         return env
 
-    def _is_ready(self) -> bool:
-        try:
-            status, _ = self.request("GET", "/api", timeout=1.0)
-        # Not HTTP: another server took the port after free_port(); ours then fails to bind,
-        # exits, and start() says so.
-        except (OSError, ValueError, http.client.HTTPException):
-            return False
-        return status == 200
-
-    def _start_timeout(self) -> float:
-        return 30.0
-
     def _cleanup_leftovers(self) -> None:
         needle = str(self.runtime_dir) + os.sep
         for pid in _pids_with_arg(needle):
@@ -539,7 +549,7 @@ class EnterpriseGateway(_Server):
 # JupyterLab
 
 
-class JupyterLab(_Server):
+class JupyterLab(_JupyterServer):
     """JupyterLab (Jupyter Server 2) from its own venv, in gateway mode at ``gateway_url``.
 
     It sends every ``KERNEL_*`` variable of its environment with each kernel start: here only
@@ -550,6 +560,7 @@ class JupyterLab(_Server):
 
     name = "jupyterlab"
     log_name = "lab.log"
+    ready_path = "/api/status"
 
     def __init__(
         self,
@@ -619,16 +630,6 @@ class JupyterLab(_Server):
         env["JUPYTER_RUNTIME_DIR"] = str(home / "runtime")
         env.pop("VIRTUAL_ENV", None)
         return env
-
-    def _is_ready(self) -> bool:
-        try:
-            status, _ = self.request("GET", "/api/status", timeout=1.0)
-        except (OSError, ValueError, http.client.HTTPException):
-            return False
-        return status == 200
-
-    def _start_timeout(self) -> float:
-        return 30.0
 
 
 # --------------------------------------------------------------------------

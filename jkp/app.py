@@ -28,7 +28,7 @@ from jkp.services.gateway import GatewayClient
 from jkp.services.kernels import KernelService
 from jkp.services.metrics import Metrics
 from jkp.services.pool import PoolManager
-from jkp.services.pools import PoolRegistry
+from jkp.services.pool.registry import PoolRegistry
 from jkp.services.store import RedisStore
 from jkp.traits import (
     EnvBool,

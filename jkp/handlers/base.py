@@ -6,13 +6,16 @@ import asyncio
 import hmac
 import json
 from http.client import responses
-from typing import Any
+from typing import Any, NamedTuple
 
+from redis.exceptions import RedisError
 from tornado import web
 from tornado.log import app_log
 
+from jkp.errors import ApiError
 from jkp.services.gateway import GatewayClient
-from jkp.services.pools import PoolRegistry
+from jkp.services.pool.registry import PoolRegistry
+from jkp.user import InvalidUserId
 
 # Pop bodies are tiny; anything bigger is refused before it is read.
 MAX_BODY_BYTES = 64 * 1024
@@ -27,6 +30,35 @@ def api_error(
     error = web.HTTPError(status, "%s", message, reason=reason)
     error.headers = headers or {}  # type: ignore[attr-defined]
     return error
+
+
+class Answer(NamedTuple):
+    """How a request is answered with an error."""
+
+    status_code: int
+    reason: str
+    message: str
+    headers: dict[str, str]
+    has_body: bool = True
+
+
+# Errors answered alike wherever a request meets them, though they know nothing of HTTP:
+# Redis's, and jkp.user's. (status, reason, the message with the error's text in {}).
+_OTHER_ERRORS: dict[type[Exception], tuple[int, str, str]] = {
+    RedisError: (503, "Store unavailable", "Redis unavailable: {}"),
+    InvalidUserId: (400, "Invalid userId", "{}"),
+}
+
+
+def answer_of(error: BaseException | None) -> Answer | None:
+    """The answer to ``error``: its own (ApiError), or that of _OTHER_ERRORS; None when jkp
+    does not expect it (tornado's 500)."""
+    if isinstance(error, ApiError):
+        return Answer(error.status_code, error.reason, error.message, error.headers, error.has_body)
+    for kind, (status, reason, message) in _OTHER_ERRORS.items():
+        if isinstance(error, kind):
+            return Answer(status, reason, message.format(error), {})
+    return None
 
 
 def token_authenticated(headers: Any, expected: str | None, query_token: str = "") -> bool:
@@ -137,9 +169,10 @@ class APIHandler(web.RequestHandler):
         self.finish(json.dumps(data))
 
     def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
-        """API errors are answered and logged by the request log; others are logged with the
-        path only, as Tornado's own summary would include the query string."""
-        if isinstance(value, web.HTTPError):
+        """API errors (web.HTTPError, and those answer_of knows) are answered and logged by
+        the request log; others are logged with the path only, as Tornado's own summary would
+        include the query string."""
+        if isinstance(value, web.HTTPError) or answer_of(value) is not None:
             return
         app_log.error(
             "Uncaught exception in %s %s",
@@ -149,21 +182,34 @@ class APIHandler(web.RequestHandler):
         )
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
-        """Errors as ``{"message", "reason"}``: the message says what went wrong, for users."""
+        """Errors as ``{"message", "reason"}``: the message says what went wrong, for users.
+
+        The one place an error becomes an answer: a web.HTTPError as tornado sends it, and
+        the errors answer_of knows with their own status, reason and headers.
+        """
         if status_code == 405:
             self.set_header("Allow", ", ".join(self.allowed_methods()))
         message = responses.get(status_code, "Unknown HTTP Error")
         reason = None
         exc_info = kwargs.get("exc_info")
-        if exc_info:
-            error = exc_info[1]
-            if isinstance(error, web.HTTPError):
-                # Headers an error carries (e.g. Retry-After); send_error cleared those set before.
-                for name, value in getattr(error, "headers", {}).items():
-                    self.set_header(name, value)
-                if error.log_message:
-                    message = error.log_message % error.args if error.args else error.log_message
-                reason = error.reason
+        error = exc_info[1] if exc_info else None
+        if isinstance(error, web.HTTPError):
+            # Headers an error carries (e.g. Retry-After); send_error cleared those set before.
+            for name, value in getattr(error, "headers", {}).items():
+                self.set_header(name, value)
+            if error.log_message:
+                message = error.log_message % error.args if error.args else error.log_message
+            reason = error.reason
+        answer = answer_of(error)
+        if answer is not None:
+            # Its status replaces the 500 tornado gives an error that is not a web.HTTPError.
+            self.set_status(answer.status_code, answer.reason)
+            for name, value in answer.headers.items():
+                self.set_header(name, value)
+            if not answer.has_body:
+                self.finish()
+                return
+            message, reason = answer.message, answer.reason
         self.finish(json.dumps({"message": message, "reason": reason or self._reason}))
 
 

@@ -66,7 +66,7 @@ class ChannelsHandler(WebSocketHandler):
         try:
             upstream_id = await self.kernels.upstream_id(kernel_id)
         except KernelRequestError as e:
-            return self._refuse(e.status, str(e), e.reason)
+            return self._refuse(e.status_code, e.message, e.reason)
         session_id = self.get_query_argument("session_id", "")
         if session_id:
             self.bridge = await self.bridges.open(upstream_id, session_id, self._give_way)

@@ -8,13 +8,11 @@ from __future__ import annotations
 from http.client import responses
 from typing import Any
 
-from redis.exceptions import RedisError
 from tornado import web
 
-from jkp.handlers.base import APIHandler, api_error
-from jkp.services.gateway import Forwarded, GatewayError
-from jkp.services.handout import PopAbandonedError
-from jkp.services.kernels import KernelRequestError, KernelService
+from jkp.handlers.base import APIHandler
+from jkp.services.gateway import Forwarded
+from jkp.services.kernels import KernelService
 
 _KERNEL_ID = r"(?P<kernel_id>[^/]+)"
 
@@ -35,15 +33,7 @@ class GatewayHandler(APIHandler):
     async def relay(self, answer: Any, timings: dict[str, float] | None = None) -> None:
         """Answer with EG's answer; jkp's own errors as JSON. ``timings``, filled while the
         answer was made, go in a Server-Timing header."""
-        try:
-            forwarded: Forwarded = await answer
-        except KernelRequestError as e:
-            raise api_error(e.status, str(e), e.reason) from e
-        except GatewayError as e:
-            status = 503 if e.status is None else 502
-            raise api_error(status, f"Enterprise Gateway failed: {e}", "Gateway error") from e
-        except RedisError as e:
-            raise api_error(503, f"Redis unavailable: {e}", "Store unavailable") from e
+        forwarded: Forwarded = await answer  # errors: see APIHandler.write_error
         self.clear_header("Content-Type")
         self.clear_header("Cache-Control")
         self.set_status(forwarded.status, responses.get(forwarded.status, "Unknown"))
@@ -65,12 +55,9 @@ class MainKernelHandler(GatewayHandler):
 
     async def post(self) -> None:
         timings: dict[str, float] = {}
-        try:
-            await self.relay(
-                self.kernels.create(self.request_body(), self.client_gone, timings), timings
-            )
-        except PopAbandonedError:
-            self.set_status(499, "Client Closed Request")  # for the access log; nobody reads it
+        await self.relay(
+            self.kernels.create(self.request_body(), self.client_gone, timings), timings
+        )
 
 
 class KernelHandler(GatewayHandler):

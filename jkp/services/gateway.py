@@ -16,20 +16,28 @@ from tornado.websocket import WebSocketClientConnection, WebSocketError, websock
 from traitlets import Dict, TraitError, validate
 from traitlets.config import LoggingConfigurable
 
+from jkp.errors import ApiError
 from jkp.traits import EnvBool, EnvFloat, EnvInt, EnvUnicode
 
 
-class GatewayError(Exception):
+class GatewayError(ApiError):
     """EG could not be reached or answered with an error.
 
     ``status`` is the HTTP status EG answered with, or None when it could not be reached
     (connection refused, timeout).
     """
 
+    reason, message_format = "Gateway error", "Enterprise Gateway failed: {}"
+
     def __init__(self, message: str, status: int | None = None, refused: bool = False):
         super().__init__(message)
         self.status = status
         self.refused = refused
+
+    @property
+    def status_code(self) -> int:  # type: ignore[override]
+        """jkp's answer: 502 when EG answered with an error, 503 when it could not be reached."""
+        return 503 if self.status is None else 502
 
     @property
     def outcome_unknown(self) -> bool:

@@ -21,9 +21,11 @@ from urllib.parse import quote
 from redis.exceptions import RedisError
 from traitlets.config import LoggingConfigurable
 
+from jkp.errors import ApiError
 from jkp.services.aliases import AliasStore, UnhandedKernel
 from jkp.services.gateway import Forwarded, GatewayClient, GatewayError
-from jkp.services.handout import (
+from jkp.services.pool import PoolManager
+from jkp.services.pool.pop import (
     KernelFailedError,
     PoolEmptyError,
     ReplicaUnregisteredError,
@@ -32,8 +34,7 @@ from jkp.services.handout import (
     ShuttingDownError,
     UserDirectoryError,
 )
-from jkp.services.pool import PoolManager
-from jkp.services.pools import PoolRegistry
+from jkp.services.pool.registry import PoolRegistry
 from jkp.services.store import AliasTaken
 from jkp.services.user_kernels import UserLimitReached
 from jkp.traits import EnvBool, EnvFloat, EnvInt, EnvList
@@ -70,12 +71,12 @@ _REBIND_TIMEOUT = 30.0
 _COLD_SLOT_MARGIN = 5.0
 
 
-class KernelRequestError(Exception):
+class KernelRequestError(ApiError):
     """A kernels API request jkp answers itself with an error: status, message, reason."""
 
     def __init__(self, status: int, message: str, reason: str):
         super().__init__(message)
-        self.status = status
+        self.status_code = status
         self.reason = reason
 
 

@@ -38,6 +38,7 @@ from traitlets import Any as AnyTrait
 from traitlets import Dict, default
 from traitlets.config import LoggingConfigurable
 
+from jkp.errors import ApiError
 from jkp.services.aliases import ALIAS_RESERVATION, AliasStore
 from jkp.services.user_kernels import USER_SLOTS, UserKernelStore, UserLimitReached
 from jkp.traits import EnvInt, EnvUnicode
@@ -611,8 +612,10 @@ class Replay:
         return json.loads(self.model_json)
 
 
-class IdempotencyConflict(Exception):
+class IdempotencyConflict(ApiError):
     """The idempotency key was used for another request (user, pool or env)."""
+
+    status_code, reason = 409, "Idempotency-Key conflict"
 
 
 class IdempotencyPending(Exception):

@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import redis.asyncio as redis
 
+from jkp.errors import ApiError
+
 _NOW = "local t = redis.call('TIME'); local now = tonumber(t[1]) + tonumber(t[2]) / 1e6\n"
 
 # The slots of ``user`` in USERS that still count (needs ``now``), and how many.
@@ -98,8 +100,10 @@ return 1
 )
 
 
-class UserLimitReached(Exception):
+class UserLimitReached(ApiError):
     """The user holds ``max_kernels_per_user`` kernels already; the text is EG's own."""
+
+    status_code, reason = 403, "Forbidden"
 
     def __init__(self, limit: int, user: str, count: int):
         # EG's RemoteMappingKernelManager._enforce_kernel_limits, word for word.

@@ -14,7 +14,7 @@ from jupyter_client.session import Session
 from tornado.httpclient import AsyncHTTPClient
 from tornado.websocket import websocket_connect
 
-from jkp.services.handout import SET_UP_FAILURES_BEFORE_PAUSE, SetUpGuard, SetUpPausedError
+from jkp.services.pool.pop import SET_UP_FAILURES_BEFORE_PAUSE, SetUpGuard, SetUpPausedError
 from tests.conftest import kernel_pid, localstack, metric, run_in_kernel, wait_until
 
 

@@ -12,7 +12,15 @@ from typing import Any
 from redis.exceptions import RedisError
 
 from jkp.services.gateway import GatewayError, KernelReplyError, ShellReply
-from jkp.services.handout import (
+from jkp.services.pool.common import (
+    POOLED_AT_FIELD,
+    SPEC_FIELD,
+    PoolPart,
+    Shared,
+    count_idle_time,
+)
+from jkp.services.pool.filling import Filler
+from jkp.services.pool.pop import (
     Handout,
     KernelFailedError,
     PoolEmptyError,
@@ -23,14 +31,6 @@ from jkp.services.handout import (
     ShuttingDownError,
     UserDirectoryError,
 )
-from jkp.services.pool.common import (
-    POOLED_AT_FIELD,
-    SPEC_FIELD,
-    PoolPart,
-    Shared,
-    count_idle_time,
-)
-from jkp.services.pool.filling import Filler
 from jkp.services.store import (
     AliasTaken,
     Claim,

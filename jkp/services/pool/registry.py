@@ -11,9 +11,11 @@ from typing import Any
 from traitlets import TraitError
 from traitlets.config import LoggingConfigurable
 
+from jkp.errors import ApiError
 from jkp.services.gateway import GatewayClient, GatewayError
 from jkp.services.metrics import Metrics
-from jkp.services.pool import PoolManager, StartSlots
+from jkp.services.pool.common import StartSlots
+from jkp.services.pool.manager import PoolManager
 from jkp.services.store import RedisStore
 from jkp.traits import check_options
 
@@ -22,8 +24,10 @@ from jkp.traits import check_options
 _OPTION_TRAITS = {"size": "max_pending_kernels", "min": "min_pending_kernels"}
 
 
-class UnknownPoolError(LookupError):
+class UnknownPoolError(ApiError, LookupError):
     """No pool serves the kernel spec asked for."""
+
+    status_code, reason = 400, "Unknown kernelName"
 
 
 class PoolRegistry(LoggingConfigurable):

@@ -1,5 +1,5 @@
-"""What one pop carries (its user, deadline, caller, idempotency key), its errors, and the guard
-that stops handing out while the share keeps failing set-ups."""
+"""A pop: what one carries (Handout: its user, deadline, caller, idempotency key), the errors
+it can end in, and the guard that stops handing out while the share keeps failing set-ups."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import dataclasses
 import time
 from typing import Any
 
+from jkp.errors import ApiError
 from jkp.services.store import Idempotency
 
 # Consecutive set-up failures of the share (not of the user) before hand-outs pause.
@@ -19,42 +20,69 @@ _MAX_PAUSE = 120.0
 _MIN_STEP_TIME = 0.001
 
 
-class PoolEmptyError(Exception):
+class PoolEmptyError(ApiError):
     """No idle kernel became available within the pop timeout; ``retry_after``: whole
     seconds until one is expected, when known."""
 
+    status_code, reason = 503, "Pool empty"
+    message_format = "No kernel available: {}"
     retry_after: int | None = None
 
+    @property
+    def headers(self) -> dict[str, str]:
+        return {} if self.retry_after is None else {"Retry-After": str(self.retry_after)}
 
-class UserDirectoryError(Exception):
+
+class UserDirectoryError(ApiError):
     """The user's directory leads outside working_dir (e.g. a symlink planted in the share)."""
 
+    status_code, reason = 403, "User directory refused"
+    message_format = "The user's directory was refused by the confinement check: {}"
 
-class ShuttingDownError(Exception):
+
+class ShuttingDownError(ApiError):
     """jkp is stopping and takes no new pops."""
 
+    status_code, reason = 503, "Shutting down"
 
-class ReplicaUnregisteredError(Exception):
+
+class ReplicaUnregisteredError(ApiError):
     """This replica's heartbeat in Redis ran out: others may have taken its work over."""
 
+    status_code, reason = 503, "Replica not registered"
 
-class SetUpError(Exception):
+
+class SetUpError(ApiError):
     """The set-up failed for a reason that is not the user's (e.g. the share is read-only or
     full); the kernel was shut down."""
 
+    status_code, reason = 500, "Set-up failed"
+    message_format = "Kernel set-up failed on the share, not because of the user: {}"
 
-class KernelFailedError(Exception):
+
+class KernelFailedError(ApiError):
     """The kernel taken for a request failed its set-up (no answer in time, or its websocket
     dropped) while EG still has it: it was shut down, and the request takes no other kernel,
     so that nothing a request carries can cost the pool more than one kernel."""
 
+    status_code, reason = 503, "Kernel failed"
+    message_format = (
+        "The kernel taken failed its set-up and was shut down (a retry takes another): {}"
+    )
 
-class SetUpPausedError(Exception):
+
+class SetUpPausedError(ApiError):
     """Hand-outs are paused after set-ups kept failing."""
 
+    status_code, reason = 503, "Set-up paused"
+    message_format = "Not handing out kernels now: {}"
 
-class PopAbandonedError(Exception):
+
+class PopAbandonedError(ApiError):
     """The caller hung up before the pop was answered; the kernel was put back or shut down."""
+
+    # Nobody reads the answer: the status is for the access log.
+    status_code, reason, has_body = 499, "Client Closed Request", False
 
 
 @dataclasses.dataclass
