@@ -1066,12 +1066,14 @@ class RedisStore(LoggingConfigurable):
 
     @validate("redis_sentinels")
     def _check_sentinels(self, proposal: Any) -> list[str]:
-        for address in proposal.value:
+        # "a:1,b:2" as one value (the command line's) is two addresses, as in the env var.
+        addresses = [a.strip() for a in ",".join(proposal.value).split(",") if a.strip()]
+        for address in addresses:
             try:
                 redis_connection.parse_address(address)
             except ValueError as e:
                 raise TraitError(str(e)) from None
-        return proposal.value
+        return addresses
 
     @default("sentinel")
     def _sentinel_default(self) -> redis_connection.Sentinel | None:
