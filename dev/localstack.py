@@ -362,7 +362,6 @@ class RedisServer(_Server):
     ):
         super().__init__(workdir, port)
         self.appendonly = appendonly
-        # requirepass, and masterauth: a master may be made a replica by a failover.
         self.password = password
         self.replica_of = replica_of  # the port of its master on 127.0.0.1
 
@@ -399,9 +398,17 @@ class RedisServer(_Server):
             "no",
             "--logfile",
             "",  # stdout, which goes to our log file
-            *(["--requirepass", self.password, "--masterauth", self.password] * bool(self.password)),
-            *(["--replicaof", HOST, str(self.replica_of)] if self.replica_of else []),
+            *self._replication_args(),
         ]
+
+    def _replication_args(self) -> list[str]:
+        args = []
+        if self.password:
+            # masterauth too: a failover may make a master the replica of another.
+            args += ["--requirepass", self.password, "--masterauth", self.password]
+        if self.replica_of:
+            args += ["--replicaof", HOST, str(self.replica_of)]
+        return args
 
     def _is_ready(self) -> bool:
         try:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import redis.asyncio as redis
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import ExponentialBackoff
@@ -53,4 +52,3 @@ def sentinel(addresses: list[str], password: str = "") -> Sentinel:
     if password:
         options["password"] = password
     return Sentinel([parse_address(a) for a in addresses], sentinel_kwargs=options)
-

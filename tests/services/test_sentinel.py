@@ -222,4 +222,3 @@ def test_sentinel_addresses_are_checked_at_start_up():
     assert store.redis_sentinels == ["127.0.0.1:26379", "[::1]:26380"]
     with pytest.raises(TraitError, match="host:port"):
         RedisStore(redis_sentinels=["127.0.0.1"])
-
