@@ -1101,7 +1101,8 @@ class RedisStore(LoggingConfigurable):
             return
         role = await self.client.execute_command("ROLE")
         if _text(role[0]) != "master":
-            # The next write there drops the connection and asks the sentinels again.
+            # Idle connections to it are dropped: the next ones ask the sentinels again.
+            await self.client.connection_pool.disconnect(inuse_connections=False)
             raise ReadOnlyError(f"Redis at the master's old address is a {_text(role[0])} now")
 
     def pool(self, key: str | None = None) -> PoolStore:

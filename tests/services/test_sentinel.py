@@ -57,6 +57,27 @@ def assert_refused_at_once(refused):
         assert took < 2.5, f"a refused pop took {took:.2f}s"
 
 
+async def assert_websockets_replaced_across(replicas, timeout):
+    """A websocket of a session opened on replicas[1] replaces the one replicas[0] bridges, as
+    their announcements on Redis say, within ``timeout`` seconds: announcements made while a
+    replica's subscription was on the lost master are lost, so it opens new sessions' bridges
+    until one's announcement comes back."""
+    first, second = (jkp.app.bridges for jkp in replicas)
+    deadline = time.monotonic() + timeout
+    for attempt in range(1000):
+        older = await first.open("kernel", f"session{attempt}", lambda: None)
+        heard_by = time.monotonic() + 1
+        while not older.announced and time.monotonic() < heard_by:
+            await asyncio.sleep(0.05)
+        if older.announced:
+            break
+        first.close(older)
+        assert time.monotonic() < deadline, "no announcement came back"
+    newer = await second.open("kernel", f"session{attempt}", lambda: None)
+    await wait_until(lambda: older.replaced, max(deadline - time.monotonic(), 1), "replaced")
+    assert not newer.replaced
+
+
 def users(prefix):
     return (f"{prefix}{i}" for i in range(1000))
 
@@ -108,17 +129,13 @@ async def test_master_killed_pops_refused_at_once_then_served_on_the_new_master(
     await replicas[1].wait_for_idle(3, timeout=30)
 
     # The websocket announcements (pub/sub) reach the other replica through the new master.
-    older = await replicas[0].app.bridges.open("kernel", "session", lambda: None)
-    await wait_until(lambda: older.announced, 10, "the announcement to come back")
-    newer = await replicas[1].app.bridges.open("kernel", "session", lambda: None)
-    await wait_until(lambda: older.replaced, 10, "the older websocket to be replaced")
-    assert not newer.replaced
+    await assert_websockets_replaced_across(replicas, 10)
 
 
 async def test_master_hung_pops_refused_at_once_then_served_and_the_old_master_demoted(
     through_sentinels, gateway, jkp_factory
 ):
-    jkp = await jkp_factory(None, gateway, "--max-pending-kernels=2")
+    jkp, other = [await jkp_factory(None, gateway, "--max-pending-kernels=2") for _ in "ab"]
     await jkp.wait_for_idle(2)
     old, new = through_sentinels.master(), through_sentinels.replica()
     await wait_until(
@@ -128,10 +145,12 @@ async def test_master_hung_pops_refused_at_once_then_served_and_the_old_master_d
     hung = time.monotonic()
     try:
         refused, served = await pop_until_served([jkp], hung + 20, users("during"))
+        took = time.monotonic() - hung
+        print(f"hung master: first pop served {took:.2f}s after it hung, {len(refused)} refused")
+        # The replicas' subscriptions, deaf on the hung master, move to the new one.
+        await assert_websockets_replaced_across([jkp, other], 10)
     finally:
         old.resume()
-    took = time.monotonic() - hung
-    print(f"hung master: first pop served {took:.2f}s after it hung, {len(refused)} refused")
     assert refused
     assert_refused_at_once(refused)
     assert served is not None and took < 15, f"no pop served within {took:.1f}s"
