@@ -79,6 +79,20 @@ async def assert_websockets_replaced_across(replicas, timeout):
     assert not newer.replaced
 
 
+async def replicas_on_a_full_pool(sentinel_set, gateway, jkp_factory, size, count=2):
+    """``count`` jkp replicas through the sentinels, once their pool of ``size`` kernels is
+    full and the Redis replica has it too: the jkp replicas, the master, the Redis replica."""
+    replicas = [
+        await jkp_factory(None, gateway, f"--max-pending-kernels={size}") for _ in range(count)
+    ]
+    await replicas[0].wait_for_idle(size)
+    old, new = sentinel_set.master(), sentinel_set.replica()
+    await wait_until(
+        lambda: new.command("LLEN", "test:kernels:idle") == size, 10, "the replica to catch up"
+    )
+    return replicas, old, new
+
+
 def users(prefix):
     return (f"{prefix}{i}" for i in range(1000))
 
@@ -100,15 +114,7 @@ async def test_jkp_configured_only_with_sentinels_serves_pops(
 async def test_master_killed_pops_refused_at_once_then_served_on_the_new_master(
     through_sentinels, gateway, jkp_factory
 ):
-    replicas = [
-        await jkp_factory(None, gateway, "--max-pending-kernels=3"),
-        await jkp_factory(None, gateway, "--max-pending-kernels=3"),
-    ]
-    await replicas[0].wait_for_idle(3)
-    old, new = through_sentinels.master(), through_sentinels.replica()
-    await wait_until(
-        lambda: new.command("LLEN", "test:kernels:idle") == 3, 10, "the replica to catch up"
-    )
+    replicas, old, new = await replicas_on_a_full_pool(through_sentinels, gateway, jkp_factory, 3)
     # A promoted replica's script cache may be empty: jkp must load its scripts there again.
     new.command("SCRIPT", "FLUSH")
 
@@ -136,11 +142,8 @@ async def test_master_killed_pops_refused_at_once_then_served_on_the_new_master(
 async def test_master_hung_pops_refused_at_once_then_served_and_the_old_master_demoted(
     through_sentinels, gateway, jkp_factory
 ):
-    jkp, other = [await jkp_factory(None, gateway, "--max-pending-kernels=2") for _ in "ab"]
-    await jkp.wait_for_idle(2)
-    old, new = through_sentinels.master(), through_sentinels.replica()
-    await wait_until(
-        lambda: new.command("LLEN", "test:kernels:idle") == 2, 10, "the replica to catch up"
+    (jkp, other), old, new = await replicas_on_a_full_pool(
+        through_sentinels, gateway, jkp_factory, 2
     )
     old.pause()  # a master cut off by the network: connections to it hang, not fail
     hung = time.monotonic()
@@ -182,15 +185,7 @@ async def test_writes_lost_in_a_failover_hand_no_kernel_out_twice_and_shut_none_
     """The issue's "done when" (part 1): two replicas through three sentinels; two pops
     handed out while the replica is cut off, then the master killed, so those hand-overs are
     lost; pops are served again within 15 s, no kernel twice, neither handed kernel shut down."""
-    replicas = [
-        await jkp_factory(None, gateway, "--max-pending-kernels=3"),
-        await jkp_factory(None, gateway, "--max-pending-kernels=3"),
-    ]
-    await replicas[0].wait_for_idle(3)
-    old, new = through_sentinels.master(), through_sentinels.replica()
-    await wait_until(
-        lambda: new.command("LLEN", "test:kernels:idle") == 3, 10, "the replica to catch up"
-    )
+    replicas, old, new = await replicas_on_a_full_pool(through_sentinels, gateway, jkp_factory, 3)
 
     # Cut the replica off: stopped, and its link dropped so no byte of what follows reaches it.
     new.pause()
