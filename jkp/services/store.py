@@ -40,7 +40,7 @@ from traitlets.config import LoggingConfigurable
 from jkp.services import redis_connection
 from jkp.services.aliases import ALIAS_RESERVATION, AliasStore
 from jkp.services.user_kernels import USER_SLOTS, UserKernelStore, UserLimitReached
-from jkp.traits import EnvInt, EnvList, EnvUnicode
+from jkp.traits import EnvInt, EnvList, EnvUnicode, check_options
 
 # Start latencies a pool keeps: its start latency is their median.
 START_LATENCIES_KEPT = 10
@@ -1083,6 +1083,8 @@ class RedisStore(LoggingConfigurable):
 
     @default("client")
     def _client_default(self) -> redis.Redis:
+        # Built before the app checks the options: a bad one must be named, not a traceback.
+        check_options(self)
         kwargs = redis_connection.fail_fast_options()
         if self.redis_password:
             kwargs["password"] = self.redis_password

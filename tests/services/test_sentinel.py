@@ -6,10 +6,13 @@ as soon as Sentinel names it: its scripts, its replicas' heartbeats, the bridges
 
 import asyncio
 import json
+import subprocess
+import sys
 import time
 
 import pytest
 
+from jkp.services.store import RedisStore
 from tests.conftest import localstack, run_in_kernel, wait_until
 
 # The fixture's master name and passwords (tests/conftest.py: sentinel_set).
@@ -229,12 +232,33 @@ async def test_writes_lost_in_a_failover_hand_no_kernel_out_twice_and_shut_none_
         assert await run_in_kernel(gateway, kernel_id, "print('still here')") == "still here\n"
 
 
-def test_sentinel_addresses_are_checked_at_start_up():
-    from traitlets import TraitError
+def test_a_bad_sentinel_address_stops_start_up_naming_the_variable(tmp_path):
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "JUPYTER_CONFIG_DIR": str(tmp_path),
+        "JKP_REDIS_SENTINELS": "127.0.0.1:26379,redis-sentinel",
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "jkp"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 1
+    assert "JKP_REDIS_SENTINELS" in result.stderr and "'redis-sentinel' is not host:port" in (
+        result.stderr
+    )
+    assert "Traceback" not in result.stderr
 
-    from jkp.services.store import RedisStore
 
+def test_sentinel_addresses_given_at_once_on_the_command_line_are_split():
     store = RedisStore(redis_sentinels=["127.0.0.1:26379,[::1]:26380"])
     assert store.redis_sentinels == ["127.0.0.1:26379", "[::1]:26380"]
-    with pytest.raises(TraitError, match="host:port"):
-        RedisStore(redis_sentinels=["127.0.0.1"])
+
+
+async def test_redis_password_opens_a_server_that_requires_one(redis_factory, monkeypatch):
+    server = redis_factory(password="redis-pw")
+    monkeypatch.setenv("JKP_REDIS_PORT", str(server.port))
+    monkeypatch.setenv("JKP_REDIS_PASSWORD", "redis-pw")
+    store = RedisStore()
+    try:
+        await store.ping()
+    finally:
+        await store.close()
