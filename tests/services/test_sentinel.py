@@ -237,6 +237,8 @@ def test_a_bad_sentinel_address_stops_start_up_naming_the_variable(tmp_path):
         "PATH": "/usr/bin:/bin",
         "JUPYTER_CONFIG_DIR": str(tmp_path),
         "JKP_REDIS_SENTINELS": "127.0.0.1:26379,redis-sentinel",
+        # Were the addresses not checked, no Redis here (nor the machine's on 6379) is reached.
+        "JKP_REDIS_PORT": str(localstack.free_port()),
     }
     result = subprocess.run(
         [sys.executable, "-m", "jkp"], env=env, capture_output=True, text=True, timeout=60
