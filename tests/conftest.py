@@ -5,6 +5,7 @@ They come from dev/localstack.py. Nothing is skipped: when redis-server or
 
 * ``redis_server``: a started RedisServer (fresh, in tmp_path), stopped after.
 * ``redis_factory(**kwargs)``: more of them, e.g. ``redis_factory(appendonly=True)``.
+* ``sentinel_set``: a Redis master, its replica and three sentinels (RedisSentinelSet).
 * ``gateway``: a started EnterpriseGateway for this test only (the test may
   stop/kill/restart it), stopped after.
 * ``gateway_factory(**kwargs)``: start gateways with other settings, e.g.
