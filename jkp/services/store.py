@@ -1101,11 +1101,13 @@ class RedisStore(LoggingConfigurable):
         if self.sentinel is None:
             await self.client.ping()
             return
-        role = await self.client.execute_command("ROLE")
-        if _text(role[0]) != "master":
-            # Idle connections to it are dropped: the next ones ask the sentinels again.
+        for _ in range(2):
+            role = _text((await self.client.execute_command("ROLE"))[0])
+            if role == "master":
+                return
+            # Idle connections to it are dropped: the next one asks the sentinels again.
             await self.client.connection_pool.disconnect(inuse_connections=False)
-            raise ReadOnlyError(f"Redis at the master's old address is a {_text(role[0])} now")
+        raise ReadOnlyError(f"the Redis the sentinels named master is a {role} now")
 
     def pool(self, key: str | None = None) -> PoolStore:
         """The store of the pool whose idle list is at ``key`` (default: the ``key`` trait)."""

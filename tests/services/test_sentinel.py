@@ -264,3 +264,21 @@ async def test_redis_password_opens_a_server_that_requires_one(redis_factory, mo
         await store.ping()
     finally:
         await store.close()
+
+
+async def test_a_planned_failover_moves_jkp_to_the_new_master(
+    through_sentinels, gateway, jkp_factory
+):
+    replicas, old, new = await replicas_on_a_full_pool(through_sentinels, gateway, jkp_factory, 2)
+    through_sentinels.sentinels[0].command("SENTINEL", "FAILOVER", MASTER)
+    await wait_until(
+        lambda: old.role() == "slave" and through_sentinels.master() is new, 30, "the switch"
+    )
+    # Connections kept to the old master, now a replica, are not used for what needs the master.
+    for jkp in replicas:
+        assert (await jkp.request("GET", "/api/ready"))[0] == 200
+        status, model = await jkp.pop("after")
+        assert status == 200, model
+        assert new.command("HEXISTS", "test:kernels:idle:handed", model["id"]) == 1
+    await assert_websockets_replaced_across(replicas, 10)
+    await replicas[0].wait_for_idle(2, timeout=30)
