@@ -23,6 +23,13 @@ c.GatewayClient.url = "http://enterprise-gateway.enterprise-gateway:8888"
 c.RedisStore.redis_host = "redis"  # (JKP_REDIS_HOST)
 # c.RedisStore.redis_port = 6379  # (JKP_REDIS_PORT)
 # c.RedisStore.redis_db = 0  # (JKP_REDIS_DB)
+# The server's password (requirepass), when not in the URL. (JKP_REDIS_PASSWORD)
+# c.RedisStore.redis_password = ""
+# Redis Sentinel: the master they name, followed across failovers, instead of the URL or
+# host/port. (JKP_REDIS_SENTINELS, JKP_REDIS_SENTINEL_MASTER, JKP_REDIS_SENTINEL_PASSWORD)
+# c.RedisStore.redis_sentinels = ["redis-sentinel-0:26379", "redis-sentinel-1:26379"]
+# c.RedisStore.redis_sentinel_master = "mymaster"
+# c.RedisStore.redis_sentinel_password = ""
 # The idle list; the pool's other keys are derived from it. Keep the original service's key to
 # take over its pool as it is. (JKP_REDIS_KEY)
 # c.RedisStore.key = "tablegpt-test:kernels:idle"

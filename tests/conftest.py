@@ -5,6 +5,7 @@ They come from dev/localstack.py. Nothing is skipped: when redis-server or
 
 * ``redis_server``: a started RedisServer (fresh, in tmp_path), stopped after.
 * ``redis_factory(**kwargs)``: more of them, e.g. ``redis_factory(appendonly=True)``.
+* ``sentinel_set``: a Redis master, its replica and three sentinels (RedisSentinelSet).
 * ``gateway``: a started EnterpriseGateway for this test only (the test may
   stop/kill/restart it), stopped after.
 * ``gateway_factory(**kwargs)``: start gateways with other settings, e.g.
@@ -25,7 +26,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "dev"))
 
 import localstack  # noqa: E402
-from localstack import EnterpriseGateway, RedisServer  # noqa: E402,F401
+from localstack import EnterpriseGateway, RedisSentinelSet, RedisServer  # noqa: E402,F401
 
 
 def _require_redis_server() -> None:
@@ -69,6 +70,20 @@ def redis_factory(tmp_path):
 @pytest.fixture
 def redis_server(redis_factory) -> RedisServer:
     return redis_factory()
+
+
+@pytest.fixture
+def sentinel_set(tmp_path) -> RedisSentinelSet:
+    """A started Redis master, its replica and three sentinels naming it ``jkp``, with
+    passwords (the servers' ``redis-pw``, the sentinels' ``sentinel-pw``); stopped after."""
+    _require_redis_server()
+    servers = RedisSentinelSet(
+        tmp_path / "sentinel-set", password="redis-pw", sentinel_password="sentinel-pw"
+    )
+    try:
+        yield servers.start()
+    finally:
+        servers.stop()
 
 
 @pytest.fixture
@@ -223,14 +238,15 @@ def shared_dir(tmp_path):
 
 @pytest.fixture
 async def jkp_factory(shared_dir):
-    """Start jkp apps on a Redis and an EG; ``make(redis, gateway, *argv)``. All stopped after."""
+    """Start jkp apps on a Redis and an EG; ``make(redis, gateway, *argv)`` (redis None: as
+    the options or environment say, e.g. through sentinels). All stopped after."""
     started: list[JKP] = []
 
     async def make(redis, gateway, *argv) -> JKP:
         defaults = [
             "--ip=127.0.0.1",
             f"--port={localstack.free_port()}",
-            f"--RedisStore.redis_url={redis.url}",
+            *([f"--RedisStore.redis_url={redis.url}"] if redis is not None else []),
             "--RedisStore.key=test:kernels:idle",
             f"--GatewayClient.url={gateway.url}",
             f"--PoolManager.working_dir={shared_dir}",

@@ -15,6 +15,8 @@ DEPLOY = Path(__file__).resolve().parent.parent / "deploy" / "kubernetes"
 NOT_IN_CONFIGMAP = {
     "JKP_AUTH_TOKEN",
     "JKP_EG_AUTH_TOKEN",
+    "JKP_REDIS_PASSWORD",
+    "JKP_REDIS_SENTINEL_PASSWORD",
     "JKP_EG_CLIENT_CERT",
     "JKP_EG_CLIENT_KEY",
 }
@@ -51,6 +53,7 @@ def test_configmap_sets_every_option_and_secret_holds_the_tokens():
     assert env_names() - NOT_IN_CONFIGMAP <= set(configmap)
     assert not set(configmap) - env_names(), "the ConfigMap sets variables jkp does not read"
     assert {"JKP_AUTH_TOKEN", "JKP_EG_AUTH_TOKEN"} <= set(secret)
+    assert {"JKP_REDIS_PASSWORD", "JKP_REDIS_SENTINEL_PASSWORD"} <= set(secret)
     assert configmap["JKP_REDIS_URL"] == "", "a URL would override JKP_REDIS_HOST/PORT"
 
 

@@ -17,6 +17,11 @@ Across replicas, each new bridge is announced on a Redis channel. Redis delivers
 announcements in one order to every replica, so they agree on which bridge is the newest: a
 bridge gives way to an announcement that comes after its own. An announcement lost (Redis down,
 a replica's subscription reconnecting) leaves EG's own behaviour: the newer connection waits.
+
+A subscription can also go deaf without an error: to a master that hangs and that a Sentinel
+failover replaces, the publishes then go elsewhere and nothing comes back. So each replica
+publishes an echo to itself every second, and subscribes anew (asking the sentinels again)
+when it has heard nothing for a few seconds.
 """
 
 from __future__ import annotations
@@ -34,6 +39,9 @@ from traitlets.config import LoggingConfigurable
 _LISTEN_TIMEOUT = 1.0
 # Seconds between attempts to read the channel again once Redis failed.
 _RETRY_INTERVAL = 0.5
+# Seconds between a replica's echoes to itself, and of silence after which it subscribes anew.
+_ECHO_INTERVAL = 1.0
+_SILENCE_LIMIT = 3.0
 
 
 class Bridge:
@@ -62,6 +70,7 @@ class SessionBridges(LoggingConfigurable):
         super().__init__(**kwargs)
         self.client = client
         self.channel = channel
+        self._echo_channel = f"{channel}:echo:{uuid.uuid4().hex}"  # heard by this one only
         self._bridges: dict[str, Bridge] = {}  # the newest of each session, on this replica
         self._pubsub = client.pubsub(ignore_subscribe_messages=True)
         self._task: asyncio.Task | None = None
@@ -71,7 +80,7 @@ class SessionBridges(LoggingConfigurable):
         """Listen to the other replicas' announcements (subscribed before this returns, when
         Redis answers)."""
         try:
-            await self._pubsub.subscribe(self.channel)
+            await self._pubsub.subscribe(self.channel, self._echo_channel)
         except RedisError:
             pass  # the listening loop tries again at once, and reports it
         self._task = asyncio.create_task(self._listen(), name="jkp-bridges")
@@ -122,16 +131,25 @@ class SessionBridges(LoggingConfigurable):
             bridge.replace()
 
     async def _listen(self) -> None:
+        loop = asyncio.get_running_loop()
         failing = False
+        heard = echoed = loop.time()  # when the subscription last proved alive; the last echo
         while not self._stopping:
             try:
+                if loop.time() - heard > _SILENCE_LIMIT:
+                    heard = loop.time()
+                    await self._subscribe_anew()
                 if not self._pubsub.subscribed:
-                    await self._pubsub.subscribe(self.channel)
+                    await self._pubsub.subscribe(self.channel, self._echo_channel)
+                if loop.time() - echoed >= _ECHO_INTERVAL:
+                    echoed = loop.time()
+                    await self.client.publish(self._echo_channel, "")
                 message = await self._pubsub.get_message(timeout=_LISTEN_TIMEOUT)
             except (RedisError, OSError) as e:
                 if not failing:
                     self.log.warning("Websocket announcements from Redis failed: %s", e)
                 failing = True
+                heard = loop.time()  # a failure is no silence: the subscription is made again
                 await asyncio.sleep(_RETRY_INTERVAL)
                 continue
             if failing:
@@ -139,8 +157,24 @@ class SessionBridges(LoggingConfigurable):
                 failing = False
             if message is None or message.get("type") != "message":
                 continue
+            heard = loop.time()
+            if _text(message["channel"]) == self._echo_channel:
+                continue
             try:
                 announced = json.loads(message["data"])
                 self._heard(str(announced["key"]), str(announced["bridge"]))
             except (ValueError, KeyError, TypeError) as e:
                 self.log.warning("Unreadable websocket announcement %r: %s", message["data"], e)
+
+    async def _subscribe_anew(self) -> None:
+        """Drop the subscription's connection, on which nothing came back, for a new one."""
+        self.log.warning("Websocket announcements from Redis went silent; subscribing anew")
+        old, self._pubsub = self._pubsub, self.client.pubsub(ignore_subscribe_messages=True)
+        await old.aclose()
+        # Idle connections may reach the same deaf server: the new subscription makes its own
+        # (with sentinels, to the master they name now).
+        await self.client.connection_pool.disconnect(inuse_connections=False)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

@@ -32,16 +32,16 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as redis
-from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialBackoff
+from redis.exceptions import ReadOnlyError
 from traitlets import Any as AnyTrait
-from traitlets import Dict, default
+from traitlets import Dict, TraitError, default, validate
 from traitlets.config import LoggingConfigurable
 
 from jkp.errors import ApiError
+from jkp.services import redis_connection
 from jkp.services.aliases import ALIAS_RESERVATION, AliasStore
 from jkp.services.user_kernels import USER_SLOTS, UserKernelStore, UserLimitReached
-from jkp.traits import EnvInt, EnvUnicode
+from jkp.traits import EnvInt, EnvList, EnvUnicode, check_options
 
 # Start latencies a pool keeps: its start latency is their median.
 START_LATENCIES_KEPT = 10
@@ -1023,6 +1023,34 @@ class RedisStore(LoggingConfigurable):
 
     redis_db = EnvInt(0, env="JKP_REDIS_DB", help="Redis database number", min=0).tag(config=True)
 
+    redis_password = EnvUnicode(
+        "",
+        env="JKP_REDIS_PASSWORD",
+        help="Password of the Redis server (the master, with sentinels); a URL's own wins",
+    ).tag(config=True)
+
+    redis_sentinels = EnvList(
+        [],
+        env="JKP_REDIS_SENTINELS",
+        help=(
+            "Redis Sentinel addresses, host:port,host:port,...; when set, jkp uses the master "
+            "they name redis_sentinel_master, following its failovers, instead of redis_url "
+            "or redis_host and redis_port"
+        ),
+    ).tag(config=True)
+
+    redis_sentinel_master = EnvUnicode(
+        "mymaster",
+        env="JKP_REDIS_SENTINEL_MASTER",
+        help="The name the sentinels monitor the master under (sentinel monitor <name> ...)",
+    ).tag(config=True)
+
+    redis_sentinel_password = EnvUnicode(
+        "",
+        env="JKP_REDIS_SENTINEL_PASSWORD",
+        help="Password of the sentinels themselves (their requirepass); empty: none",
+    ).tag(config=True)
+
     key = EnvUnicode(
         "tablegpt-test:kernels:idle",
         env="JKP_REDIS_KEY",
@@ -1033,27 +1061,56 @@ class RedisStore(LoggingConfigurable):
         help="Extra keyword arguments for redis.asyncio.Redis (e.g. ssl_ca_certs)"
     ).tag(config=True)
 
+    sentinel = AnyTrait(
+        None, allow_none=True, help="The Sentinel client, when redis_sentinels are set"
+    )
+
     client = AnyTrait(help="The redis.asyncio.Redis client; built from the traits above")
+
+    @validate("redis_sentinels")
+    def _check_sentinels(self, proposal: Any) -> list[str]:
+        # "a:1,b:2" as one value (the command line's) is two addresses, as in the env var.
+        addresses = [a.strip() for a in ",".join(proposal.value).split(",") if a.strip()]
+        for address in addresses:
+            try:
+                redis_connection.parse_address(address)
+            except ValueError as e:
+                raise TraitError(str(e)) from None
+        return addresses
+
+    @default("sentinel")
+    def _sentinel_default(self) -> redis_connection.Sentinel | None:
+        if not self.redis_sentinels:
+            return None
+        return redis_connection.sentinel(self.redis_sentinels, self.redis_sentinel_password)
 
     @default("client")
     def _client_default(self) -> redis.Redis:
-        # Fail fast instead of redis-py's default retries (up to ~14 s against a dead server):
-        # a pop answers 503 within 2 s and the loops back off themselves.
-        kwargs: dict[str, Any] = {
-            "socket_timeout": 0.8,
-            "socket_connect_timeout": 0.8,
-            # One retry replaces a connection that died with a restarted Redis.
-            "retry": Retry(ExponentialBackoff(cap=0.1, base=0.02), retries=1),
-            "health_check_interval": 30,
-        }
+        # Built before the app checks the options: a bad one must be named, not a traceback.
+        check_options(self)
+        kwargs = redis_connection.fail_fast_options()
+        if self.redis_password:
+            kwargs["password"] = self.redis_password
         kwargs.update(self.client_kwargs)
+        if self.sentinel is not None:
+            return self.sentinel.master_for(self.redis_sentinel_master, db=self.redis_db, **kwargs)
         if self.redis_url:
             return redis.Redis.from_url(self.redis_url, **kwargs)
         return redis.Redis(host=self.redis_host, port=self.redis_port, db=self.redis_db, **kwargs)
 
     async def ping(self) -> None:
-        """Raise RedisError unless Redis answers."""
-        await self.client.ping()
+        """Raise RedisError unless Redis answers, and with sentinels, unless it is the master
+        (a connection kept from before a failover may reach the demoted one)."""
+        if self.sentinel is None:
+            await self.client.ping()
+            return
+        for _ in range(2):
+            role = _text((await self.client.execute_command("ROLE"))[0])
+            if role == "master":
+                return
+            # Idle connections to it are dropped: the next one asks the sentinels again.
+            await self.client.connection_pool.disconnect(inuse_connections=False)
+        raise ReadOnlyError(f"the Redis the sentinels named master is a {role} now")
 
     def pool(self, key: str | None = None) -> PoolStore:
         """The store of the pool whose idle list is at ``key`` (default: the ``key`` trait)."""
@@ -1087,5 +1144,7 @@ class RedisStore(LoggingConfigurable):
         return AliasStore(self.client, self.aliases_key, self.pools_key)
 
     async def close(self) -> None:
-        """Close the connections to Redis."""
+        """Close the connections to Redis (and to the sentinels)."""
         await self.client.aclose()
+        if self.sentinel is not None:
+            await self.sentinel.aclose()
