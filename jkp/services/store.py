@@ -554,6 +554,8 @@ class PoolKeys:
     replica_specs = _derived_key("replica-specs", "replica id -> the spec it runs")
     activation = _derived_key("activation", "whose turn it is to activate idle kernels")
     upkeep = _derived_key("upkeep", "whose turn it is for the checks one replica does for all")
+    records = _derived_key("records", "the mark that the pool's records are whole")
+    rebuild = _derived_key("rebuild", "whose turn it is to rebuild the records from EG")
 
     def idempotency(self, key: str) -> str:
         return f"{self.shared or self.idle}:idempotency:{key}"
