@@ -301,6 +301,10 @@ class GatewayClient(LoggingConfigurable):
         """Ask EG to start a kernel; returns its model (usually still ``starting``)."""
         return await self._request("POST", "/api/kernels", {"name": kernel_name, "env": env})
 
+    async def list_kernels(self) -> list[dict[str, Any]]:
+        """The models of every kernel EG runs (EG answers 403 unless its list_kernels is on)."""
+        return await self._request("GET", "/api/kernels") or []
+
     async def get_kernel(
         self, kernel_id: str, timeout: float | None = None
     ) -> dict[str, Any] | None:

@@ -67,8 +67,9 @@ return 1
 """
 )
 
-# A kernel no key names: an idle one's model (ARGV[2] 'idle', ARGV[3]) onto the idle list, or
-# a handed-out one's record (ARGV[2] 'handed', ARGV[3], alias ARGV[4], binding ARGV[5]).
+# A kernel no key names: an idle one's model (ARGV[2] 'idle', ARGV[3]) onto the idle list, a
+# handed-out one's record (ARGV[2] 'handed', ARGV[3], alias ARGV[4], binding ARGV[5]), or one
+# to shut down (ARGV[2] 'retiring') into the retiring set.
 _RESTORE = (
     _NOW
     + USER_SLOTS
@@ -77,6 +78,8 @@ _RESTORE = (
 if known(ARGV[1]) then return 0 end
 if ARGV[2] == 'idle' then
   redis.call('LPUSH', KEYS[1], ARGV[3])
+elseif ARGV[2] == 'retiring' then
+  redis.call('HSET', KEYS[6], ARGV[1], now)
 else
   write_handed(ARGV[1], ARGV[3], ARGV[4], ARGV[5])
 end
@@ -125,6 +128,17 @@ class RecordStore:
         args = [kernel_id, "handed", json.dumps(handed), handed.get("alias", "")]
         args.append(json.dumps(binding or {}))
         return bool(await self._restore(keys=self._keys(), args=args))
+
+    async def restore_retiring(self, kernel_id: str) -> bool:
+        """Put a kernel that no key names, and that must be shut down, into the retiring set."""
+        args = [kernel_id, "retiring", "", "", ""]
+        return bool(await self._restore(keys=self._keys(), args=args))
+
+    async def is_idle(self, kernel_id: str) -> bool:
+        """Whether the idle list holds the kernel (a rebuild may have put it there)."""
+        return kernel_id in {
+            json.loads(m)["id"] for m in await self.client.lrange(self.keys.idle, 0, -1)
+        }
 
     async def whole(self) -> bool:
         """Whether the mark written once the pool's records were whole is still there."""

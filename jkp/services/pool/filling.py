@@ -303,6 +303,8 @@ class Filler(PoolPart):
         model[POOLED_AT_FIELD] = time.time()
         latency = None if started is None else asyncio.get_running_loop().time() - started
         pooled = await self.store.finish_start(kernel_id, model, self.options.replica_id, latency)
+        if pooled == 0 and await self.records.is_idle(kernel_id):
+            pooled = 1  # its lease was lost with Redis's records, and a rebuild pooled it
         if pooled == 0:
             self.log.warning("Lease of kernel %s expired before it was ready", kernel_id)
             self.retirer.retire_soon(kernel_id, "lease expired")

@@ -23,7 +23,6 @@ from jkp.services.handout import (
     UserDirectoryError,
     handed_model,
 )
-from jkp.services.kernel_records import RecordStore
 from jkp.services.pool.common import (
     PoolPart,
     Shared,
@@ -63,7 +62,6 @@ class HandingOut(PoolPart):
     def __init__(self, shared: Shared, filler: Filler):
         super().__init__(shared)
         self.filler = filler
-        self.records = RecordStore(self.store.client, self.store.keys)
         self.set_up_guard = SetUpGuard()
         self._closing = False
         self._active_pops = 0
