@@ -74,3 +74,36 @@ async def test_a_rebuild_leaves_kernels_jkp_did_not_start_alone(
     await jkp.wait_for_idle(1)
     assert other["id"] in gateway.list_kernel_ids()
     assert other["id"] not in await _records(jkp, redis_client)
+
+
+async def test_one_replica_rebuilds_while_another_serves_a_pop(
+    redis_server, gateway, jkp_factory, redis_client
+):
+    one = await jkp_factory(redis_server, gateway, "--max-pending-kernels=3")
+    two = await jkp_factory(redis_server, gateway, "--max-pending-kernels=3")
+    await one.wait_for_idle(3)
+    status, popped = await one.pop("first")
+    assert status == 200
+    await one.wait_for_idle(3)
+
+    await redis_client.flushall()
+    status, second = await two.pop("second")  # waits on the empty pool, if it must
+
+    assert status == 200, second
+    await wait_until(one.pool.rebuilder.records.whole, 15, "the records rebuilt")
+    await one.wait_for_idle(3)
+    rebuilt = [j for j in (one, two) if j.logged("Records of pool python_kubernetes rebuilt")]
+    assert len(rebuilt) == 1
+    idle = await one.idle_ids()
+    assert len(set(idle)) == len(idle) == 3
+    handed = await one.store.handed_out()
+    assert handed[popped["id"]]["user_id"] == "first"
+    assert handed[second["id"]]["user_id"] == "second"
+    assert not set(idle) & set(handed)
+
+    async def all_accounted():
+        handed = set(await one.store.handed_out())
+        return set(gateway.list_kernel_ids()) == set(await one.idle_ids()) | handed
+
+    # A start either replica began meanwhile is surplus: retired, and gone from EG.
+    await wait_until(all_accounted, 30, "every kernel on EG idle or handed out")

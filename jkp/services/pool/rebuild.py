@@ -70,13 +70,15 @@ class Rebuilder(PoolPart):
         replica = self.options.replica_id
         if not await self.store.take_turn(self.store.keys.rebuild, replica, _REBUILD_TURN):
             return False  # another replica rebuilds them
-        await self.rebuild()
-        await self.records.mark_whole(replica)
+        if await self.rebuild():
+            await self.records.mark_whole(replica)
         return True
 
-    async def rebuild(self) -> None:
+    async def rebuild(self) -> bool:
         """Write back the records of the pool's kernels that EG runs and no key names, from
-        what each says of itself (CHECKS_AT_ONCE asked at a time)."""
+        what each says of itself (CHECKS_AT_ONCE asked at a time). False when a kernel did not
+        answer in time (busy with a user's code, or slow): the next turn (after _REBUILD_TURN)
+        asks again the kernels still unrecorded."""
         try:
             models = await self.gateway.list_kernels()
         except GatewayError as e:
@@ -88,7 +90,7 @@ class Rebuilder(PoolPart):
                     "--EnterpriseGatewayApp.list_kernels=True): jkp cannot rebuild lost records"
                 )
             self._list_refused = True
-            return
+            return True
         outcomes: collections.Counter[str] = collections.Counter()
 
         async def settle(model: dict[str, Any]) -> None:
@@ -106,6 +108,7 @@ class Rebuilder(PoolPart):
             self.log.warning(
                 "Records of pool %s rebuilt from EG: %s", self.options.kernel_name, what
             )
+        return not outcomes["unanswered"]
 
     async def _settle(self, model: dict[str, Any]) -> str:
         """Ask one kernel what it is, and write its record back unless a key names it; what
