@@ -68,9 +68,10 @@ async def test_a_rebuild_leaves_kernels_jkp_did_not_start_alone(
     assert status == 201
     jkp = await jkp_factory(redis_server, gateway, "--max-pending-kernels=1")
     await jkp.wait_for_idle(1)
-    await wait_until(jkp.pool.rebuilder.records.whole, 15, "the records marked whole")
+    marked = lambda: redis_client.exists(jkp.store.keys.records)  # noqa: E731
+    await wait_until(marked, 15, "the records marked whole")
     await redis_client.flushall()
-    await wait_until(jkp.pool.rebuilder.records.whole, 15, "the records rebuilt")
+    await wait_until(marked, 15, "the records rebuilt")
     await jkp.wait_for_idle(1)
     assert other["id"] in gateway.list_kernel_ids()
     assert other["id"] not in await _records(jkp, redis_client)
@@ -90,7 +91,11 @@ async def test_one_replica_rebuilds_while_another_serves_a_pop(
     status, second = await two.pop("second")  # waits on the empty pool, if it must
 
     assert status == 200, second
-    await wait_until(one.pool.rebuilder.records.whole, 15, "the records rebuilt")
+
+    async def first_recorded():
+        return popped["id"] in await one.store.handed_out()
+
+    await wait_until(first_recorded, 15, "the first hand-out recorded again")
     await one.wait_for_idle(3)
     rebuilt = [j for j in (one, two) if j.logged("Records of pool python_kubernetes rebuilt")]
     assert len(rebuilt) == 1
