@@ -13,6 +13,8 @@ state lives under keys derived from it (see docs/redis.md):
 - ``<key>:arrivals``  hash, Unix second (Redis time) -> pops and warm creates that arrived in it
   (a pool sized by demand only)
 - ``<key>:start-latencies``  list: the seconds the pool's last starts took, newest first
+- ``<key>:records``, ``<key>:rebuild``  the mark that the pool's records are whole, and whose
+  turn it is to rebuild them from EG when it is gone (jkp.services.kernel_records)
 - ``<JKP_REDIS_KEY>:idempotency:<k>``  string with expiry, shared by all pools: the pop that
   used idempotency key ``k``
 - ``<JKP_REDIS_KEY>:aliases``  hash, shared by all pools: the gateway's kernel aliases
