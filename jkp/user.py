@@ -86,34 +86,57 @@ SET_UP_COMM_TARGET = "jkp.set_up"
 # Which answers the set-up comm gives, for the pool's spec fingerprint: kernels pooled by a jkp
 # with other answers are rolled over. 2: success is the comm_close, with {"status": "ok"}.
 # 3: the user's directory is entered without following links. 4: KERNEL_WORKING_DIR names it.
-SET_UP_PROTOCOL = 4
+# 5: the kernel keeps its hand-out's record, refuses a second set-up and answers queries.
+SET_UP_PROTOCOL = 5
+
+# What a pooled kernel answers about itself (a query, or a set-up once it was handed out):
+# idle; handed out (with the record its set-up carried); or spoiled (a set-up failed in it
+# after it may have changed something: it is neither idle nor anyone's).
+KERNEL_IDLE = "idle"
+KERNEL_HANDED = "handed"
+KERNEL_SPOILED = "spoiled"
 
 # Run once in each new kernel before it is pooled. It installs the set-up behind the comm
 # target (in closures: nothing in the user's namespace), and pays a fresh kernel's one-time
-# costs, which then fall on the pool, not on the pop. A set-up that succeeded closes its comm
-# and removes the target, so a handed-out kernel keeps nothing of jkp's.
+# costs, which then fall on the pool, not on the pop. The kernel keeps, in the closure, its
+# pool's spec (the warm-up's probe tells it) and, once a set-up succeeded, the hand-out's
+# record: the kernel is the last word on whether it is anyone's, whatever Redis lost. A
+# set-up that succeeded closes its comm for the caller and removes the target, but the comm
+# still answers on its id: a second set-up is refused with the record, and a query (which
+# changes nothing) gets it too.
 WARM_UP_CODE = (
     "def __jkp_install(target_name):\n"
     + "".join("    " + line + "\n" for line in _SET_UP_FUNCTION.splitlines())
     + """\
-    import os
+    import os, time
     os.path.realpath(os.getcwd())
     manager = get_ipython().kernel.comm_manager
+    state = {"status": "idle", "spec": None, "pooled_at": None, "handed": None}
 
     def open_set_up(comm, _open_msg):
         @comm.on_msg
         def set_up(msg):
             data = msg["content"]["data"]
             if data.get("probe"):
+                state["spec"] = data.get("spec", state["spec"])
+                state["pooled_at"] = state["pooled_at"] or time.time()
                 comm.send({"status": "ok"})  # the warm-up's: the comm answers, nothing changes
+                return
+            if data.get("query") or state["status"] != "idle":
+                comm.send(dict(state))  # what the kernel is; nothing changes
                 return
             try:
                 __jkp_set_up(data["base"], data["target"], data["child_only"], data["env"])
             except Exception as e:
+                if type(e).__name__ != "UserDirectoryRefused":
+                    state["status"] = "spoiled"  # it may have changed: never set up again
                 comm.send({"status": "error", "ename": type(e).__name__, "evalue": str(e)})
             else:
+                handed = dict(data.get("handout") or {}, target=data["target"], env=data["env"])
+                state.update(status="handed", handed=dict(handed, handed_at=time.time()))
                 comm.close({"status": "ok"})  # the answer: one message fewer than send + close
                 manager.unregister_target(target_name, open_set_up)
+                manager.register_comm(comm)  # closed for the caller, yet it answers on its id
 
     manager.register_target(target_name, open_set_up)
 """
@@ -123,6 +146,8 @@ WARM_UP_CODE = (
 
 # What the warm-up asks the set-up comm: an answer, and no change.
 SET_UP_PROBE = {"probe": True}
+# What a query asks the set-up comm: what the kernel is (KERNEL_IDLE, ...), and no change.
+SET_UP_QUERY = {"query": True}
 
 
 def set_up_comm_id(kernel_id: str) -> str:

@@ -309,6 +309,10 @@ class GatewayClient(LoggingConfigurable):
         """Ask EG to start a kernel; returns its model (usually still ``starting``)."""
         return await self._request("POST", "/api/kernels", {"name": kernel_name, "env": env})
 
+    async def list_kernels(self) -> list[dict[str, Any]]:
+        """The models of every kernel EG runs (EG answers 403 unless its list_kernels is on)."""
+        return await self._request("GET", "/api/kernels") or []
+
     async def get_kernel(
         self, kernel_id: str, timeout: float | None = None
     ) -> dict[str, Any] | None:
@@ -401,6 +405,15 @@ class GatewayClient(LoggingConfigurable):
             ename, evalue = reply.content.get("ename", "error"), reply.content.get("evalue")
             raise KernelReplyError(f"{ename}: {evalue}", reply.content)
         return reply
+
+    async def comm_query(
+        self, kernel_id: str, comm_id: str, data: dict[str, Any], timeout: float
+    ) -> dict[str, Any] | None:
+        """Send ``data`` on comm ``comm_id``; the data of the kernel's answer on it, or None
+        when the kernel was idle again without answering (it has no such comm)."""
+        content = {"comm_id": comm_id, "data": data}
+        reply = await self._shell_request(kernel_id, "comm_msg", content, timeout, False, "comm?")
+        return reply.content or None
 
     async def evaluate(self, kernel_id: str, expression: str, timeout: float) -> str:
         """The ``text/plain`` value of ``expression`` in the kernel, evaluated as a user
@@ -564,7 +577,8 @@ class _ReplyWaiter:
     kernel is known idle, not "starting" or "busy" from this request, when it is done.
 
     The answer is the shell reply (``reply="shell"``), the data of a ``comm_msg`` or
-    ``comm_close`` the kernel sent in response (``"comm"``), or nothing (None).
+    ``comm_close`` the kernel sent in response (``"comm"``; ``"comm?"``: or ``{}`` once it is
+    idle without one), or nothing (None).
     ``answered`` gets the answer as it comes, before the idle status.
     """
 
@@ -582,10 +596,12 @@ class _ReplyWaiter:
         msg_type = message.get("msg_type")
         if self._kind == "shell" and message.get("channel") == "shell":
             self._replied(message, message.get("content", {}))
-        elif self._kind == "comm" and msg_type in ("comm_msg", "comm_close"):
+        elif self._kind in ("comm", "comm?") and msg_type in ("comm_msg", "comm_close"):
             self._replied(message, message.get("content", {}).get("data", {}))
         elif msg_type == "status":
             self._idle = message.get("content", {}).get("execution_state") == "idle"
+            if self._idle and self._kind == "comm?" and self._reply is None:
+                self._reply = {}  # idle, and no answer came before: it has no such comm
         if self._reply is not None and self._idle and not self.done.done():
             self.done.set_result(ShellReply(self._reply, self._replied_at))
 

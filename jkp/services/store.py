@@ -13,6 +13,8 @@ state lives under keys derived from it (see docs/redis.md):
 - ``<key>:arrivals``  hash, Unix second (Redis time) -> pops and warm creates that arrived in it
   (a pool sized by demand only)
 - ``<key>:start-latencies``  list: the seconds the pool's last starts took, newest first
+- ``<key>:records``, ``<key>:rebuild``  the mark that the pool's records are whole, and whose
+  turn it is to rebuild them from EG when it is gone (jkp.services.kernel_records)
 - ``<JKP_REDIS_KEY>:idempotency:<k>``  string with expiry, shared by all pools: the pop that
   used idempotency key ``k``
 - ``<JKP_REDIS_KEY>:aliases``  hash, shared by all pools: the gateway's kernel aliases
@@ -555,6 +557,8 @@ class PoolKeys:
     replica_specs = _derived_key("replica-specs", "replica id -> the spec it runs")
     activation = _derived_key("activation", "whose turn it is to activate idle kernels")
     upkeep = _derived_key("upkeep", "whose turn it is for the checks one replica does for all")
+    records = _derived_key("records", "the mark that the pool's records are whole")
+    rebuild = _derived_key("rebuild", "whose turn it is to rebuild the records from EG")
 
     def idempotency(self, key: str) -> str:
         return f"{self.shared or self.idle}:idempotency:{key}"

@@ -50,14 +50,15 @@ async def test_pop_moves_kernel_into_user_dir(redis_server, gateway, jkp_factory
     await wait_until(closed, 5, "jkp's websocket closed")
     cwd = await run_in_kernel(gateway, model["id"], "import os; print(os.getcwd())")
     assert cwd.strip() == str(shared_dir / "zt")
-    # Neither the warm-up before pooling nor the set-up left a name, a comm or a comm target.
+    # Neither the warm-up before pooling nor the set-up left a name or a comm target; the one
+    # comm left is the set-up's, closed to its caller, kept so the kernel can refuse another.
     left = await run_in_kernel(
         gateway,
         model["id"],
         "m = get_ipython().kernel.comm_manager; "
         "print([n for n in dir() if 'jkp' in n], list(m.comms), list(m.targets))",
     )
-    assert left.strip() == "[] [] []"
+    assert left.strip() == f"[] ['jkp-set-up-{pooled}'] []"
     # The kernel is the user's now: recorded as handed out, never back in the pool.
     assert (await jkp.store.handed_out())[pooled]["user_id"] == "zt"
     assert pooled not in await jkp.idle_ids()

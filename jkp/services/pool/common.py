@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from redis.exceptions import RedisError
 
 from jkp.services.gateway import GatewayClient, GatewayError
+from jkp.services.kernel_records import RecordStore
 from jkp.services.metrics import PoolMetrics
 from jkp.services.store import PoolStore
 
@@ -173,6 +174,7 @@ class PoolPart:
         self.health = shared.health
         self.retirer = shared.retirer
         self.registration = shared.registration
+        self.records = shared.records
 
 
 @dataclasses.dataclass(frozen=True)
@@ -186,6 +188,7 @@ class Shared:
     health: Health
     retirer: Retirer
     registration: Registration
+    records: RecordStore
 
 
 class StartSlots:

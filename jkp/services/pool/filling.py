@@ -294,7 +294,8 @@ class Filler(PoolPart):
         # The pop's set-up comm, opened and asked once so its first use costs no more.
         comm_id = set_up_comm_id(kernel_id)
         await self.gateway.open_comm(kernel_id, comm_id, SET_UP_COMM_TARGET, timeout)
-        await self.gateway.comm_request(kernel_id, comm_id, SET_UP_PROBE, timeout, keep_open=True)
+        probe = {**SET_UP_PROBE, "spec": self.options.spec_fingerprint}
+        await self.gateway.comm_request(kernel_id, comm_id, probe, timeout, keep_open=True)
         if self.options.init_code:
             await self._run_init_code(kernel_id)
         model = await self._reported_model(kernel_id)
@@ -302,6 +303,8 @@ class Filler(PoolPart):
         model[POOLED_AT_FIELD] = time.time()
         latency = None if started is None else asyncio.get_running_loop().time() - started
         pooled = await self.store.finish_start(kernel_id, model, self.options.replica_id, latency)
+        if pooled == 0 and await self.records.is_idle(kernel_id):
+            pooled = 1  # its lease was lost with Redis's records, and a rebuild pooled it
         if pooled == 0:
             self.log.warning("Lease of kernel %s expired before it was ready", kernel_id)
             self.retirer.retire_soon(kernel_id, "lease expired")

@@ -6,20 +6,18 @@ import asyncio
 import hashlib
 import json
 import uuid
-from collections.abc import Callable
 from typing import Any
 
 from redis.exceptions import RedisError
 
 from jkp.services.gateway import GatewayError, KernelReplyError, ShellReply
 from jkp.services.pool.common import (
-    POOLED_AT_FIELD,
-    SPEC_FIELD,
     PoolPart,
     Shared,
     count_idle_time,
 )
 from jkp.services.pool.filling import Filler
+from jkp.services.pool.kernel_word import KernelWord, handout_record
 from jkp.services.pool.pop import (
     Handout,
     KernelFailedError,
@@ -30,6 +28,7 @@ from jkp.services.pool.pop import (
     SetUpGuard,
     ShuttingDownError,
     UserDirectoryError,
+    handed_model,
 )
 from jkp.services.store import (
     AliasTaken,
@@ -41,6 +40,7 @@ from jkp.services.store import (
     UserLimitReached,
 )
 from jkp.user import (
+    KERNEL_HANDED,
     USER_DIR_REFUSED,
     enter_user_dir_request,
     set_up_comm_id,
@@ -243,7 +243,7 @@ class HandingOut(PoolPart):
         while True:
             if handout.remaining() < _LEAST_SET_UP_TIME:
                 raise self._out_of_time()
-            step = self._step_timer(handout)
+            step = handout.step_timer(self.metrics.pop_steps)
             claim = await self._claim(handout)
             step("claim")
             if isinstance(claim, Replay):
@@ -289,28 +289,14 @@ class HandingOut(PoolPart):
                     handout.check_client()
                 self.log.info("Kernel %s handed to user %s", claim.kernel_id, handout.user_id)
                 return model, "served"
-            # Our claim was taken back by a reconcile while we worked: never hand that out.
+            # Our claim was taken back by a reconcile while we worked: never hand that out. Set
+            # up for nobody: if a rebuild recorded it as handed (its own word), shut it down.
             self.log.warning("Claim on kernel %s expired during set-up", claim.kernel_id)
+            if await self.store.retire_handed(claim.kernel_id):
+                self.retirer.retire_soon(claim.kernel_id, "claim expired during a pop")
 
     def _out_of_time(self) -> PoolEmptyError:
         return PoolEmptyError(f"no kernel could be set up within {self.options.pop_timeout:g}s")
-
-    def _step_timer(self, handout: Handout) -> Callable[[str], None]:
-        """A function that records the time since it was made, or since its last call, as the
-        duration of a step of a pop (jkp_pop_step_seconds, and the pop's own timings): where a
-        slow pop spent its time."""
-        loop = asyncio.get_running_loop()
-        last = loop.time()
-
-        def step(name: str) -> None:
-            nonlocal last
-            now = loop.time()
-            self.metrics.pop_steps.labels(name).observe(now - last)
-            if handout.timings is not None:
-                handout.timings[name] = handout.timings.get(name, 0.0) + now - last
-            last = now
-
-        return step
 
     async def _claim(self, handout: Handout) -> Claim | Replay:
         """The next idle kernel for this pop (or an earlier pop's answer to replay); waits for
@@ -347,10 +333,8 @@ class HandingOut(PoolPart):
     async def _hand_over(self, claim: Claim, handout: Handout, model: dict[str, Any]) -> bool:
         """Record the claimed kernel as handed to the pop's user (and a gateway create's
         binding); False when the claim was taken back meanwhile."""
-        alias, binding = "", None
+        alias, binding = handout.alias_for(claim.kernel_id), None
         if handout.binding is not None:
-            # A gateway create: its client knows the kernel by its own id, or by ours.
-            alias = handout.alias or claim.kernel_id
             binding = {**handout.binding, "kernel_id": claim.kernel_id}
         ttl = self.options.idempotency_ttl
         return await self.store.hand_over(claim, handout.user_id, model, ttl, alias, binding)
@@ -387,11 +371,15 @@ class HandingOut(PoolPart):
         verdict_time = min(_VERDICT_TIME_MAX, budget * _VERDICT_TIME_SHARE)
         answered: asyncio.Future[ShellReply] = asyncio.get_running_loop().create_future()
         sent = asyncio.Event()
+        # The kernel keeps what it is handed out as: the last word, whatever Redis loses.
+        kept = handout_record(
+            handout.user_id, handout.alias_for(claim.kernel_id), self.options.kernel_name
+        )
         request = asyncio.ensure_future(
             self.gateway.comm_request(
                 kernel_id,
                 set_up_comm_id(kernel_id),
-                handout.set_up,
+                {**handout.set_up, "handout": kept},
                 budget - verdict_time,
                 keep_open=True,  # closed after the answer (see _pop), or when retired
                 answered=answered,
@@ -403,7 +391,7 @@ class HandingOut(PoolPart):
         try:
             await asyncio.wait({request, answered}, return_when=asyncio.FIRST_COMPLETED)
             if answered.done() and answered.result().content.get("status") == "ok":
-                model = self._handed_model(claim, answered.result())
+                model = handed_model(claim.model, answered.result())
                 # A pop with an Idempotency-Key is handed over after the idle status: a retry
                 # with the key is answered from the hand-over, and must never get a kernel that
                 # may still fail to get idle.
@@ -412,6 +400,10 @@ class HandingOut(PoolPart):
                     handing = asyncio.ensure_future(self._hand_over(claim, handout, model))
             await request
         except KernelReplyError as e:
+            word = KernelWord.from_answer(e.content)
+            if word is not None:
+                await self._not_the_pools(claim, word)
+                return None  # not the pool's to give, yet nothing is wrong with it: the next
             if e.content.get("ename") == USER_DIR_REFUSED:
                 await self.store.release(claim)
                 raise UserDirectoryError(str(e.content.get("evalue", e))) from e
@@ -435,18 +427,21 @@ class HandingOut(PoolPart):
         assert model is not None  # the request succeeded: its answer came, with status ok
         return model, handing
 
-    @staticmethod
-    def _handed_model(claim: Claim, reply: ShellReply) -> dict[str, Any]:
-        """The model a pop answers: the pooled one, idle, last active at the set-up's answer."""
-        # jkp's own fields stay in Redis; the caller gets EG's model.
-        model = {k: v for k, v in claim.model.items() if k not in (SPEC_FIELD, POOLED_AT_FIELD)}
-        model["execution_state"] = "idle"
-        if reply.replied_at:
-            model["last_activity"] = reply.replied_at
-        # EG counted jkp's own websockets when the kernel was pooled; they close as it is handed
-        # out (another replica's at its next sync), and nobody else has been given its id.
-        model["connections"] = 0
-        return model
+    async def _not_the_pools(self, claim: Claim, word: KernelWord) -> None:
+        """A claimed kernel refused its set-up, as it was handed out before (a hand-over whose
+        record Redis lost) or spoiled by a failed one: recorded as handed out (never shut
+        down, never pooled again) or retired."""
+        self.gateway.close_channel(claim.kernel_id)
+        if word.status == KERNEL_HANDED:
+            self.log.warning(
+                "Kernel %s says it was handed to user %s already; recorded so, taking the next",
+                claim.kernel_id,
+                (word.handed or {}).get("user_id"),
+            )
+            binding = word.binding(claim.kernel_id)
+            await self.records.hand_over_elsewhere(claim, word.handed_record(), binding)
+        elif await self.store.retire_claim(claim):
+            self.retirer.retire_soon(claim.kernel_id, "spoiled by a failed set-up")
 
     async def _set_up_failed(
         self,

@@ -2,8 +2,9 @@
 
 The pool's work is done by its parts, each in a module of its own: ``HandingOut`` (pops),
 ``Filler`` (the fill loop and starts), ``Keeper`` (reconcile, websockets, activation),
-``Replicas`` (heartbeat and takeover); what they share is in ``common``. PoolManager holds the
-options, wires the parts, and is what the app and the handlers use.
+``Replicas`` (heartbeat and takeover), ``Rebuilder`` (records Redis lost, rebuilt from EG);
+what they share is in ``common``. PoolManager holds the options, wires the parts, and is what
+the app and the handlers use.
 """
 
 from __future__ import annotations
@@ -19,12 +20,14 @@ from traitlets import Instance, TraitError, Unicode, default, validate
 from traitlets.config import LoggingConfigurable
 
 from jkp.services.gateway import GatewayClient
+from jkp.services.kernel_records import RecordStore
 from jkp.services.metrics import Metrics, PoolMetrics
 from jkp.services.pool import spec
 from jkp.services.pool.common import Health, Registration, Retirer, Shared, StartSlots
 from jkp.services.pool.filling import Filler
 from jkp.services.pool.handing import HandingOut
 from jkp.services.pool.keeping import Keeper
+from jkp.services.pool.rebuild import Rebuilder
 from jkp.services.pool.replicas import Replicas
 from jkp.services.pool.sizing import Sizer, retry_after
 from jkp.services.store import PoolStore
@@ -273,6 +276,7 @@ class PoolManager(LoggingConfigurable):
             self.health,
             self.retirer,
             self.registration,
+            RecordStore(self.store.client, self.store.keys),
         )
         self.sizer = Sizer(self.store, self)
         self.filler = Filler(
@@ -281,6 +285,7 @@ class PoolManager(LoggingConfigurable):
         self.keeper = Keeper(shared, filler=self.filler)
         self.handing = HandingOut(shared, filler=self.filler)
         self.replicas = Replicas(shared, filler=self.filler)
+        self.rebuilder = Rebuilder(shared, filler=self.filler)
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -290,10 +295,11 @@ class PoolManager(LoggingConfigurable):
         await self.replicas.start()
         self.filler.start()
         self.keeper.start()
+        self.rebuilder.start()
 
     async def stop(self) -> None:
         """Stop the background work; kernels being started are shut down, the pool stays."""
-        parts = (self.replicas, self.filler, self.keeper)
+        parts = (self.replicas, self.filler, self.keeper, self.rebuilder)
         for part in parts:
             part.stop()
         # redis-py can swallow a cancellation that lands inside one of its calls: cancel again

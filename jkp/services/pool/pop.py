@@ -6,9 +6,14 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
+from collections.abc import Callable
 from typing import Any
 
+from prometheus_client import Histogram
+
 from jkp.errors import ApiError
+from jkp.services.gateway import ShellReply
+from jkp.services.pool.common import POOLED_AT_FIELD, SPEC_FIELD
 from jkp.services.store import Idempotency
 
 # Consecutive set-up failures of the share (not of the user) before hand-outs pause.
@@ -133,6 +138,41 @@ class Handout:
         """Raise PopAbandonedError once the caller has hung up."""
         if self.client_gone.is_set():
             raise PopAbandonedError("the caller closed the connection")
+
+    def alias_for(self, kernel_id: str) -> str:
+        """The id a gateway create's client knows kernel ``kernel_id`` by (its own, or the
+        kernel's); '' for a pop."""
+        return "" if self.binding is None else self.alias or kernel_id
+
+    def step_timer(self, pop_steps: Histogram) -> Callable[[str], None]:
+        """A function that records the time since it was made, or since its last call, as the
+        duration of a step of the pop (in ``pop_steps``, jkp_pop_step_seconds, and its own
+        timings): where a slow pop spent its time."""
+        loop = asyncio.get_running_loop()
+        last = loop.time()
+
+        def step(name: str) -> None:
+            nonlocal last
+            now = loop.time()
+            pop_steps.labels(name).observe(now - last)
+            if self.timings is not None:
+                self.timings[name] = self.timings.get(name, 0.0) + now - last
+            last = now
+
+        return step
+
+
+def handed_model(pooled: dict[str, Any], reply: ShellReply) -> dict[str, Any]:
+    """The model a pop answers: the pooled one, idle, last active at the set-up's answer."""
+    # jkp's own fields stay in Redis; the caller gets EG's model.
+    model = {k: v for k, v in pooled.items() if k not in (SPEC_FIELD, POOLED_AT_FIELD)}
+    model["execution_state"] = "idle"
+    if reply.replied_at:
+        model["last_activity"] = reply.replied_at
+    # EG counted jkp's own websockets when the kernel was pooled; they close as it is handed
+    # out (another replica's at its next sync), and nobody else has been given its id.
+    model["connections"] = 0
+    return model
 
 
 class SetUpGuard:
