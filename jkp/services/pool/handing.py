@@ -30,6 +30,7 @@ from jkp.services.pool.pop import (
     UserDirectoryError,
     handed_model,
 )
+from jkp.services.pool.sizing import Sizer, retry_after
 from jkp.services.store import (
     AliasTaken,
     Claim,
@@ -59,9 +60,10 @@ _LEAST_SET_UP_TIME = 0.05
 class HandingOut(PoolPart):
     """Hands kernels out, one pop at a time each, under one deadline per pop."""
 
-    def __init__(self, shared: Shared, filler: Filler):
+    def __init__(self, shared: Shared, filler: Filler, sizer: Sizer):
         super().__init__(shared)
         self.filler = filler
+        self.sizer = sizer
         self.set_up_guard = SetUpGuard()
         self._closing = False
         self._active_pops = 0
@@ -218,7 +220,8 @@ class HandingOut(PoolPart):
         """Seconds until a kernel is expected, for an empty pool's 503; None when Redis
         cannot say."""
         try:
-            return await self.options.retry_after()
+            data = await self.store.demand(self.sizer.keep_seconds)
+            return retry_after(data, self.options.start_lease)
         except RedisError:
             return None
 
@@ -313,7 +316,7 @@ class HandingOut(PoolPart):
                     handout.alias,
                     handout.create_id,
                     handout.user_limit,
-                    0 if handout.arrived else self.options.sizer.arrivals_ttl,
+                    0 if handout.arrived else self.sizer.arrivals_ttl,
                 )
                 handout.arrived = True
             except IdempotencyPending:

@@ -27,9 +27,10 @@ from jkp.services.pool.common import Health, Registration, Retirer, Shared, Star
 from jkp.services.pool.filling import Filler
 from jkp.services.pool.handing import HandingOut
 from jkp.services.pool.keeping import Keeper
+from jkp.services.pool.options import PoolOptions
 from jkp.services.pool.rebuild import Rebuilder
 from jkp.services.pool.replicas import Replicas
-from jkp.services.pool.sizing import Sizer, retry_after
+from jkp.services.pool.sizing import Sizer
 from jkp.services.store import PoolStore
 from jkp.traits import EnvFloat, EnvInt, EnvUnicode
 
@@ -269,7 +270,8 @@ class PoolManager(LoggingConfigurable):
         self.retirer = Retirer(self.log, self.gateway, self.store, self.metrics, self.health)
         self.registration = Registration(_HEARTBEAT_TTL_INTERVALS * self.replica_heartbeat_interval)
         shared = Shared(
-            self,
+            self.log,
+            lambda: self.options,
             self.store,
             self.gateway,
             self.metrics,
@@ -283,9 +285,14 @@ class PoolManager(LoggingConfigurable):
             shared, start_slots=self.start_slots, check=self.reconcile, sizer=self.sizer
         )
         self.keeper = Keeper(shared, filler=self.filler)
-        self.handing = HandingOut(shared, filler=self.filler)
+        self.handing = HandingOut(shared, filler=self.filler, sizer=self.sizer)
         self.replicas = Replicas(shared, filler=self.filler)
         self.rebuilder = Rebuilder(shared, filler=self.filler)
+
+    @functools.cached_property
+    def options(self) -> PoolOptions:
+        """The options as the parts read them, read on first use (after the start-up check)."""
+        return PoolOptions.read(self)
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -363,13 +370,13 @@ class PoolManager(LoggingConfigurable):
 
     def kernel_start_env(self, kernel_id: str) -> dict[str, str]:
         """The ``env`` of EG's start request for a pooled kernel with id ``kernel_id``."""
-        return spec.kernel_start_env(self, kernel_id)
+        return self.options.kernel_start_env(kernel_id)
 
     @functools.cached_property
     def spec_fingerprint(self) -> str:
         """A hash of what the pool's kernels are started as (kernel spec, start env,
         init_code): a kernel of another fingerprint is never handed out by this replica."""
-        return spec.spec_fingerprint(self)
+        return self.options.spec_fingerprint
 
     def check_bounds(self) -> None:
         """Refuse at start-up a minimum above the maximum."""
@@ -385,11 +392,6 @@ class PoolManager(LoggingConfigurable):
         spec.check_kernel_env(self)
 
     # -- state reporting ----------------------------------------------------------------------
-
-    async def retry_after(self) -> int:
-        """Whole seconds until a kernel is expected in this pool (for a 503's Retry-After)."""
-        data = await self.store.demand(self.sizer.keep_seconds)
-        return retry_after(data, self.start_lease)
 
     async def status(self) -> dict[str, Any]:
         """This pool as Redis holds it, its bounds, target and the demand behind it, and what
