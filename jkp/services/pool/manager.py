@@ -28,6 +28,7 @@ from jkp.services.pool.keeping import Keeper
 from jkp.services.pool.replicas import Replicas
 from jkp.services.pool.sizing import Sizer, retry_after
 from jkp.services.store import PoolStore
+from jkp.services.waiting_pops import PooledNotices
 from jkp.traits import EnvFloat, EnvInt, EnvUnicode
 
 _STOP_RECANCEL_INTERVAL = 0.5
@@ -281,6 +282,10 @@ class PoolManager(LoggingConfigurable):
         self.keeper = Keeper(shared, filler=self.filler)
         self.handing = HandingOut(shared, filler=self.filler)
         self.replicas = Replicas(shared, filler=self.filler)
+        # Kernels any replica pools wake this replica's waiting pops.
+        self.pooled_notices = PooledNotices(
+            self.store.client, self.store.keys.pooled, self.filler.kernel_was_pooled, parent=self
+        )
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -288,12 +293,13 @@ class PoolManager(LoggingConfigurable):
         """Register this replica in Redis, then start the background work: heartbeat and
         takeover, reconcile with EG, fill, check, activate, sync."""
         await self.replicas.start()
+        await self.pooled_notices.start()
         self.filler.start()
         self.keeper.start()
 
     async def stop(self) -> None:
         """Stop the background work; kernels being started are shut down, the pool stays."""
-        parts = (self.replicas, self.filler, self.keeper)
+        parts = (self.replicas, self.filler, self.keeper, self.pooled_notices)
         for part in parts:
             part.stop()
         # redis-py can swallow a cancellation that lands inside one of its calls: cancel again
@@ -304,6 +310,7 @@ class PoolManager(LoggingConfigurable):
             await asyncio.wait(pending, timeout=_STOP_RECANCEL_INTERVAL)
         # Shutdowns already under way are allowed to finish so no kernel is left behind.
         await self.retirer.wait()
+        await self.pooled_notices.close()
         await self.replicas.leave()
 
     async def close(self, timeout: float) -> None:
@@ -402,6 +409,7 @@ class PoolManager(LoggingConfigurable):
             "max": self.max_pending_kernels,
             "demand": demand,
             **counts,
+            "waiting": await self.store.waiting(),
             "errors": dict(self.health.failing),
             "last_errors": list(self.health.last_errors),
             "start_error": self.filler.start_error,
