@@ -257,7 +257,7 @@ return claim['model']
 # With max_kernels_per_user (ARGV[10], -1: none) the user's slots (KEYS[5]) are counted: "limit"
 # and their count when the user holds that many, else the claimed kernel takes one.
 # A pool sized by demand counts a request's first claim (ARGV[11]: the arrivals' time to live,
-# 0: not counted) in its second's bucket of the arrivals hash (KEYS[6]).
+# 0: not counted) in its time bucket (ARGV[14] seconds wide) of the arrivals hash (KEYS[6]).
 # Waiting pops take kernels first come first served (jkp.services.waiting_pops): the request
 # ARGV[12] claims only while fewer live waiters are ahead of it in the line (KEYS[7], KEYS[8])
 # than kernels are idle, and waits in line otherwise, until ARGV[13] seconds from now.
@@ -289,7 +289,8 @@ if limit >= 0 then
   if count >= limit then return {'limit', tostring(count)} end
 end
 if tonumber(ARGV[11]) > 0 then
-  redis.call('HINCRBY', KEYS[6], t[1], 1)
+  local bucket = string.format('%.0f', math.floor(now / tonumber(ARGV[14])))
+  redis.call('HINCRBY', KEYS[6], bucket, 1)
   redis.call('EXPIRE', KEYS[6], ARGV[11])
 end
 local waiter = ARGV[12]
@@ -496,12 +497,13 @@ return models
 """
 )
 
-# A pool's demand: Redis time, the arrivals (KEYS[1]) of the last ARGV[1] seconds (older ones
-# are dropped), the recent start latencies (KEYS[2]), the earliest live start lease (KEYS[3]).
+# A pool's demand: Redis time, the arrivals (KEYS[1], in buckets of ARGV[2] seconds) of the
+# last ARGV[1] seconds (older ones are dropped), the recent start latencies (KEYS[2]), the
+# earliest live start lease (KEYS[3]).
 _DEMAND = (
     _NOW
     + """
-local cutoff = tonumber(t[1]) - tonumber(ARGV[1])
+local cutoff = math.floor((now - tonumber(ARGV[1])) / tonumber(ARGV[2]))
 local buckets = {}
 local entries = redis.call('HGETALL', KEYS[1])
 for i = 1, #entries, 2 do
@@ -591,12 +593,14 @@ class PoolKeys:
 @dataclass(frozen=True)
 class DemandData:
     """What a pool's size is computed from, as one script read it: Redis time, arrivals per
-    Unix second, recent start latencies (newest first), the earliest live start lease's expiry."""
+    time bucket (bucket ``b`` holds those in ``[b, b + 1) * bucket_seconds`` of Unix time),
+    recent start latencies (newest first), the earliest live start lease's expiry."""
 
     now: float
     buckets: dict[int, int]
     latencies: list[float]
     oldest_start_expiry: float | None = None
+    bucket_seconds: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -839,6 +843,7 @@ class PoolStore:
         arrivals_ttl: int = 0,
         waiter: str = "",
         wait_seconds: float = 0.0,
+        bucket_seconds: float = 1.0,
     ) -> Claim | Replay | None:
         """Take the oldest idle kernel for ``user_id``; None when the pool is empty.
 
@@ -855,7 +860,8 @@ class PoolStore:
         them until it is deleted or gone (or the claim ends without a hand-over).
 
         With ``arrivals_ttl`` (a request's first claim, in a pool sized by demand), the
-        request is counted as an arrival, kept that many seconds.
+        request is counted as an arrival, kept that many seconds, in its bucket of
+        ``bucket_seconds``.
 
         With ``waiter`` (the request's id), it claims only when no earlier waiter is owed the
         idle kernels, and otherwise waits in line (None), at most ``wait_seconds`` from now
@@ -865,6 +871,7 @@ class PoolStore:
         keys = [k.idle, k.claimed, k.aliases, "", k.users, k.arrivals, k.waiting, k.waiting_until]
         args: list[Any] = [user_id, replica, spec, "", 0, alias, create_id, lease_seconds, ""]
         args += [user_limit, arrivals_ttl, waiter, f"{max(wait_seconds, 0.0):.3f}"]
+        args.append(repr(bucket_seconds))
         if idempotency is not None:
             keys[3] = k.idempotency(idempotency.key)
             args[3:5] = [idempotency.owner, int(lease_seconds * 1000)]
@@ -960,12 +967,14 @@ class PoolStore:
         )
         return [_text(m) for m in models]
 
-    async def demand(self, keep_seconds: float) -> DemandData:
-        """What the pool's size is computed from (see DemandData); arrivals older than
-        ``keep_seconds`` are dropped on the way."""
+    async def demand(self, keep_seconds: float, bucket_seconds: float = 1.0) -> DemandData:
+        """What the pool's size is computed from (see DemandData), its arrivals counted in
+        buckets of ``bucket_seconds``; arrivals older than ``keep_seconds`` are dropped on the
+        way."""
         k = self.keys
         seconds, micros, flat, latencies, oldest = await self._demand(
-            keys=[k.arrivals, k.start_latencies, k.starting], args=[keep_seconds]
+            keys=[k.arrivals, k.start_latencies, k.starting],
+            args=[keep_seconds, repr(bucket_seconds)],
         )
         buckets = {int(flat[i]): int(flat[i + 1]) for i in range(0, len(flat), 2)}
         return DemandData(
@@ -973,6 +982,7 @@ class PoolStore:
             buckets,
             [float(v) for v in latencies],
             float(oldest) if oldest not in ("", b"") else None,
+            bucket_seconds,
         )
 
     async def forget_retired(self, kernel_id: str) -> None:

@@ -333,6 +333,7 @@ class HandingOut(PoolPart):
                         0 if handout.arrived else self.options.sizer.arrivals_ttl,
                         handout.waiter,
                         handout.claim_remaining(),
+                        self.options.sizing_interval,
                     )
                     handout.arrived = True
                 except IdempotencyPending:

@@ -93,6 +93,16 @@ class PoolManager(LoggingConfigurable):
         min=1,
     ).tag(config=True)
 
+    sizing_interval = EnvFloat(
+        1.0,
+        env="JKP_SIZING_INTERVAL",
+        help=(
+            "Seconds: how often a pool sized by demand reads its demand, and the width of the "
+            "time buckets its arrivals are counted in (the same on every replica of the pool)"
+        ),
+        min=0.001,
+    ).tag(config=True)
+
     kernel_name = EnvUnicode(
         "python_kubernetes", env="JKP_KERNEL_NAME", help="EG kernel spec of pooled kernels"
     ).tag(config=True)
@@ -389,7 +399,7 @@ class PoolManager(LoggingConfigurable):
 
     async def retry_after(self) -> int:
         """Whole seconds until a kernel is expected in this pool (for a 503's Retry-After)."""
-        data = await self.store.demand(self.sizer.keep_seconds)
+        data = await self.store.demand(self.sizer.keep_seconds, self.sizing_interval)
         return retry_after(data, self.start_lease)
 
     async def status(self) -> dict[str, Any]:
