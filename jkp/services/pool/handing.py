@@ -23,6 +23,7 @@ from jkp.services.handout import (
     ShuttingDownError,
     UserDirectoryError,
 )
+from jkp.services.pool.claiming import Claiming
 from jkp.services.pool.common import (
     POOLED_AT_FIELD,
     SPEC_FIELD,
@@ -36,7 +37,6 @@ from jkp.services.store import (
     Claim,
     Idempotency,
     IdempotencyConflict,
-    IdempotencyPending,
     Replay,
     UserLimitReached,
 )
@@ -47,9 +47,6 @@ from jkp.user import (
     set_up_request,
 )
 
-# How often a waiting pop claims again without a notice of a kernel pooled (one lost while
-# Redis' subscription reconnects, or a waiter ahead whose replica died).
-_EMPTY_POOL_POLL = 0.5
 # Of a set-up's time, the share (up to a cap) kept back to ask EG whose fault a timeout was.
 _VERDICT_TIME_SHARE = 0.25
 _VERDICT_TIME_MAX = 0.5
@@ -63,6 +60,7 @@ class HandingOut(PoolPart):
     def __init__(self, shared: Shared, filler: Filler):
         super().__init__(shared)
         self.filler = filler
+        self.claiming = Claiming(shared, filler)
         self.set_up_guard = SetUpGuard()
         self._closing = False
         self._active_pops = 0
@@ -245,7 +243,7 @@ class HandingOut(PoolPart):
             if handout.remaining() < _LEAST_SET_UP_TIME:
                 raise self._out_of_time()
             step = self._step_timer(handout)
-            claim = await self._claim(handout)
+            claim = await self.claiming.claim(handout)
             step("claim")
             if isinstance(claim, Replay):
                 self.log.info("Pop repeated with its Idempotency-Key: kernel %s", claim.model["id"])
@@ -312,57 +310,6 @@ class HandingOut(PoolPart):
             last = now
 
         return step
-
-    async def _claim(self, handout: Handout) -> Claim | Replay:
-        """The next idle kernel for this pop (or an earlier pop's answer to replay); waits for
-        one in the pool's line, first come first served, up to the pop's deadline, while no
-        idle kernel is its to take."""
-        try:
-            while True:
-                handout.check_client()
-                try:
-                    claim = await self.store.claim(
-                        handout.user_id,
-                        handout.idempotency,
-                        self.options.claim_lease,
-                        self.options.replica_id,
-                        self.options.spec_fingerprint,
-                        handout.alias,
-                        handout.create_id,
-                        handout.user_limit,
-                        0 if handout.arrived else self.options.sizer.arrivals_ttl,
-                        handout.waiter,
-                        handout.claim_remaining(),
-                        self.options.sizing_interval,
-                    )
-                    handout.arrived = True
-                except IdempotencyPending:
-                    claim = None  # the pop holding the key answers soon, or gives it up
-                else:
-                    if claim is not None:
-                        if isinstance(claim, Claim):
-                            handout.in_line = False  # the claim took it out of the line
-                        return claim
-                    handout.waited = handout.in_line = True
-                    self.filler.refill()  # a user is waiting: start a kernel now
-                remaining = handout.claim_remaining()
-                if remaining <= 0:
-                    if handout.claim_deadline is None:
-                        raise PoolEmptyError(f"no idle kernel within {self.options.pop_timeout:g}s")
-                    raise PoolEmptyError("no idle kernel within the gateway's pool wait")
-                await self.filler.wait_for_kernel(min(remaining, _EMPTY_POOL_POLL))
-        finally:
-            if handout.in_line:
-                # Ends without a kernel (or with a replay): the pops behind it move up.
-                handout.in_line = False
-                await asyncio.shield(self._leave_line(handout.waiter))
-
-    async def _leave_line(self, waiter: str) -> None:
-        try:
-            await self.store.leave_line(waiter)
-        except RedisError as e:
-            # Its entry expires with the pop's deadline: it holds nobody up longer.
-            self.log.warning("Could not take a pop out of the waiting line: %s", e)
 
     async def _hand_over(self, claim: Claim, handout: Handout, model: dict[str, Any]) -> bool:
         """Record the claimed kernel as handed to the pop's user (and a gateway create's
