@@ -499,7 +499,7 @@ return models
 
 # A pool's demand: Redis time, the arrivals (KEYS[1], in buckets of ARGV[2] seconds) of the
 # last ARGV[1] seconds (older ones are dropped), the recent start latencies (KEYS[2]), the
-# earliest live start lease (KEYS[3]).
+# earliest live start lease (KEYS[3]), and the idle (KEYS[4]) plus live starting kernels.
 _DEMAND = (
     _NOW
     + """
@@ -515,7 +515,8 @@ for i = 1, #entries, 2 do
   end
 end
 local oldest = redis.call('ZRANGEBYSCORE', KEYS[3], '(' .. now, '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
-return {t[1], t[2], buckets, redis.call('LRANGE', KEYS[2], 0, -1), oldest[2] or ''}
+local held = redis.call('LLEN', KEYS[4]) + redis.call('ZCOUNT', KEYS[3], '(' .. now, '+inf')
+return {t[1], t[2], buckets, redis.call('LRANGE', KEYS[2], 0, -1), oldest[2] or '', held}
 """
 )
 
@@ -601,6 +602,7 @@ class DemandData:
     latencies: list[float]
     oldest_start_expiry: float | None = None
     bucket_seconds: float = 1.0
+    held: int | None = None  # idle plus live starting kernels, of any spec
 
 
 @dataclass(frozen=True)
@@ -972,8 +974,8 @@ class PoolStore:
         buckets of ``bucket_seconds``; arrivals older than ``keep_seconds`` are dropped on the
         way."""
         k = self.keys
-        seconds, micros, flat, latencies, oldest = await self._demand(
-            keys=[k.arrivals, k.start_latencies, k.starting],
+        seconds, micros, flat, latencies, oldest, held = await self._demand(
+            keys=[k.arrivals, k.start_latencies, k.starting, k.idle],
             args=[keep_seconds, repr(bucket_seconds)],
         )
         buckets = {int(flat[i]): int(flat[i + 1]) for i in range(0, len(flat), 2)}
@@ -983,6 +985,7 @@ class PoolStore:
             [float(v) for v in latencies],
             float(oldest) if oldest not in ("", b"") else None,
             bucket_seconds,
+            int(held),
         )
 
     async def forget_retired(self, kernel_id: str) -> None:

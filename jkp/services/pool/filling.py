@@ -174,6 +174,9 @@ class Filler(PoolPart):
             return
         self._target, trim_target = await self.sizer.targets()
         self.metrics.pool_target.set(self.target)
+        held = self.sizer.held
+        if held is not None and held <= trim_target + self.recycling:
+            return  # nothing to retire: no second script on each read
         spec = self.options.spec_fingerprint
         for model_json in await self.store.trim_oldest(trim_target + self.recycling, spec):
             model = json.loads(model_json)

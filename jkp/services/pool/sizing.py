@@ -146,6 +146,8 @@ class Sizer:
         self.store = store
         self.options = options
         self.last: Demand | None = None
+        # Idle plus starting kernels (any spec) when last read; None: not read.
+        self.held: int | None = None
 
     @property
     def maximum(self) -> int:
@@ -186,5 +188,5 @@ class Sizer:
         lookback, refill_delay = self.options.scale_down_delay, self.options.refill_delay
         starts = demand(data, self.minimum, self.maximum, lookback, refill_delay)
         trims = demand(data, self.minimum, self.maximum, self.trim_lookback, refill_delay)
-        self.last = starts
+        self.last, self.held = starts, data.held
         return starts.target, trims.target
