@@ -85,12 +85,9 @@ class PooledNotices(LoggingConfigurable):
         self._task: asyncio.Task | None = None
         self._stopping = False
 
-    async def start(self) -> None:
-        """Subscribe (before this returns, when Redis answers) and listen."""
-        try:
-            await self._pubsub.subscribe(self.channel)
-        except RedisError:
-            pass  # the listening loop tries again, and reports it
+    def start(self) -> None:
+        """Subscribe and listen, in a task of its own: the replica's start does not wait for
+        Redis (a waiting pop's poll covers the moments before the subscription)."""
         self._task = asyncio.create_task(self._listen(), name="jkp-pooled-notices")
 
     def tasks(self) -> list[asyncio.Task]:

@@ -303,7 +303,7 @@ class PoolManager(LoggingConfigurable):
         """Register this replica in Redis, then start the background work: heartbeat and
         takeover, reconcile with EG, fill, check, activate, sync."""
         await self.replicas.start()
-        await self.pooled_notices.start()
+        self.pooled_notices.start()
         self.filler.start()
         self.keeper.start()
 
