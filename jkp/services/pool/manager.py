@@ -31,6 +31,7 @@ from jkp.services.pool.rebuild import Rebuilder
 from jkp.services.pool.replicas import Replicas
 from jkp.services.pool.sizing import Sizer, retry_after
 from jkp.services.store import PoolStore
+from jkp.services.waiting_pops import PooledNotices
 from jkp.traits import EnvFloat, EnvInt, EnvUnicode
 
 _STOP_RECANCEL_INTERVAL = 0.5
@@ -93,6 +94,16 @@ class PoolManager(LoggingConfigurable):
             "kernels (oldest first, never below min_pending_kernels)"
         ),
         min=1,
+    ).tag(config=True)
+
+    sizing_interval = EnvFloat(
+        1.0,
+        env="JKP_SIZING_INTERVAL",
+        help=(
+            "Seconds: how often a pool sized by demand reads its demand, and the width of the "
+            "time buckets its arrivals are counted in (the same on every replica of the pool)"
+        ),
+        min=0.001,
     ).tag(config=True)
 
     kernel_name = EnvUnicode(
@@ -286,6 +297,10 @@ class PoolManager(LoggingConfigurable):
         self.handing = HandingOut(shared, filler=self.filler)
         self.replicas = Replicas(shared, filler=self.filler)
         self.rebuilder = Rebuilder(shared, filler=self.filler)
+        # Kernels any replica pools wake this replica's waiting pops.
+        self.pooled_notices = PooledNotices(
+            self.store.client, self.store.keys.pooled, self.filler.kernel_was_pooled, parent=self
+        )
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -293,13 +308,14 @@ class PoolManager(LoggingConfigurable):
         """Register this replica in Redis, then start the background work: heartbeat and
         takeover, reconcile with EG, fill, check, activate, sync."""
         await self.replicas.start()
+        self.pooled_notices.start()
         self.filler.start()
         self.keeper.start()
         self.rebuilder.start()
 
     async def stop(self) -> None:
         """Stop the background work; kernels being started are shut down, the pool stays."""
-        parts = (self.replicas, self.filler, self.keeper, self.rebuilder)
+        parts = (self.replicas, self.filler, self.keeper, self.rebuilder, self.pooled_notices)
         for part in parts:
             part.stop()
         # redis-py can swallow a cancellation that lands inside one of its calls: cancel again
@@ -310,6 +326,7 @@ class PoolManager(LoggingConfigurable):
             await asyncio.wait(pending, timeout=_STOP_RECANCEL_INTERVAL)
         # Shutdowns already under way are allowed to finish so no kernel is left behind.
         await self.retirer.wait()
+        await self.pooled_notices.close()
         await self.replicas.leave()
 
     async def close(self, timeout: float) -> None:
@@ -388,7 +405,7 @@ class PoolManager(LoggingConfigurable):
 
     async def retry_after(self) -> int:
         """Whole seconds until a kernel is expected in this pool (for a 503's Retry-After)."""
-        data = await self.store.demand(self.sizer.keep_seconds)
+        data = await self.store.demand(self.sizer.keep_seconds, self.sizing_interval)
         return retry_after(data, self.start_lease)
 
     async def status(self) -> dict[str, Any]:
@@ -408,6 +425,7 @@ class PoolManager(LoggingConfigurable):
             "max": self.max_pending_kernels,
             "demand": demand,
             **counts,
+            "waiting": await self.store.waiting(),
             "errors": dict(self.health.failing),
             "last_errors": list(self.health.last_errors),
             "start_error": self.filler.start_error,
