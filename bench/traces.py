@@ -10,11 +10,12 @@ Each trace is a list of pop arrival times in real (uncompressed) seconds:
 - ``classroom``: 30 pops within 60 s, unannounced, after 20 quiet minutes.
 
 Within a trace every duration (arrival times, the kernel start latency, scale_down_delay,
-refill_delay, pop_timeout) is divided by one factor, its time scale, so a day runs in minutes.
-jkp's own work (a pop, ~10-20 ms of CPU; a start's warm-up) is not compressed: the day is
-compressed 180x (a 30 s start takes 167 ms, ~10x a pop), the batches 60x and the classroom
-20x, so that bursts do not arrive faster than 2 cores can serve them (at 180x a class came
-90 pops a second and warm pops queued for the CPU). ``--time-scale`` sets one factor for all.
+refill_delay, pop_timeout, sizing_interval) is divided by one factor, its time scale, so a day
+runs in minutes. jkp's own work (a pop, ~10-20 ms of CPU; a start's warm-up) is not
+compressed: the day is compressed 180x (a 30 s start takes 167 ms, ~10x a pop), the
+batches 60x and the classroom 20x, so that bursts do not arrive faster than 2 cores can serve
+them (at 180x a class came 90 pops a second and warm pops queued for the CPU).
+``--time-scale`` sets one factor for all.
 
 Each configuration of a trace runs at the same time as the others, each on a gateway
 simulator of its own (bench/gateway_simulator.py with ``--start-latency-s``) and a Redis key
@@ -66,6 +67,7 @@ CLASS_TIME_SCALE = 20  # 30 s -> 1.5 s; the class's 30 pops and 30 starts over 3
 POP_TIMEOUT_S = 120.0  # real seconds: a pop may wait for several starts, not fail after one
 REFILL_DELAY_S = 1.0  # jkp's default, compressed like the rest
 SCALE_DOWN_DELAY_S = 600.0  # the default
+SIZING_INTERVAL_S = 1.0  # jkp's default
 MAX_CONCURRENT_STARTS = 32  # per replica: a cluster starts pods side by side
 REPLICAS = 2
 BATCH_SIZE = 10
@@ -198,6 +200,8 @@ class Run:
             options += [
                 f"--PoolManager.min_pending_kernels={self.config.minimum}",
                 f"--PoolManager.scale_down_delay={SCALE_DOWN_DELAY_S / self.scale}",
+                # Its demand's resolution (1 s in a real deployment) compressed like the rest.
+                f"--PoolManager.sizing_interval={SIZING_INTERVAL_S / self.scale}",
             ]
         for i in range(REPLICAS):
             jkp = Jkp(self.work, f"jkp-{slug}-{i}", self.redis, self.sim.url, f"bench:{slug}",

@@ -43,6 +43,7 @@ from jkp.errors import ApiError
 from jkp.services import redis_connection
 from jkp.services.aliases import ALIAS_RESERVATION, AliasStore
 from jkp.services.user_kernels import USER_SLOTS, UserKernelStore, UserLimitReached
+from jkp.services.waiting_pops import LEAVE_LINE, WAITING_LINE
 from jkp.traits import EnvInt, EnvList, EnvUnicode, check_options
 
 # Start latencies a pool keeps: its start latency is their median.
@@ -102,6 +103,7 @@ return 1
 """
 )
 
+# Pooled kernels are announced on channel ARGV[6] (jkp.services.waiting_pops).
 # 1: pooled; 0: the lease is gone (expired and retired); -1: another replica took the start over.
 _FINISH_START = """
 if not redis.call('ZSCORE', KEYS[2], ARGV[1]) then return 0 end
@@ -115,6 +117,7 @@ if ARGV[4] ~= '' then
   redis.call('LPUSH', KEYS[5], ARGV[4])
   redis.call('LTRIM', KEYS[5], 0, tonumber(ARGV[5]) - 1)
 end
+redis.call('PUBLISH', ARGV[6], 'pooled')
 return 1
 """
 
@@ -257,12 +260,16 @@ return claim['model']
 # With max_kernels_per_user (ARGV[10], -1: none) the user's slots (KEYS[5]) are counted: "limit"
 # and their count when the user holds that many, else the claimed kernel takes one.
 # A pool sized by demand counts a request's first claim (ARGV[11]: the arrivals' time to live,
-# 0: not counted) in its second's bucket of the arrivals hash (KEYS[6]).
+# 0: not counted) in its time bucket (ARGV[14] seconds wide) of the arrivals hash (KEYS[6]).
+# Waiting pops take kernels first come first served (jkp.services.waiting_pops): the request
+# ARGV[12] claims only while fewer live waiters are ahead of it in the line (KEYS[7], KEYS[8])
+# than kernels are idle, and waits in line otherwise, until ARGV[13] seconds from now.
 _CLAIM = (
     _NOW
     + _OF_SPEC
     + ALIAS_RESERVATION
     + USER_SLOTS
+    + WAITING_LINE
     + """
 local idem = KEYS[4]
 if idem == '' then idem = nil end
@@ -285,8 +292,17 @@ if limit >= 0 then
   if count >= limit then return {'limit', tostring(count)} end
 end
 if tonumber(ARGV[11]) > 0 then
-  redis.call('HINCRBY', KEYS[6], t[1], 1)
+  local bucket = string.format('%.0f', math.floor(now / tonumber(ARGV[14])))
+  redis.call('HINCRBY', KEYS[6], bucket, 1)
   redis.call('EXPIRE', KEYS[6], ARGV[11])
+end
+local waiter = ARGV[12]
+if waiter ~= '' then
+  local ahead = waiters_ahead(KEYS[7], KEYS[8], waiter, ARGV[3])
+  if ahead > 0 and idle_of_spec(KEYS[1], ARGV[3]) <= ahead then
+    wait_in_line(KEYS[7], KEYS[8], waiter, ARGV[3], tonumber(ARGV[13]))
+    return {'empty', ''}
+  end
 end
 -- The oldest idle kernel of this replica's spec (ARGV[3]): nearly always the last one.
 local model = redis.call('LINDEX', KEYS[1], -1)
@@ -297,7 +313,11 @@ if model and not of_spec(model, ARGV[3]) then
     if of_spec(models[i], ARGV[3]) then model = models[i]; break end
   end
 end
-if not model then return {'empty', ''} end
+if not model then
+  if waiter ~= '' then wait_in_line(KEYS[7], KEYS[8], waiter, ARGV[3], tonumber(ARGV[13])) end
+  return {'empty', ''}
+end
+if waiter ~= '' then leave_line(KEYS[7], KEYS[8], waiter) end
 redis.call('LREM', KEYS[1], -1, model)
 local id = cjson.decode(model)['id']
 if slots then
@@ -376,7 +396,8 @@ return 1
 )
 
 # A claim that ends without a hand-out: back to the pop end of the idle list ("release") or to
-# the retiring set ("retire"), if replica ARGV[5] holds it ('' for any). The pop's idempotency
+# the retiring set ("retire"), if replica ARGV[5] holds it ('' for any); a release is announced
+# on channel ARGV[6] to the pops waiting for a kernel. The pop's idempotency
 # record goes too, so a retry starts afresh, and the slot the claim took of its user (KEYS[4]).
 _END_CLAIM = (
     _NOW
@@ -388,6 +409,7 @@ free_slot(KEYS[4], cjson.decode(redis.call('HGET', KEYS[1], ARGV[1]))['user_id']
 redis.call('HDEL', KEYS[1], ARGV[1])
 if ARGV[2] == 'release' then
   redis.call('RPUSH', KEYS[2], ARGV[3])
+  redis.call('PUBLISH', ARGV[6], 'released')
 else
   redis.call('HSET', KEYS[2], ARGV[1], now)
 end
@@ -478,12 +500,13 @@ return models
 """
 )
 
-# A pool's demand: Redis time, the arrivals (KEYS[1]) of the last ARGV[1] seconds (older ones
-# are dropped), the recent start latencies (KEYS[2]), the earliest live start lease (KEYS[3]).
+# A pool's demand: Redis time, the arrivals (KEYS[1], in buckets of ARGV[2] seconds) of the
+# last ARGV[1] seconds (older ones are dropped), the recent start latencies (KEYS[2]), the
+# earliest live start lease (KEYS[3]), and the idle (KEYS[4]) plus live starting kernels.
 _DEMAND = (
     _NOW
     + """
-local cutoff = tonumber(t[1]) - tonumber(ARGV[1])
+local cutoff = math.floor((now - tonumber(ARGV[1])) / tonumber(ARGV[2]))
 local buckets = {}
 local entries = redis.call('HGETALL', KEYS[1])
 for i = 1, #entries, 2 do
@@ -495,7 +518,8 @@ for i = 1, #entries, 2 do
   end
 end
 local oldest = redis.call('ZRANGEBYSCORE', KEYS[3], '(' .. now, '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
-return {t[1], t[2], buckets, redis.call('LRANGE', KEYS[2], 0, -1), oldest[2] or ''}
+local held = redis.call('LLEN', KEYS[4]) + redis.call('ZCOUNT', KEYS[3], '(' .. now, '+inf')
+return {t[1], t[2], buckets, redis.call('LRANGE', KEYS[2], 0, -1), oldest[2] or '', held}
 """
 )
 
@@ -553,6 +577,9 @@ class PoolKeys:
     retiring = _derived_key("retiring", "kernel id -> when it was taken out of the pool")
     arrivals = _derived_key("arrivals", "Unix second -> pops and warm creates that arrived")
     start_latencies = _derived_key("start-latencies", "the last starts' seconds, newest first")
+    waiting = _derived_key("waiting", "waiter id -> when it began waiting: pops in line")
+    waiting_until = _derived_key("waiting-until", "waiter id -> its deadline and spec")
+    pooled = _derived_key("pooled", "channel: a kernel was pooled, or put back")
     replicas = _derived_key("replicas", "replica id -> heartbeat expiry")
     replica_specs = _derived_key("replica-specs", "replica id -> the spec it runs")
     activation = _derived_key("activation", "whose turn it is to activate idle kernels")
@@ -572,12 +599,15 @@ class PoolKeys:
 @dataclass(frozen=True)
 class DemandData:
     """What a pool's size is computed from, as one script read it: Redis time, arrivals per
-    Unix second, recent start latencies (newest first), the earliest live start lease's expiry."""
+    time bucket (bucket ``b`` holds those in ``[b, b + 1) * bucket_seconds`` of Unix time),
+    recent start latencies (newest first), the earliest live start lease's expiry."""
 
     now: float
     buckets: dict[int, int]
     latencies: list[float]
     oldest_start_expiry: float | None = None
+    bucket_seconds: float = 1.0
+    held: int | None = None  # idle plus live starting kernels, of any spec
 
 
 @dataclass(frozen=True)
@@ -657,6 +687,7 @@ class PoolStore:
         self._stale_claims = client.register_script(_STALE_CLAIMS)
         self._counts = client.register_script(_COUNTS)
         self._forget_handed = client.register_script(_FORGET_HANDED)
+        self._leave_line = client.register_script(LEAVE_LINE)
         # The users' kernel counts are shared by all pools; the cold kernels' side of them.
         self.user_kernels = UserKernelStore(client, keys.users)
 
@@ -694,7 +725,14 @@ class PoolStore:
         return int(
             await self._finish_start(
                 keys=[k.idle, k.starting, k.start_owners, k.start_specs, k.start_latencies],
-                args=[kernel_id, json.dumps(model), replica, seconds, START_LATENCIES_KEPT],
+                args=[
+                    kernel_id,
+                    json.dumps(model),
+                    replica,
+                    seconds,
+                    START_LATENCIES_KEPT,
+                    k.pooled,
+                ],
             )
         )
 
@@ -812,6 +850,9 @@ class PoolStore:
         create_id: str = "",
         user_limit: int = -1,
         arrivals_ttl: int = 0,
+        waiter: str = "",
+        wait_seconds: float = 0.0,
+        bucket_seconds: float = 1.0,
     ) -> Claim | Replay | None:
         """Take the oldest idle kernel for ``user_id``; None when the pool is empty.
 
@@ -828,12 +869,18 @@ class PoolStore:
         them until it is deleted or gone (or the claim ends without a hand-over).
 
         With ``arrivals_ttl`` (a request's first claim, in a pool sized by demand), the
-        request is counted as an arrival, kept that many seconds.
+        request is counted as an arrival, kept that many seconds, in its bucket of
+        ``bucket_seconds``.
+
+        With ``waiter`` (the request's id), it claims only when no earlier waiter is owed the
+        idle kernels, and otherwise waits in line (None), at most ``wait_seconds`` from now
+        unless it claims again; the claim that takes a kernel takes it out of the line.
         """
         k = self.keys
-        keys = [k.idle, k.claimed, k.aliases, "", k.users, k.arrivals]
+        keys = [k.idle, k.claimed, k.aliases, "", k.users, k.arrivals, k.waiting, k.waiting_until]
         args: list[Any] = [user_id, replica, spec, "", 0, alias, create_id, lease_seconds, ""]
-        args += [user_limit, arrivals_ttl]
+        args += [user_limit, arrivals_ttl, waiter, f"{max(wait_seconds, 0.0):.3f}"]
+        args.append(repr(bucket_seconds))
         if idempotency is not None:
             keys[3] = k.idempotency(idempotency.key)
             args[3:5] = [idempotency.owner, int(lease_seconds * 1000)]
@@ -891,11 +938,20 @@ class PoolStore:
 
     async def _finish_claim(self, claim: Claim, how: str, destination: str) -> bool:
         keys = [self.keys.claimed, destination, "", self.keys.users]
-        args = [claim.kernel_id, how, claim.model_json, "", claim.replica]
+        args = [claim.kernel_id, how, claim.model_json, "", claim.replica, self.keys.pooled]
         if claim.idempotency is not None:
             keys[2] = self.keys.idempotency(claim.idempotency.key)
             args[3] = claim.idempotency.owner
         return bool(await self._end_claim(keys=keys, args=args))
+
+    async def leave_line(self, waiter: str) -> None:
+        """Take a request that ends without a kernel out of the line of waiting pops."""
+        k = self.keys
+        await self._leave_line(keys=[k.waiting, k.waiting_until, k.idle], args=[waiter, k.pooled])
+
+    async def waiting(self) -> int:
+        """Requests in the line of waiting pops (some may have passed their deadline)."""
+        return int(await self.client.zcard(self.keys.waiting))
 
     async def retire_idle(self, kernel_id: str, model_json: str) -> bool:
         """Move one idle kernel to the retiring set; False when it was no longer idle."""
@@ -920,12 +976,14 @@ class PoolStore:
         )
         return [_text(m) for m in models]
 
-    async def demand(self, keep_seconds: float) -> DemandData:
-        """What the pool's size is computed from (see DemandData); arrivals older than
-        ``keep_seconds`` are dropped on the way."""
+    async def demand(self, keep_seconds: float, bucket_seconds: float = 1.0) -> DemandData:
+        """What the pool's size is computed from (see DemandData), its arrivals counted in
+        buckets of ``bucket_seconds``; arrivals older than ``keep_seconds`` are dropped on the
+        way."""
         k = self.keys
-        seconds, micros, flat, latencies, oldest = await self._demand(
-            keys=[k.arrivals, k.start_latencies, k.starting], args=[keep_seconds]
+        seconds, micros, flat, latencies, oldest, held = await self._demand(
+            keys=[k.arrivals, k.start_latencies, k.starting, k.idle],
+            args=[keep_seconds, repr(bucket_seconds)],
         )
         buckets = {int(flat[i]): int(flat[i + 1]) for i in range(0, len(flat), 2)}
         return DemandData(
@@ -933,6 +991,8 @@ class PoolStore:
             buckets,
             [float(v) for v in latencies],
             float(oldest) if oldest not in ("", b"") else None,
+            bucket_seconds,
+            int(held),
         )
 
     async def forget_retired(self, kernel_id: str) -> None:

@@ -128,10 +128,15 @@ async def test_redis_restart_without_persistence_never_hands_a_kernel_out_twice(
     assert status == 200
     redis_server.kill()
     redis_server.start()  # empty: the pool's records are gone
-    rebuilt = await jkp.wait_for_idle(2, timeout=30)
-    # Rebuilt from EG: the kernel handed out is recorded as the user's again, never idle.
-    assert first["id"] not in rebuilt
+    # Rebuilt from EG: the kernel handed out is recorded as the user's again, never idle. (The
+    # pool may be refilled with new kernels before the rebuild's turn: wait for the record.)
+    async def recorded():
+        return first["id"] in await jkp.store.handed_out()
+
+    await wait_until(recorded, 30, "the handed-out kernel recorded again")
     assert (await jkp.store.handed_out())[first["id"]]["user_id"] == "zt"
+    rebuilt = await jkp.wait_for_idle(2, timeout=30)
+    assert first["id"] not in rebuilt
     handed = set()
     for user in ("u1", "u2", "u3"):
         status, model = await jkp.pop(user)

@@ -64,3 +64,16 @@ def test_retry_after_is_the_start_latency_less_the_oldest_start_age():
     assert retry_after(DemandData(NOW, {}, [5.0], started_2s_ago), lease) == 3
     assert retry_after(DemandData(NOW, {}, [5.0]), lease) == 5
     assert retry_after(DemandData(NOW, {}, [5.0], NOW - 60 + lease), lease) == 1
+
+
+def test_finer_buckets_size_the_window_to_the_replacement_time_not_whole_seconds():
+    # Starts of 0.2 s (e.g. a replay compressed 150x): 6 pops spread over one second, one
+    # every 0.2 s, in buckets of 0.05 s. A window of whole seconds would hold all 6.
+    width = 0.05
+    now_bucket = int(NOW / width)
+    buckets = {now_bucket - 4 * i: 1 for i in range(6)}
+    data = DemandData(NOW, buckets, [0.2], bucket_seconds=width)
+    result = demand(data, 1, 16, 10, refill_delay=0.05)
+    assert result.window == 0.25
+    assert result.peak == 2
+    assert result.target == 2 + HEADROOM

@@ -31,9 +31,6 @@ _IDLE_REPORT_PAUSE = 0.05
 # Pause of the fill loop while Redis or EG fail: doubles from the first, up to the cap.
 _FAILING_RETRY_FIRST = 0.5
 _FAILING_RETRY_CAP = 10.0
-# How often a pool sized by demand reads it: another replica's pops raise its target within
-# this time, and surplus is retired this soon after the look-back has passed.
-SIZING_INTERVAL = 1.0
 
 
 class Filler(PoolPart):
@@ -41,7 +38,8 @@ class Filler(PoolPart):
     and pools each once it answers; wakes on a pop, a free start slot, and every check.
 
     ``check`` (the keeper's reconcile) runs first and every ``check_task_interval``. A pool
-    sized by demand (``sizer.adaptive``) also reads its target every SIZING_INTERVAL, and
+    sized by demand (``sizer.adaptive``) also reads its target every ``sizing_interval`` (so
+    another replica's pops raise it within that time), and
     retires its surplus idle kernels, oldest first, once the demand that asked for them has
     passed.
     """
@@ -147,7 +145,7 @@ class Filler(PoolPart):
             now = loop.time()
             delay = next_check - now
             if self.sizer.adaptive:
-                delay = min(delay, SIZING_INTERVAL)
+                delay = min(delay, self.options.sizing_interval)
             for start_at in (self._next_start_at, self._refill_at):
                 if start_at is not None and start_at > now:
                     delay = min(delay, start_at - now)
@@ -176,6 +174,9 @@ class Filler(PoolPart):
             return
         self._target, trim_target = await self.sizer.targets()
         self.metrics.pool_target.set(self.target)
+        held = self.sizer.held
+        if held is not None and held <= trim_target + self.recycling:
+            return  # nothing to retire: no second script on each read
         spec = self.options.spec_fingerprint
         for model_json in await self.store.trim_oldest(trim_target + self.recycling, spec):
             model = json.loads(model_json)

@@ -11,6 +11,7 @@ from typing import Any
 from redis.exceptions import RedisError
 
 from jkp.services.gateway import GatewayError, KernelReplyError, ShellReply
+from jkp.services.pool.claiming import Claiming
 from jkp.services.pool.common import (
     PoolPart,
     Shared,
@@ -36,7 +37,6 @@ from jkp.services.store import (
     Claim,
     Idempotency,
     IdempotencyConflict,
-    IdempotencyPending,
     Replay,
     UserLimitReached,
 )
@@ -48,8 +48,6 @@ from jkp.user import (
     set_up_request,
 )
 
-# How often a pop waiting on an empty pool looks again for a kernel another replica pooled.
-_EMPTY_POOL_POLL = 0.1
 # Of a set-up's time, the share (up to a cap) kept back to ask EG whose fault a timeout was.
 _VERDICT_TIME_SHARE = 0.25
 _VERDICT_TIME_MAX = 0.5
@@ -64,6 +62,7 @@ class HandingOut(PoolPart):
         super().__init__(shared)
         self.filler = filler
         self.sizer = sizer
+        self.claiming = Claiming(shared, filler, sizer)
         self.set_up_guard = SetUpGuard()
         self._closing = False
         self._active_pops = 0
@@ -220,7 +219,7 @@ class HandingOut(PoolPart):
         """Seconds until a kernel is expected, for an empty pool's 503; None when Redis
         cannot say."""
         try:
-            data = await self.store.demand(self.sizer.keep_seconds)
+            data = await self.store.demand(self.sizer.keep_seconds, self.options.sizing_interval)
             return retry_after(data, self.options.start_lease)
         except RedisError:
             return None
@@ -247,7 +246,7 @@ class HandingOut(PoolPart):
             if handout.remaining() < _LEAST_SET_UP_TIME:
                 raise self._out_of_time()
             step = handout.step_timer(self.metrics.pop_steps)
-            claim = await self._claim(handout)
+            claim = await self.claiming.claim(handout)
             step("claim")
             if isinstance(claim, Replay):
                 self.log.info("Pop repeated with its Idempotency-Key: kernel %s", claim.model["id"])
@@ -300,38 +299,6 @@ class HandingOut(PoolPart):
 
     def _out_of_time(self) -> PoolEmptyError:
         return PoolEmptyError(f"no kernel could be set up within {self.options.pop_timeout:g}s")
-
-    async def _claim(self, handout: Handout) -> Claim | Replay:
-        """The next idle kernel for this pop (or an earlier pop's answer to replay); waits for
-        one, up to the pop's deadline, while the pool is empty."""
-        while True:
-            handout.check_client()
-            try:
-                claim = await self.store.claim(
-                    handout.user_id,
-                    handout.idempotency,
-                    self.options.claim_lease,
-                    self.options.replica_id,
-                    self.options.spec_fingerprint,
-                    handout.alias,
-                    handout.create_id,
-                    handout.user_limit,
-                    0 if handout.arrived else self.sizer.arrivals_ttl,
-                )
-                handout.arrived = True
-            except IdempotencyPending:
-                claim = None  # the pop holding the key answers soon, or gives it up
-            else:
-                if claim is not None:
-                    return claim
-                handout.waited = True
-                self.filler.refill()  # a user is waiting: start a kernel now
-            remaining = handout.claim_remaining()
-            if remaining <= 0:
-                if handout.claim_deadline is None:
-                    raise PoolEmptyError(f"no idle kernel within {self.options.pop_timeout:g}s")
-                raise PoolEmptyError("no idle kernel within the gateway's pool wait")
-            await self.filler.wait_for_kernel(min(remaining, _EMPTY_POOL_POLL))
 
     async def _hand_over(self, claim: Claim, handout: Handout, model: dict[str, Any]) -> bool:
         """Record the claimed kernel as handed to the pop's user (and a gateway create's

@@ -32,6 +32,7 @@ from jkp.services.pool.rebuild import Rebuilder
 from jkp.services.pool.replicas import Replicas
 from jkp.services.pool.sizing import Sizer
 from jkp.services.store import PoolStore
+from jkp.services.waiting_pops import PooledNotices
 from jkp.traits import EnvFloat, EnvInt, EnvUnicode
 
 _STOP_RECANCEL_INTERVAL = 0.5
@@ -94,6 +95,16 @@ class PoolManager(LoggingConfigurable):
             "kernels (oldest first, never below min_pending_kernels)"
         ),
         min=1,
+    ).tag(config=True)
+
+    sizing_interval = EnvFloat(
+        1.0,
+        env="JKP_SIZING_INTERVAL",
+        help=(
+            "Seconds: how often a pool sized by demand reads its demand, and the width of the "
+            "time buckets its arrivals are counted in (the same on every replica of the pool)"
+        ),
+        min=0.001,
     ).tag(config=True)
 
     kernel_name = EnvUnicode(
@@ -288,6 +299,10 @@ class PoolManager(LoggingConfigurable):
         self.handing = HandingOut(shared, filler=self.filler, sizer=self.sizer)
         self.replicas = Replicas(shared, filler=self.filler)
         self.rebuilder = Rebuilder(shared, filler=self.filler)
+        # Kernels any replica pools wake this replica's waiting pops.
+        self.pooled_notices = PooledNotices(
+            self.store.client, self.store.keys.pooled, self.filler.kernel_was_pooled, parent=self
+        )
 
     @functools.cached_property
     def options(self) -> PoolOptions:
@@ -300,13 +315,14 @@ class PoolManager(LoggingConfigurable):
         """Register this replica in Redis, then start the background work: heartbeat and
         takeover, reconcile with EG, fill, check, activate, sync."""
         await self.replicas.start()
+        self.pooled_notices.start()
         self.filler.start()
         self.keeper.start()
         self.rebuilder.start()
 
     async def stop(self) -> None:
         """Stop the background work; kernels being started are shut down, the pool stays."""
-        parts = (self.replicas, self.filler, self.keeper, self.rebuilder)
+        parts = (self.replicas, self.filler, self.keeper, self.rebuilder, self.pooled_notices)
         for part in parts:
             part.stop()
         # redis-py can swallow a cancellation that lands inside one of its calls: cancel again
@@ -317,6 +333,7 @@ class PoolManager(LoggingConfigurable):
             await asyncio.wait(pending, timeout=_STOP_RECANCEL_INTERVAL)
         # Shutdowns already under way are allowed to finish so no kernel is left behind.
         await self.retirer.wait()
+        await self.pooled_notices.close()
         await self.replicas.leave()
 
     async def close(self, timeout: float) -> None:
@@ -410,6 +427,7 @@ class PoolManager(LoggingConfigurable):
             "max": self.max_pending_kernels,
             "demand": demand,
             **counts,
+            "waiting": await self.store.waiting(),
             "errors": dict(self.health.failing),
             "last_errors": list(self.health.last_errors),
             "start_error": self.filler.start_error,

@@ -32,6 +32,7 @@ class PoolOptions:
     min_pending_kernels: int | None
     scale_down_delay: float
     refill_delay: float
+    sizing_interval: float
     # Its timing.
     pop_timeout: float
     kernel_request_timeout: float

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -113,6 +114,10 @@ class Handout:
     waited: bool = False
     # Whether its claims have been counted as an arrival (once per request, not per try).
     arrived: bool = False
+    # Its place in the pool's line of waiting pops (jkp.services.waiting_pops), and whether
+    # it holds one: a request that ends without a kernel leaves the line.
+    waiter: str = dataclasses.field(default_factory=lambda: uuid.uuid4().hex)
+    in_line: bool = False
     # Seconds by step (claim, set_up, hand_over), summed over the kernels it tried, for the
     # caller to report (Server-Timing); None when nobody asked.
     timings: dict[str, float] | None = None

@@ -5,8 +5,9 @@ number of pops and warm creates that arrived within any window of one replacemen
 (``refill_delay`` plus the 90th percentile of the pool's recent start latencies) over the last
 ``scale_down_delay`` seconds, plus ``HEADROOM``. A kernel handed out is replaced one
 replacement time later, so that many kernels cover the worst stretch seen lately. Arrivals
-are counted per second in Redis by every replica's claims, and every replica computes the
-same target from the same data and Redis' clock (see docs/sizing.md).
+are counted in Redis, in time buckets of ``sizing_interval`` seconds, by every replica's
+claims, and every replica computes the same target from the same data and Redis' clock (see
+docs/sizing.md).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Protocol
 
 from jkp.services.store import DemandData, PoolStore
 
-# Added to a non-zero peak: the arrival in the current, partly counted second, and a start
+# Added to a non-zero peak: the arrival in the current, partly counted bucket, and a start
 # slower than the 90th percentile. Measured (docs/sizing.md): a pop every 1.5 s was served
 # warm 100% of the time with it and without it on a moderately loaded machine, holding 5
 # kernels instead of 4; it is the margin for a machine under more load than the recent starts.
@@ -45,6 +46,7 @@ class SizingOptions(Protocol):
     max_pending_kernels: int
     scale_down_delay: float
     refill_delay: float
+    sizing_interval: float
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,7 +56,8 @@ class Demand:
     target: int
     peak: int  # most arrivals within one window of ``window`` seconds in the look-back
     latency: float  # median recent start latency (L)
-    window: float  # refill_delay + the slow (90th percentile) start latency, whole seconds
+    # refill_delay + the slow (90th percentile) start latency, in whole buckets of arrivals
+    window: float
     arrivals: int  # arrivals in the look-back
 
     def as_dict(self) -> dict[str, float | int]:
@@ -82,8 +85,9 @@ def slow_start_latency(latencies: Sequence[float]) -> float:
 
 
 def peak_arrivals(buckets: Mapping[int, int], now: float, window: int, lookback: float) -> int:
-    """Most arrivals within ``window`` consecutive seconds ending in the last ``lookback``
-    seconds before ``now``; ``buckets`` maps a Unix second to its arrivals."""
+    """Most arrivals within ``window`` consecutive buckets ending in the last ``lookback``
+    buckets before ``now``; ``buckets`` maps a time bucket (e.g. a Unix second) to its
+    arrivals, and ``now`` and ``lookback`` are counted in buckets."""
     start = math.floor(now - lookback) - window + 1
     seconds = sorted(s for s in buckets if start <= s <= now)
     peak = inside = 0
@@ -105,14 +109,18 @@ def demand(
     refill_delay: float = 0.0,
 ) -> Demand:
     """The target between ``minimum`` and ``maximum`` for the arrivals and start latencies in
-    ``data``, looking back ``lookback`` seconds from its ``now``."""
+    ``data``, looking back ``lookback`` seconds from its ``now``.
+
+    Times are counted in the data's buckets: the window is whole buckets."""
+    width = data.bucket_seconds
     latency = start_latency(data.latencies)
-    window = max(1, math.ceil(refill_delay + slow_start_latency(data.latencies)))
-    peak = peak_arrivals(data.buckets, data.now, window, lookback)
+    window = max(1, math.ceil((refill_delay + slow_start_latency(data.latencies)) / width))
+    peak = peak_arrivals(data.buckets, data.now / width, window, lookback / width)
     wanted = peak + HEADROOM if peak else 0
-    arrivals = sum(n for s, n in data.buckets.items() if s >= data.now - lookback)
+    first = (data.now - lookback) / width
+    arrivals = sum(n for b, n in data.buckets.items() if b >= first)
     target = min(maximum, max(minimum, wanted))
-    return Demand(target, peak, latency, window, arrivals)
+    return Demand(target, peak, latency, round(window * width, 6), arrivals)
 
 
 def retry_after(data: DemandData, start_lease: float) -> int:
@@ -129,14 +137,17 @@ class Sizer:
     to, and the (never lower) one trims retire down to. A fixed pool (minimum equal to
     maximum) reads nothing: both are its maximum.
 
-    ``options`` has the pool's min_pending_kernels, max_pending_kernels, scale_down_delay and
-    refill_delay, read when used (so a bad value is reported by the start-up check).
+    ``options`` has the pool's min_pending_kernels, max_pending_kernels, scale_down_delay,
+    refill_delay and sizing_interval, read when used (so a bad value is reported by the
+    start-up check).
     """
 
     def __init__(self, store: PoolStore, options: SizingOptions):
         self.store = store
         self.options = options
         self.last: Demand | None = None
+        # Idle plus starting kernels (any spec) when last read; None: not read.
+        self.held: int | None = None
 
     @property
     def maximum(self) -> int:
@@ -173,9 +184,9 @@ class Sizer:
         """The start target and the trim target, read from Redis now (one script)."""
         if not self.adaptive:
             return self.maximum, self.maximum
-        data = await self.store.demand(self.keep_seconds)
+        data = await self.store.demand(self.keep_seconds, self.options.sizing_interval)
         lookback, refill_delay = self.options.scale_down_delay, self.options.refill_delay
         starts = demand(data, self.minimum, self.maximum, lookback, refill_delay)
         trims = demand(data, self.minimum, self.maximum, self.trim_lookback, refill_delay)
-        self.last = starts
+        self.last, self.held = starts, data.held
         return starts.target, trims.target
