@@ -9,11 +9,11 @@ import uuid
 
 from redis.exceptions import RedisError
 
-from jkp.services.aliases import AliasStore
 from jkp.services.gateway import Forwarded, GatewayClient
 from jkp.services.kernels.eg_api import already_exists, refused, with_env
 from jkp.services.pool.registry import PoolRegistry
-from jkp.services.user_kernels import UserLimitReached
+from jkp.services.store.aliases import AliasStore
+from jkp.services.store.user_kernels import UserLimitReached
 
 # Added to EG's request timeout: how long a cold create's slot waits for EG's answer.
 _COLD_SLOT_MARGIN = 5.0

@@ -9,7 +9,7 @@ import uuid
 from typing import Any
 
 from jkp.errors import ApiError
-from jkp.services.user_kernels import UserLimitReached
+from jkp.services.store.user_kernels import UserLimitReached
 
 # EG's text when a kernel id is taken; pybox looks for it to reuse the kernel.
 ALREADY_EXISTS = "Kernel already exists: {}"

@@ -11,10 +11,10 @@ from urllib.parse import quote
 
 from redis.exceptions import RedisError
 
-from jkp.services.aliases import AliasStore, UnhandedKernel
 from jkp.services.gateway import Forwarded, GatewayClient, GatewayError
 from jkp.services.kernels.eg_api import DOES_NOT_EXIST, KernelRequestError, shown_as
 from jkp.services.pool.registry import PoolRegistry
+from jkp.services.store.aliases import AliasStore, UnhandedKernel
 from jkp.user import set_up_code
 
 # How long a bound kernel may take to be bound again after a restart.

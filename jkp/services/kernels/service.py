@@ -21,7 +21,6 @@ from typing import Any
 from redis.exceptions import RedisError
 from traitlets.config import LoggingConfigurable
 
-from jkp.services.aliases import AliasStore
 from jkp.services.gateway import Forwarded, GatewayClient, GatewayError
 from jkp.services.kernels.cold import ColdCreates
 from jkp.services.kernels.eg_api import (
@@ -46,7 +45,8 @@ from jkp.services.pool.pop import (
 )
 from jkp.services.pool.registry import PoolRegistry
 from jkp.services.store import AliasTaken
-from jkp.services.user_kernels import UserLimitReached
+from jkp.services.store.aliases import AliasStore
+from jkp.services.store.user_kernels import UserLimitReached
 from jkp.traits import EnvBool, EnvFloat, EnvInt, EnvList
 
 # What shapes a kernel's pod and cannot change once it runs (EG's Kubernetes launcher reads them).

@@ -14,10 +14,10 @@ from typing import Any, TypeVar
 from redis.exceptions import RedisError
 
 from jkp.services.gateway import GatewayClient, GatewayError
-from jkp.services.kernel_records import RecordStore
 from jkp.services.metrics import PoolMetrics
 from jkp.services.pool.options import PoolOptions
 from jkp.services.store import PoolStore
+from jkp.services.store.kernel_records import RecordStore
 
 # A replica's activation and upkeep turns last this share of their interval.
 TURN_SHARE = 0.8

@@ -20,7 +20,6 @@ from traitlets import Instance, TraitError, Unicode, default, validate
 from traitlets.config import LoggingConfigurable
 
 from jkp.services.gateway import GatewayClient
-from jkp.services.kernel_records import RecordStore
 from jkp.services.metrics import Metrics, PoolMetrics
 from jkp.services.pool import spec
 from jkp.services.pool.common import Health, Registration, Retirer, Shared, StartSlots
@@ -32,6 +31,7 @@ from jkp.services.pool.rebuild import Rebuilder
 from jkp.services.pool.replicas import Replicas
 from jkp.services.pool.sizing import Sizer
 from jkp.services.store import PoolStore
+from jkp.services.store.kernel_records import RecordStore
 from jkp.services.waiting_pops import PooledNotices
 from jkp.traits import EnvFloat, EnvInt, EnvUnicode
 
