@@ -21,7 +21,6 @@ from traitlets.config import LoggingConfigurable
 
 from jkp.services.gateway import GatewayClient
 from jkp.services.metrics import Metrics, PoolMetrics
-from jkp.services.pool import spec
 from jkp.services.pool.common import Health, Registration, Retirer, Shared, StartSlots
 from jkp.services.pool.filling import Filler
 from jkp.services.pool.handing import HandingOut
@@ -29,6 +28,7 @@ from jkp.services.pool.keeping import Keeper
 from jkp.services.pool.options import PoolOptions
 from jkp.services.pool.rebuild import Rebuilder
 from jkp.services.pool.replicas import Replicas
+from jkp.services.pool.reporting import Reporting
 from jkp.services.pool.sizing import Sizer
 from jkp.services.store import PoolStore
 from jkp.services.store.kernel_records import RecordStore
@@ -36,7 +36,6 @@ from jkp.services.waiting_pops import PooledNotices
 from jkp.traits import EnvFloat, EnvInt, EnvUnicode
 
 _STOP_RECANCEL_INTERVAL = 0.5
-_CLAIM_LEASE_MARGIN = 5.0
 # A replica counts as dead once its heartbeat is this many intervals old.
 _HEARTBEAT_TTL_INTERVALS = 3
 
@@ -299,6 +298,7 @@ class PoolManager(LoggingConfigurable):
         self.handing = HandingOut(shared, filler=self.filler, sizer=self.sizer)
         self.replicas = Replicas(shared, filler=self.filler)
         self.rebuilder = Rebuilder(shared, filler=self.filler)
+        self.reporting = Reporting(shared, filler=self.filler, sizer=self.sizer)
         # Kernels any replica pools wake this replica's waiting pops.
         self.pooled_notices = PooledNotices(
             self.store.client, self.store.keys.pooled, self.filler.kernel_was_pooled, parent=self
@@ -307,7 +307,7 @@ class PoolManager(LoggingConfigurable):
     @functools.cached_property
     def options(self) -> PoolOptions:
         """The options as the parts read them, read on first use (after the start-up check)."""
-        return PoolOptions.read(self)
+        return PoolOptions.read(self, eg_request_timeout=self.gateway.request_timeout)
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -373,16 +373,6 @@ class PoolManager(LoggingConfigurable):
         """Whether this replica may start and hand out kernels (its heartbeat surely lasts)."""
         return self.registration.registered
 
-    @property
-    def start_lease(self) -> float:
-        """Longest a start can take: POST, the ready wait, then reporting it idle."""
-        return self.kernel_ready_timeout + 2 * self.gateway.request_timeout
-
-    @property
-    def claim_lease(self) -> float:
-        """Longest a pop can hold a kernel: set-up, asking EG, and a margin for Redis."""
-        return 3 * self.kernel_request_timeout + _CLAIM_LEASE_MARGIN
-
     # -- what a start request sends -------------------------------------------------------
 
     def kernel_start_env(self, kernel_id: str) -> dict[str, str]:
@@ -395,40 +385,8 @@ class PoolManager(LoggingConfigurable):
         init_code): a kernel of another fingerprint is never handed out by this replica."""
         return self.options.spec_fingerprint
 
-    def check_bounds(self) -> None:
-        """Refuse at start-up a minimum above the maximum."""
-        minimum = self.min_pending_kernels
-        if minimum is not None and minimum > self.max_pending_kernels:
-            raise TraitError(
-                f"min_pending_kernels ({minimum}) must not exceed max_pending_kernels "
-                f"({self.max_pending_kernels})"
-            )
-
-    def check_kernel_env(self) -> None:
-        """Refuse at start-up the KERNEL_* values EG would refuse with 400 at every start."""
-        spec.check_kernel_env(self)
-
     # -- state reporting ----------------------------------------------------------------------
 
     async def status(self) -> dict[str, Any]:
-        """This pool as Redis holds it, its bounds, target and the demand behind it, and what
-        this replica saw failing last."""
-        counts = await self.store.counts()
-        target, _ = await self.sizer.targets()
-        self.metrics.set_pool_counts(self.max_pending_kernels, counts)
-        self.metrics.pool_target.set(target)
-        demand = self.sizer.last.as_dict() if self.sizer.adaptive and self.sizer.last else None
-        return {
-            "replica": self.replica_id,
-            "replicas": await self.store.live_replicas(),
-            "kernel_name": self.kernel_name,
-            "target": target,
-            "min": self.sizer.minimum,
-            "max": self.max_pending_kernels,
-            "demand": demand,
-            **counts,
-            "waiting": await self.store.waiting(),
-            "errors": dict(self.health.failing),
-            "last_errors": list(self.health.last_errors),
-            "start_error": self.filler.start_error,
-        }
+        """This pool as Redis holds it, for /api/pool; see Reporting.status."""
+        return await self.reporting.status()

@@ -12,6 +12,8 @@ import functools
 
 from jkp.services.pool import spec
 
+_CLAIM_LEASE_MARGIN = 5.0
+
 
 @dataclasses.dataclass(frozen=True)
 class PoolOptions:
@@ -45,15 +47,24 @@ class PoolOptions:
     max_start_backoff: float
     max_concurrent_starts: int
     idempotency_ttl: float
-    # Derived by PoolManager: longest a start, and a pop's claim, can take.
-    start_lease: float
-    claim_lease: float
+    eg_request_timeout: float  # GatewayClient.request_timeout
 
     @classmethod
-    def read(cls, source: object) -> PoolOptions:
-        """The options as ``source`` holds them now: PoolManager, whose traits and properties
-        bear these names."""
-        return cls(**{field.name: getattr(source, field.name) for field in dataclasses.fields(cls)})
+    def read(cls, source: object, **others: float) -> PoolOptions:
+        """The options as ``source`` holds them now (PoolManager, whose traits bear these
+        names), and ``others`` it does not hold."""
+        names = [f.name for f in dataclasses.fields(cls) if f.name not in others]
+        return cls(**{name: getattr(source, name) for name in names}, **others)
+
+    @property
+    def start_lease(self) -> float:
+        """Longest a start can take: POST, the ready wait, then reporting it idle."""
+        return self.kernel_ready_timeout + 2 * self.eg_request_timeout
+
+    @property
+    def claim_lease(self) -> float:
+        """Longest a pop can hold a kernel: set-up, asking EG, and a margin for Redis."""
+        return 3 * self.kernel_request_timeout + _CLAIM_LEASE_MARGIN
 
     def kernel_start_env(self, kernel_id: str) -> dict[str, str]:
         """The ``env`` of EG's start request for a pooled kernel with id ``kernel_id``."""
