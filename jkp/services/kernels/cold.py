@@ -3,6 +3,7 @@ counted against its user."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import uuid
@@ -19,23 +20,16 @@ from jkp.services.store.user_kernels import UserLimitReached
 _COLD_SLOT_MARGIN = 5.0
 
 
+@dataclasses.dataclass(frozen=True)
 class ColdCreates:
     """EG's own answers to creates, passed as they came; ``user_limit`` is KernelService's
     max_kernels_per_user (-1: none)."""
 
-    def __init__(
-        self,
-        pools: PoolRegistry,
-        gateway: GatewayClient,
-        aliases: AliasStore,
-        user_limit: int,
-        log: logging.Logger | logging.LoggerAdapter,
-    ):
-        self.pools = pools
-        self.gateway = gateway
-        self.aliases = aliases
-        self.user_limit = user_limit
-        self.log = log
+    pools: PoolRegistry
+    gateway: GatewayClient
+    aliases: AliasStore
+    user_limit: int
+    log: logging.Logger | logging.LoggerAdapter
 
     async def create(self, body: bytes, user: str) -> Forwarded:
         """EG's answer to the create as it came, unless it asks for an id a warm kernel has

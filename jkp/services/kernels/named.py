@@ -21,23 +21,16 @@ from jkp.user import set_up_code
 _REBIND_TIMEOUT = 30.0
 
 
+@dataclasses.dataclass(frozen=True)
 class NamedKernels:
     """The kernels clients name by their ids, any replica's; ``user_limit`` is KernelService's
     max_kernels_per_user (-1: none)."""
 
-    def __init__(
-        self,
-        pools: PoolRegistry,
-        gateway: GatewayClient,
-        aliases: AliasStore,
-        user_limit: int,
-        log: logging.Logger | logging.LoggerAdapter,
-    ):
-        self.pools = pools
-        self.gateway = gateway
-        self.aliases = aliases
-        self.user_limit = user_limit
-        self.log = log
+    pools: PoolRegistry
+    gateway: GatewayClient
+    aliases: AliasStore
+    user_limit: int
+    log: logging.Logger | logging.LoggerAdapter
 
     async def forward(
         self,

@@ -12,11 +12,7 @@ from redis.exceptions import RedisError
 
 from jkp.services.gateway import GatewayError
 from jkp.services.pool.claiming import Claiming
-from jkp.services.pool.common import (
-    PoolPart,
-    Shared,
-    count_idle_time,
-)
+from jkp.services.pool.common import PoolPart, Shared, count_idle_time
 from jkp.services.pool.filling import Filler
 from jkp.services.pool.pop import (
     Handout,
@@ -34,10 +30,7 @@ from jkp.services.store import (
     Replay,
     UserLimitReached,
 )
-from jkp.user import (
-    enter_user_dir_request,
-    set_up_request,
-)
+from jkp.user import enter_user_dir_request, set_up_request
 
 # A pop with less time left claims nothing: its set-up could not be answered in time.
 _LEAST_SET_UP_TIME = 0.05

@@ -1,10 +1,11 @@
 """PoolManager: one warm pool of kernels on EG for one kernel spec, its state in Redis.
 
-The pool's work is done by its parts, each in a module of its own: ``HandingOut`` (pops),
-``Filler`` (the fill loop and starts), ``Keeper`` (reconcile, websockets, activation),
-``Replicas`` (heartbeat and takeover), ``Rebuilder`` (records Redis lost, rebuilt from EG);
-what they share is in ``common``. PoolManager holds the options, wires the parts, and is what
-the app and the handlers use.
+The pool's work is done by its parts, each in a module of its own: ``HandingOut`` (pops, with
+``Claiming`` and ``SettingUp``), ``Filler`` (the fill loop and starts), ``Keeper`` (reconcile,
+websockets, activation), ``Replicas`` (heartbeat and takeover), ``Rebuilder`` (records Redis
+lost, rebuilt from EG), ``Reporting`` (/api/pool); what they share is in ``common``. PoolManager
+holds the options as traits and hands them to the parts as ``PoolOptions``; it wires the parts,
+and is what the app and the handlers use.
 """
 
 from __future__ import annotations

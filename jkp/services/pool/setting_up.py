@@ -18,14 +18,8 @@ from jkp.services.pool.pop import (
     UserDirectoryError,
     handed_model,
 )
-from jkp.services.store import (
-    Claim,
-)
-from jkp.user import (
-    KERNEL_HANDED,
-    USER_DIR_REFUSED,
-    set_up_comm_id,
-)
+from jkp.services.store import Claim
+from jkp.user import KERNEL_HANDED, USER_DIR_REFUSED, set_up_comm_id
 
 # Of a set-up's time, the share (up to a cap) kept back to ask EG whose fault a timeout was.
 _VERDICT_TIME_SHARE = 0.25
