@@ -37,12 +37,10 @@ import argparse
 import asyncio
 import collections
 import json
-import math
-import random
 import statistics
 import subprocess
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from harness import (
@@ -59,91 +57,24 @@ from harness import (
     run_and_report,
 )
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
+from trace_report import report
+from trace_shapes import (
+    BATCHES_TIME_SCALE,
+    CLASS_TIME_SCALE,
+    DAY_TIME_SCALE,
+    MAX_CONCURRENT_STARTS,
+    POP_TIMEOUT_S,
+    REFILL_DELAY_S,
+    REPLICAS,
+    SCALE_DOWN_DELAY_S,
+    START_LATENCY_S,
+    Trace,
+    batches_trace,
+    classroom_trace,
+    day_trace,
+)
 
-START_LATENCY_S = 30.0  # a kernel pod's start on Kubernetes (10-60 s), in real seconds
-DAY_TIME_SCALE = 180  # 30 s -> 167 ms: ~10x jkp's own pop time; a day -> 8 min
-BATCHES_TIME_SCALE = 60  # 30 s -> 500 ms; an hour of batches -> 60 s
-CLASS_TIME_SCALE = 20  # 30 s -> 1.5 s; the class's 30 pops and 30 starts over 3 s, not 1
-POP_TIMEOUT_S = 120.0  # real seconds: a pop may wait for several starts, not fail after one
-REFILL_DELAY_S = 1.0  # jkp's default, compressed like the rest
-SCALE_DOWN_DELAY_S = 600.0  # the issue's default
 SIZING_INTERVAL_S = 1.0  # jkp's default
-MAX_CONCURRENT_STARTS = 32  # per replica: a cluster starts pods side by side
-REPLICAS = 2
-BATCH_SIZE = 10
-CLASS_SIZE = 30
-DAY = 24 * 3600.0
-SEED = 23
-
-
-@dataclass
-class Trace:
-    """Arrival times (real seconds from the trace's start) and the pools it is replayed on."""
-
-    name: str
-    title: str
-    duration: float
-    arrivals: list[float]
-    fixed_sizes: tuple[int, ...]
-    scale: float  # real seconds per compressed second
-    # Arrivals that end a phase the checks look at, by name (e.g. the first batch's last).
-    marks: dict[str, int] = field(default_factory=dict)
-
-
-def poisson(rng: random.Random, rate, start: float, end: float, peak: float) -> list[float]:
-    """Arrivals of a Poisson process of ``rate(t)`` (per second, at most ``peak``) in
-    [start, end), by thinning."""
-    times, t = [], start
-    while True:
-        t += rng.expovariate(peak)
-        if t >= end:
-            return times
-        if rng.random() * peak < rate(t):
-            times.append(t)
-
-
-def day_trace(quick: bool) -> Trace:
-    """Rate lowest at 04:00, highest at 16:00 (40x), log-cosine in between."""
-    peak = 1 / START_LATENCY_S
-
-    def rate(t: float) -> float:
-        s = (1 - math.cos(2 * math.pi * (t - 4 * 3600) / DAY)) / 2
-        return peak * 40 ** (s - 1)
-
-    # Quick: the morning ramp only (09:00-12:00), where a pool must grow.
-    start, end = (9 * 3600.0, 12 * 3600.0) if quick else (0.0, DAY)
-    times = poisson(random.Random(SEED), rate, start, end, peak)
-    sizes = (2, 8) if quick else (2, 4, 6, 8)
-    return Trace("day", "day curve (Poisson, 40x night to peak)", end - start,
-                 [t - start for t in times], sizes, DAY_TIME_SCALE)  # fmt: skip
-
-
-def batches_trace(quick: bool) -> Trace:
-    """A batch of BATCH_SIZE pops at once every 2 min from minute 1, over a trickle of one a
-    minute (Poisson)."""
-    duration = 900.0 if quick else 3600.0
-    rng = random.Random(SEED + 1)
-    trickle = poisson(rng, lambda t: 1 / 60, 0, duration, 1 / 60)
-    batch_times = [60.0 + 120 * k for k in range(int((duration - 60) // 120))]
-    times = sorted(trickle + [t for t in batch_times for _ in range(BATCH_SIZE)])
-    first_batch_end = max(i for i, t in enumerate(times) if t == batch_times[0])
-    sizes = (2, 10) if quick else (2, 5, 10, 15)
-    return Trace("batches", f"agents: {BATCH_SIZE} at once every 2 min over a trickle",
-                 duration, times, sizes, BATCHES_TIME_SCALE,
-                 {"first_batch_end": first_batch_end})  # fmt: skip
-
-
-def classroom_trace(quick: bool) -> Trace:
-    """A trickle of one pop per 5 min; after 20 quiet minutes (quick: 5), CLASS_SIZE pops
-    within 60 s; then 9 more minutes (quick: 3)."""
-    quiet, after = (300.0, 180.0) if quick else (1200.0, 540.0)
-    duration = quiet + 60 + after
-    rng = random.Random(SEED + 2)
-    trickle = poisson(rng, lambda t: 1 / 300, 0, duration, 1 / 300)
-    times = sorted(trickle + [quiet + rng.uniform(0, 60) for _ in range(CLASS_SIZE)])
-    sizes = (2, 30) if quick else (2, 10, 30)
-    return Trace("classroom", f"classroom: {CLASS_SIZE} within 60 s, unannounced", duration,
-                 times, sizes, CLASS_TIME_SCALE)  # fmt: skip
 
 
 @dataclass
@@ -397,114 +328,6 @@ async def replay_all(args, work: Path, stack: Stack, out: dict) -> None:
             "pops": len(trace.arrivals),
             "results": await replay(trace, configs, work, stack, redis),
         }
-
-
-def pct(x: float | None) -> str:
-    return "-" if x is None else f"{100 * x:.1f}%"
-
-
-def ms(x: float | None) -> str:
-    return "-" if x is None else f"{x:.0f}"
-
-
-def checks(out: dict) -> list[tuple[str, str, str, str]]:
-    """The issue's "Done when" rows for the trace replay: (check, value, target, result)."""
-    traces = out["traces"]
-    if not out["adaptive_available"]:
-        why = "not run: jkp has no PoolManager.min_pending_kernels"
-        return [(name, "-", "-", why) for name in ("day", "batches", "classroom")]
-
-    def result(ok: bool) -> str:
-        return "PASS" if ok else "FAIL"
-
-    def split(name: str) -> tuple[dict, list[dict]]:
-        results = traces[name]["results"]
-        return ([r for r in results if r["pool"].startswith("adaptive")][0],
-                [r for r in results if r["pool"].startswith("fixed")])  # fmt: skip
-
-    rows = []
-    if "day" in traces:
-        ad, fixed = split("day")
-        reaching = [r for r in fixed if r["warm"] >= 0.99]
-        if reaching:
-            ref = min(reaching, key=lambda r: int(r["pool"].split()[1]))
-            share = ad["idle_kernel_hours"] / ref["idle_kernel_hours"]
-            value = f"{pct(ad['warm'])} warm, idle {share:.0%} of {ref['pool']}'s"
-            ok = ad["warm"] >= 0.99 and share <= 0.5
-        else:
-            value, ok = f"{pct(ad['warm'])} warm; no fixed pool reached 99%", False
-        rows.append(("day: adaptive warm, idle cost vs the smallest fixed pool at 99%",
-                     value, "≥ 99%, ≤ 50%", result(ok)))  # fmt: skip
-    if "batches" in traces:
-        ad, fixed = split("batches")
-        ref = [r for r in fixed if r["pool"] == f"fixed {BATCH_SIZE}"]
-        warm = ad.get("warm_after_first_batch", 0.0)
-        if ref:
-            share = ad["idle_kernel_hours"] / ref[0]["idle_kernel_hours"]
-            value, ok = f"{pct(warm)} warm, idle {share:.0%} of fixed {BATCH_SIZE}'s", \
-                warm >= 0.95 and share <= 1.1  # fmt: skip
-        else:
-            value, ok = f"{pct(warm)} warm; no fixed {BATCH_SIZE} run", False
-        rows.append(("batches: adaptive warm after the first batch, idle cost vs fixed "
-                     f"{BATCH_SIZE}", value, "≥ 95%, ≤ 110%", result(ok)))  # fmt: skip
-    if "classroom" in traces:
-        ad, _ = split("classroom")
-        limit = 1000 * (START_LATENCY_S + 1) / traces["classroom"]["time_scale"]
-        value = f"{ad['refused']} refused, max {ms(ad['max_ms'])} ms"
-        ok = ad["refused"] == 0 and ad["max_ms"] is not None and ad["max_ms"] <= limit
-        rows.append(("classroom: adaptive refused, longest time to kernel", value,
-                     f"0, ≤ {limit:.0f} ms (start + 1 s)", result(ok)))  # fmt: skip
-    return rows
-
-
-def refused(r: dict) -> str:
-    """'0', or the count and why: '3 (503 Pool empty)'."""
-    why = ", ".join(f"{n} {outcome}" if len(r["refused_by"]) > 1 else outcome
-                    for outcome, n in r["refused_by"].items())  # fmt: skip
-    return f"{r['refused']} ({why})" if why else str(r["refused"])
-
-
-def report(out: dict) -> str:
-    scales = ", ".join(
-        f"{name} {t['time_scale']:g}x (a start {1000 * START_LATENCY_S / t['time_scale']:.0f} ms)"
-        for name, t in out["traces"].items()
-    )
-    lines = [
-        f"Trace replay: kernel start {START_LATENCY_S:g} s real, time compressed: {scales}; "
-        f"{REPLICAS} jkp replicas per pool; jkp {out['jkp_git']}"
-        + ("; QUICK run (short traces)" if out["quick"] else ""),
-        "",
-        "| trace | pool | pops | warm | p50 ms | p99 ms | max ms | idle kernel-h | "
-        "peak kernels | refused |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    notes = []
-    for name, trace in out["traces"].items():
-        late = max(r["client_late_max_ms"] for r in trace["results"])
-        notes.append(f"{name}: machine CPU busy {trace['results'][0]['machine_busy']:.0%}, "
-                     f"pops sent late by up to {late:.0f} ms")  # fmt: skip
-        for r in trace["results"]:
-            warm = pct(r["warm"])
-            if "warm_after_first_batch" in r:
-                warm += f" ({pct(r['warm_after_first_batch'])} after the 1st)"
-            lines.append(
-                f"| {name} | {r['pool']} | {r['served']}/{r['pops']} | {warm} | {ms(r['p50_ms'])} "
-                f"| {ms(r['p99_ms'])} | {ms(r['max_ms'])} | {r['idle_kernel_hours']:.1f} | "
-                f"{r['peak_pool_kernels']} | {refused(r)} |"
-            )
-    lines += [
-        "",
-        "warm: share of all pops served without waiting (jkp_pop_waits_total). Times to kernel are "
-        "compressed (a waiting pop waits about a compressed start) but jkp's own work in them "
-        "is not. Idle kernel-h: real hours of kernels ready and not handed out, exact from "
-        "the simulator. Peak kernels: the most the pool held at once (idle + starting).",
-        "; ".join(notes),
-    ]
-    if not out["adaptive_available"]:
-        lines.append("Adaptive pool skipped: this jkp has no PoolManager.min_pending_kernels.")
-    lines += ["", "| check | value | target | result |", "|---|---|---|---|"]
-    lines += [f"| {' | '.join(row)} |" for row in checks(out)]
-    return "\n".join(lines)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

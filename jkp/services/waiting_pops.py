@@ -27,44 +27,6 @@ import redis.asyncio as redis
 from redis.exceptions import RedisError
 from traitlets.config import LoggingConfigurable
 
-# Lua: the waiters' line of a pool (needs ``now`` and _OF_SPEC's idle_of_spec). Two waiters
-# compete when their specs are equal or either is '' (any spec).
-WAITING_LINE = """
-local function competes(a, b) return a == '' or b == '' or a == b end
-local function waiters_ahead(line, untils, waiter, spec)
-  local ahead = 0
-  for _, id in ipairs(redis.call('ZRANGE', line, 0, -1)) do
-    if id == waiter then break end
-    local entry = redis.call('HGET', untils, id)
-    entry = entry and cjson.decode(entry)
-    if not entry or entry['until'] <= now then
-      redis.call('ZREM', line, id)
-      redis.call('HDEL', untils, id)
-    elseif competes(entry['spec'], spec) then
-      ahead = ahead + 1
-    end
-  end
-  return ahead
-end
-local function wait_in_line(line, untils, waiter, spec, seconds)
-  if not redis.call('ZSCORE', line, waiter) then redis.call('ZADD', line, now, waiter) end
-  redis.call('HSET', untils, waiter, cjson.encode({['until'] = now + seconds, spec = spec}))
-end
-local function leave_line(line, untils, waiter)
-  redis.call('ZREM', line, waiter)
-  redis.call('HDEL', untils, waiter)
-end
-"""
-
-# A waiter (ARGV[1]) that ends without a kernel leaves the line (KEYS[1], KEYS[2]); the pops
-# behind it may be next now: they are woken on channel ARGV[2] when kernels are idle (KEYS[3]).
-LEAVE_LINE = """
-if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then return 0 end
-redis.call('HDEL', KEYS[2], ARGV[1])
-if redis.call('LLEN', KEYS[3]) > 0 then redis.call('PUBLISH', ARGV[2], 'left') end
-return 1
-"""
-
 # Seconds a read of the channel waits before checking for stop().
 _LISTEN_TIMEOUT = 1.0
 # Seconds between attempts to listen again once Redis failed.

@@ -6,7 +6,6 @@ import json
 import fakeredis
 import pytest
 
-from jkp.services.aliases import AliasStore
 from jkp.services.store import (
     AliasTaken,
     Claim,
@@ -17,7 +16,8 @@ from jkp.services.store import (
     PoolStore,
     Replay,
 )
-from jkp.services.user_kernels import UserLimitReached
+from jkp.services.store.aliases import AliasStore
+from jkp.services.store.user_kernels import UserLimitReached
 
 
 @pytest.fixture

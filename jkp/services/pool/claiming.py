@@ -10,6 +10,7 @@ from redis.exceptions import RedisError
 from jkp.services.pool.common import PoolPart, Shared
 from jkp.services.pool.filling import Filler
 from jkp.services.pool.pop import Handout, PoolEmptyError
+from jkp.services.pool.sizing import Sizer
 from jkp.services.store import Claim, IdempotencyPending, Replay
 
 # How often a waiting pop claims again without a notice of a kernel pooled (one lost while
@@ -21,9 +22,10 @@ class Claiming(PoolPart):
     """Claims kernels for pops: the pool's idle kernels go to its waiting pops in the order
     they came, then to new ones."""
 
-    def __init__(self, shared: Shared, filler: Filler):
+    def __init__(self, shared: Shared, filler: Filler, sizer: Sizer):
         super().__init__(shared)
         self.filler = filler
+        self.sizer = sizer
 
     async def claim(self, handout: Handout) -> Claim | Replay:
         """The next idle kernel for this pop (or an earlier pop's answer to replay); waits for
@@ -42,7 +44,7 @@ class Claiming(PoolPart):
                         handout.alias,
                         handout.create_id,
                         handout.user_limit,
-                        0 if handout.arrived else self.options.sizer.arrivals_ttl,
+                        0 if handout.arrived else self.sizer.arrivals_ttl,
                         handout.waiter,
                         handout.claim_remaining(),
                         self.options.sizing_interval,

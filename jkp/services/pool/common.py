@@ -8,15 +8,16 @@ import collections
 import dataclasses
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from logging import Logger
-from typing import TYPE_CHECKING, Any, TypeVar
+from logging import Logger, LoggerAdapter
+from typing import Any, TypeVar
 
 from redis.exceptions import RedisError
 
 from jkp.services.gateway import GatewayClient, GatewayError
-from jkp.services.kernel_records import RecordStore
 from jkp.services.metrics import PoolMetrics
+from jkp.services.pool.options import PoolOptions
 from jkp.services.store import PoolStore
+from jkp.services.store.kernel_records import RecordStore
 
 # A replica's activation and upkeep turns last this share of their interval.
 TURN_SHARE = 0.8
@@ -28,9 +29,6 @@ POOLED_AT_FIELD = "jkp_pooled_at"
 # How long each try of a new kernel's first kernel_info_request lasts.
 READY_RETRY_INTERVAL = 3.0
 _LAST_ERRORS_KEPT = 10
-
-if TYPE_CHECKING:
-    from jkp.services.pool.manager import PoolManager
 
 T = TypeVar("T")
 
@@ -166,8 +164,8 @@ class PoolPart:
     """A part of a pool: it reads the pool's options and uses what all parts share."""
 
     def __init__(self, shared: Shared):
-        self.options = shared.options
-        self.log = shared.options.log
+        self._read_options = shared.read_options
+        self.log = shared.log
         self.store = shared.store
         self.gateway = shared.gateway
         self.metrics = shared.metrics
@@ -176,12 +174,19 @@ class PoolPart:
         self.registration = shared.registration
         self.records = shared.records
 
+    @property
+    def options(self) -> PoolOptions:
+        """The pool's options."""
+        return self._read_options()
+
 
 @dataclasses.dataclass(frozen=True)
 class Shared:
     """What every part of a pool uses."""
 
-    options: PoolManager
+    log: Logger | LoggerAdapter
+    # The pool's options, read on first use: after the start-up check has named a bad one.
+    read_options: Callable[[], PoolOptions]
     store: PoolStore
     gateway: GatewayClient
     metrics: PoolMetrics

@@ -1,10 +1,11 @@
 """PoolManager: one warm pool of kernels on EG for one kernel spec, its state in Redis.
 
-The pool's work is done by its parts, each in a module of its own: ``HandingOut`` (pops),
-``Filler`` (the fill loop and starts), ``Keeper`` (reconcile, websockets, activation),
-``Replicas`` (heartbeat and takeover), ``Rebuilder`` (records Redis lost, rebuilt from EG);
-what they share is in ``common``. PoolManager holds the options, wires the parts, and is what
-the app and the handlers use.
+The pool's work is done by its parts, each in a module of its own: ``HandingOut`` (pops, with
+``Claiming`` and ``SettingUp``), ``Filler`` (the fill loop and starts), ``Keeper`` (reconcile,
+websockets, activation), ``Replicas`` (heartbeat and takeover), ``Rebuilder`` (records Redis
+lost, rebuilt from EG), ``Reporting`` (/api/pool); what they share is in ``common``. PoolManager
+holds the options as traits and hands them to the parts as ``PoolOptions``; it wires the parts,
+and is what the app and the handlers use.
 """
 
 from __future__ import annotations
@@ -20,22 +21,22 @@ from traitlets import Instance, TraitError, Unicode, default, validate
 from traitlets.config import LoggingConfigurable
 
 from jkp.services.gateway import GatewayClient
-from jkp.services.kernel_records import RecordStore
 from jkp.services.metrics import Metrics, PoolMetrics
-from jkp.services.pool import spec
 from jkp.services.pool.common import Health, Registration, Retirer, Shared, StartSlots
 from jkp.services.pool.filling import Filler
 from jkp.services.pool.handing import HandingOut
 from jkp.services.pool.keeping import Keeper
+from jkp.services.pool.options import PoolOptions
 from jkp.services.pool.rebuild import Rebuilder
 from jkp.services.pool.replicas import Replicas
-from jkp.services.pool.sizing import Sizer, retry_after
+from jkp.services.pool.reporting import Reporting
+from jkp.services.pool.sizing import Sizer
 from jkp.services.store import PoolStore
+from jkp.services.store.kernel_records import RecordStore
 from jkp.services.waiting_pops import PooledNotices
 from jkp.traits import EnvFloat, EnvInt, EnvUnicode
 
 _STOP_RECANCEL_INTERVAL = 0.5
-_CLAIM_LEASE_MARGIN = 5.0
 # A replica counts as dead once its heartbeat is this many intervals old.
 _HEARTBEAT_TTL_INTERVALS = 3
 
@@ -280,7 +281,8 @@ class PoolManager(LoggingConfigurable):
         self.retirer = Retirer(self.log, self.gateway, self.store, self.metrics, self.health)
         self.registration = Registration(_HEARTBEAT_TTL_INTERVALS * self.replica_heartbeat_interval)
         shared = Shared(
-            self,
+            self.log,
+            lambda: self.options,
             self.store,
             self.gateway,
             self.metrics,
@@ -294,13 +296,19 @@ class PoolManager(LoggingConfigurable):
             shared, start_slots=self.start_slots, check=self.reconcile, sizer=self.sizer
         )
         self.keeper = Keeper(shared, filler=self.filler)
-        self.handing = HandingOut(shared, filler=self.filler)
+        self.handing = HandingOut(shared, filler=self.filler, sizer=self.sizer)
         self.replicas = Replicas(shared, filler=self.filler)
         self.rebuilder = Rebuilder(shared, filler=self.filler)
+        self.reporting = Reporting(shared, filler=self.filler, sizer=self.sizer)
         # Kernels any replica pools wake this replica's waiting pops.
         self.pooled_notices = PooledNotices(
             self.store.client, self.store.keys.pooled, self.filler.kernel_was_pooled, parent=self
         )
+
+    @functools.cached_property
+    def options(self) -> PoolOptions:
+        """The options as the parts read them, read on first use (after the start-up check)."""
+        return PoolOptions.read(self, eg_request_timeout=self.gateway.request_timeout)
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -366,67 +374,20 @@ class PoolManager(LoggingConfigurable):
         """Whether this replica may start and hand out kernels (its heartbeat surely lasts)."""
         return self.registration.registered
 
-    @property
-    def start_lease(self) -> float:
-        """Longest a start can take: POST, the ready wait, then reporting it idle."""
-        return self.kernel_ready_timeout + 2 * self.gateway.request_timeout
-
-    @property
-    def claim_lease(self) -> float:
-        """Longest a pop can hold a kernel: set-up, asking EG, and a margin for Redis."""
-        return 3 * self.kernel_request_timeout + _CLAIM_LEASE_MARGIN
-
     # -- what a start request sends -------------------------------------------------------
 
     def kernel_start_env(self, kernel_id: str) -> dict[str, str]:
         """The ``env`` of EG's start request for a pooled kernel with id ``kernel_id``."""
-        return spec.kernel_start_env(self, kernel_id)
+        return self.options.kernel_start_env(kernel_id)
 
     @functools.cached_property
     def spec_fingerprint(self) -> str:
         """A hash of what the pool's kernels are started as (kernel spec, start env,
         init_code): a kernel of another fingerprint is never handed out by this replica."""
-        return spec.spec_fingerprint(self)
-
-    def check_bounds(self) -> None:
-        """Refuse at start-up a minimum above the maximum."""
-        minimum = self.min_pending_kernels
-        if minimum is not None and minimum > self.max_pending_kernels:
-            raise TraitError(
-                f"min_pending_kernels ({minimum}) must not exceed max_pending_kernels "
-                f"({self.max_pending_kernels})"
-            )
-
-    def check_kernel_env(self) -> None:
-        """Refuse at start-up the KERNEL_* values EG would refuse with 400 at every start."""
-        spec.check_kernel_env(self)
+        return self.options.spec_fingerprint
 
     # -- state reporting ----------------------------------------------------------------------
 
-    async def retry_after(self) -> int:
-        """Whole seconds until a kernel is expected in this pool (for a 503's Retry-After)."""
-        data = await self.store.demand(self.sizer.keep_seconds, self.sizing_interval)
-        return retry_after(data, self.start_lease)
-
     async def status(self) -> dict[str, Any]:
-        """This pool as Redis holds it, its bounds, target and the demand behind it, and what
-        this replica saw failing last."""
-        counts = await self.store.counts()
-        target, _ = await self.sizer.targets()
-        self.metrics.set_pool_counts(self.max_pending_kernels, counts)
-        self.metrics.pool_target.set(target)
-        demand = self.sizer.last.as_dict() if self.sizer.adaptive and self.sizer.last else None
-        return {
-            "replica": self.replica_id,
-            "replicas": await self.store.live_replicas(),
-            "kernel_name": self.kernel_name,
-            "target": target,
-            "min": self.sizer.minimum,
-            "max": self.max_pending_kernels,
-            "demand": demand,
-            **counts,
-            "waiting": await self.store.waiting(),
-            "errors": dict(self.health.failing),
-            "last_errors": list(self.health.last_errors),
-            "start_error": self.filler.start_error,
-        }
+        """This pool as Redis holds it, for /api/pool; see Reporting.status."""
+        return await self.reporting.status()

@@ -14,8 +14,10 @@ from traitlets.config import LoggingConfigurable
 from jkp.errors import ApiError
 from jkp.services.gateway import GatewayClient, GatewayError
 from jkp.services.metrics import Metrics
+from jkp.services.pool import spec
 from jkp.services.pool.common import StartSlots
 from jkp.services.pool.manager import PoolManager
+from jkp.services.pool.sizing import check_bounds
 from jkp.services.store import RedisStore
 from jkp.traits import check_options
 
@@ -118,8 +120,8 @@ class PoolRegistry(LoggingConfigurable):
             where = f"pools[{name!r}]: " if len(self.pools) > 1 else ""
             check_options(pool, where)
             try:
-                pool.check_bounds()
-                pool.check_kernel_env()
+                check_bounds(pool)
+                spec.check_kernel_env(pool)
             except TraitError as e:
                 raise TraitError(f"{where}{e}") from None
 

@@ -18,6 +18,8 @@ import statistics
 from collections.abc import Mapping, Sequence
 from typing import Protocol
 
+from traitlets import TraitError
+
 from jkp.services.store import DemandData, PoolStore
 
 # Added to a non-zero peak: the arrival in the current, partly counted bucket, and a start
@@ -121,6 +123,16 @@ def demand(
     arrivals = sum(n for b, n in data.buckets.items() if b >= first)
     target = min(maximum, max(minimum, wanted))
     return Demand(target, peak, latency, round(window * width, 6), arrivals)
+
+
+def check_bounds(options: SizingOptions) -> None:
+    """Refuse at start-up a minimum above the maximum."""
+    minimum = options.min_pending_kernels
+    if minimum is not None and minimum > options.max_pending_kernels:
+        raise TraitError(
+            f"min_pending_kernels ({minimum}) must not exceed max_pending_kernels "
+            f"({options.max_pending_kernels})"
+        )
 
 
 def retry_after(data: DemandData, start_lease: float) -> int:

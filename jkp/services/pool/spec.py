@@ -5,21 +5,32 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from traitlets import TraitError
 
 from jkp.user import SET_UP_COMM_TARGET, SET_UP_PROTOCOL
-
-if TYPE_CHECKING:
-    from jkp.services.pool.manager import PoolManager
 
 # What EG refuses in a KERNEL_* value (it would answer 400 to every start).
 _KERNEL_ENV_FORBIDDEN = ("$", "`", "\n", "\r")
 _KERNEL_ENV_MAX_LENGTH = 4096
 
 
-def kernel_start_env(options: PoolManager, kernel_id: str) -> dict[str, str]:
+class StartOptions(Protocol):
+    """The options of a pool that say what its kernels are started as (PoolManager's traits,
+    or the PoolOptions built from them)."""
+
+    kernel_name: str
+    kernel_user_name: str
+    kernel_namespace: str
+    kernel_image: str
+    nfs_volume_server: str
+    nfs_mount_path: str
+    working_dir: str
+    init_code: str
+
+
+def kernel_start_env(options: StartOptions, kernel_id: str) -> dict[str, str]:
     """The ``env`` of EG's start request for a pooled kernel with id ``kernel_id``."""
     env = {
         "KERNEL_ID": kernel_id,
@@ -37,7 +48,7 @@ def kernel_start_env(options: PoolManager, kernel_id: str) -> dict[str, str]:
     return env
 
 
-def spec_fingerprint(options: PoolManager) -> str:
+def spec_fingerprint(options: StartOptions) -> str:
     """What the pool's kernels are started as (kernel spec, start env, init_code, the set-up
     they serve), hashed."""
     env = kernel_start_env(options, "")
@@ -52,7 +63,7 @@ def spec_fingerprint(options: PoolManager) -> str:
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def check_kernel_env(options: PoolManager) -> None:
+def check_kernel_env(options: StartOptions) -> None:
     """Refuse at start-up the KERNEL_* values EG would refuse with 400 at every start."""
     for name, value in kernel_start_env(options, str(uuid.uuid4())).items():
         bad = next((c for c in _KERNEL_ENV_FORBIDDEN if c in value), None)

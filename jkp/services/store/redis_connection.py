@@ -52,3 +52,8 @@ def sentinel(addresses: list[str], password: str = "") -> Sentinel:
     if password:
         options["password"] = password
     return Sentinel([parse_address(a) for a in addresses], sentinel_kwargs=options)
+
+
+def as_text(value: bytes | str) -> str:
+    """A value Redis answered, as text."""
+    return value.decode() if isinstance(value, bytes) else value

@@ -24,80 +24,7 @@ from __future__ import annotations
 import redis.asyncio as redis
 
 from jkp.errors import ApiError
-
-_NOW = "local t = redis.call('TIME'); local now = tonumber(t[1]) + tonumber(t[2]) / 1e6\n"
-
-# The slots of ``user`` in USERS that still count (needs ``now``), and how many.
-USER_SLOTS = """
-local function user_slots(users, user)
-  local raw = redis.call('HGET', users, user)
-  local held, count = {}, 0
-  if raw then
-    for id, expiry in pairs(cjson.decode(raw)) do
-      if expiry == 0 or expiry > now then held[id] = expiry; count = count + 1 end
-    end
-  end
-  return held, count
-end
-local function store_user_slots(users, user, held)
-  if next(held) == nil then redis.call('HDEL', users, user)
-  else redis.call('HSET', users, user, cjson.encode(held)) end
-end
-local function free_slot(users, user, id)
-  if not user then return end
-  local held = user_slots(users, user)
-  if held[id] == nil then return end
-  held[id] = nil
-  store_user_slots(users, user, held)
-end
-"""
-
-# Take a slot for user ARGV[1] under token ARGV[2] until ARGV[4] seconds from now, unless the
-# user holds ARGV[3] already: {1, count before} or {0, count}.
-_TAKE = (
-    _NOW
-    + USER_SLOTS
-    + """
-local held, count = user_slots(KEYS[1], ARGV[1])
-if count >= tonumber(ARGV[3]) then return {0, count} end
-held[ARGV[2]] = now + tonumber(ARGV[4])
-store_user_slots(KEYS[1], ARGV[1], held)
-return {1, count}
-"""
-)
-
-# User ARGV[1]'s slot under token ARGV[2] becomes kernel ARGV[3]'s, recorded as cold (KEYS[2]).
-_CONFIRM = (
-    _NOW
-    + USER_SLOTS
-    + """
-local held = user_slots(KEYS[1], ARGV[1])
-held[ARGV[2]] = nil
-held[ARGV[3]] = 0
-store_user_slots(KEYS[1], ARGV[1], held)
-redis.call('HSET', KEYS[2], ARGV[3], ARGV[1])
-return 1
-"""
-)
-
-# Give back user ARGV[1]'s slot under token ARGV[2].
-_RELEASE = _NOW + USER_SLOTS + "free_slot(KEYS[1], ARGV[1], ARGV[2])\nreturn 1\n"
-
-# Forget the cold kernels ARGV, giving their users' slots back.
-_FORGET_COLD = (
-    _NOW
-    + USER_SLOTS
-    + """
-for _, id in ipairs(ARGV) do
-  local user = redis.call('HGET', KEYS[2], id)
-  if user then
-    free_slot(KEYS[1], user, id)
-    redis.call('HDEL', KEYS[2], id)
-  end
-end
-return 1
-"""
-)
+from jkp.services.store.scripts import script
 
 
 class UserLimitReached(ApiError):
@@ -123,10 +50,10 @@ class UserKernelStore:
     def __init__(self, client: redis.Redis, users_key: str):
         self.client = client
         self.keys = [users_key, f"{users_key}:cold"]
-        self._take = client.register_script(_TAKE)
-        self._confirm = client.register_script(_CONFIRM)
-        self._release = client.register_script(_RELEASE)
-        self._forget_cold = client.register_script(_FORGET_COLD)
+        self._take = client.register_script(script("user_kernels/take"))
+        self._confirm = client.register_script(script("user_kernels/confirm"))
+        self._release = client.register_script(script("user_kernels/release"))
+        self._forget_cold = client.register_script(script("user_kernels/forget_cold"))
 
     async def take_cold(self, user: str, token: str, limit: int, lease_seconds: float) -> None:
         """Take a slot of ``user`` for a cold create (``token``) for up to ``lease_seconds``;

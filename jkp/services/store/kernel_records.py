@@ -18,74 +18,9 @@ from typing import Any
 
 import redis.asyncio as redis
 
-from jkp.services.store import _CLAIM_HOLDER, _NOW, Claim, PoolKeys
-from jkp.services.user_kernels import USER_SLOTS
-
-# Lua: whether kernel ``id`` is in any of the pool's keys (KEYS[1..6]: idle, starting, late,
-# claimed, handed, retiring); and a handed-out kernel's record written back (KEYS[5]) with
-# its binding (KEYS[7], unless the alias names something else already) and its user's slot
-# (KEYS[8]).
-_KNOWN = """
-local function known(id)
-  if redis.call('ZSCORE', KEYS[2], id) or redis.call('ZSCORE', KEYS[3], id) then return true end
-  for i = 4, 6 do
-    if redis.call('HEXISTS', KEYS[i], id) == 1 then return true end
-  end
-  for _, model in ipairs(redis.call('LRANGE', KEYS[1], 0, -1)) do
-    if string.find(model, id, 1, true) and cjson.decode(model)['id'] == id then return true end
-  end
-  return false
-end
-local function write_handed(id, record, alias, binding)
-  redis.call('HSET', KEYS[5], id, record)
-  if alias ~= '' then redis.call('HSETNX', KEYS[7], alias, binding) end
-  local user = cjson.decode(record)['user_id']
-  local held = user_slots(KEYS[8], user)
-  held[id] = 0
-  store_user_slots(KEYS[8], user, held)
-end
-"""
-
-# Replica ARGV[2]'s claim on kernel ARGV[1], whose kernel says it was handed out already: to
-# K:handed under its own record (ARGV[3], alias ARGV[4], binding ARGV[5]). The claim's user
-# gives its slot back, and its pop's idempotency record (KEYS[9], owner ARGV[6]) goes.
-_HAND_OVER_ELSEWHERE = (
-    _NOW
-    + _CLAIM_HOLDER
-    + USER_SLOTS
-    + _KNOWN
-    + """
-if not held_by(KEYS[4], ARGV[1], ARGV[2]) then return 0 end
-free_slot(KEYS[8], cjson.decode(redis.call('HGET', KEYS[4], ARGV[1]))['user_id'], ARGV[1])
-redis.call('HDEL', KEYS[4], ARGV[1])
-write_handed(ARGV[1], ARGV[3], ARGV[4], ARGV[5])
-if KEYS[9] ~= '' then
-  local record = redis.call('GET', KEYS[9])
-  if record and cjson.decode(record)['owner'] == ARGV[6] then redis.call('DEL', KEYS[9]) end
-end
-return 1
-"""
-)
-
-# A kernel no key names: an idle one's model (ARGV[2] 'idle', ARGV[3]) onto the idle list, a
-# handed-out one's record (ARGV[2] 'handed', ARGV[3], alias ARGV[4], binding ARGV[5]), or one
-# to shut down (ARGV[2] 'retiring') into the retiring set.
-_RESTORE = (
-    _NOW
-    + USER_SLOTS
-    + _KNOWN
-    + """
-if known(ARGV[1]) then return 0 end
-if ARGV[2] == 'idle' then
-  redis.call('LPUSH', KEYS[1], ARGV[3])
-elseif ARGV[2] == 'retiring' then
-  redis.call('HSET', KEYS[6], ARGV[1], now)
-else
-  write_handed(ARGV[1], ARGV[3], ARGV[4], ARGV[5])
-end
-return 1
-"""
-)
+from jkp.services.store.claims import Claim
+from jkp.services.store.pool_keys import PoolKeys
+from jkp.services.store.scripts import script
 
 
 class RecordStore:
@@ -95,8 +30,8 @@ class RecordStore:
     def __init__(self, client: redis.Redis, keys: PoolKeys):
         self.client = client
         self.keys = keys
-        self._hand_over_elsewhere = client.register_script(_HAND_OVER_ELSEWHERE)
-        self._restore = client.register_script(_RESTORE)
+        self._hand_over_elsewhere = client.register_script(script("records/hand_over_elsewhere"))
+        self._restore = client.register_script(script("records/restore"))
 
     def _keys(self, idempotency: str = "") -> list[str]:
         k = self.keys

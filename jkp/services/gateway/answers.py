@@ -1,0 +1,67 @@
+"""What Enterprise Gateway answers: its errors, a kernel's replies, a passed-through answer."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+from jkp.errors import ApiError
+
+
+class GatewayError(ApiError):
+    """EG could not be reached or answered with an error.
+
+    ``status`` is the HTTP status EG answered with, or None when it could not be reached
+    (connection refused, timeout).
+    """
+
+    reason, message_format = "Gateway error", "Enterprise Gateway failed: {}"
+
+    def __init__(self, message: str, status: int | None = None, refused: bool = False):
+        super().__init__(message)
+        self.status = status
+        self.refused = refused
+
+    @property
+    def status_code(self) -> int:  # type: ignore[override]
+        """jkp's answer: 502 when EG answered with an error, 503 when it could not be reached."""
+        return 503 if self.status is None else 502
+
+    @property
+    def outcome_unknown(self) -> bool:
+        """True when EG may have acted on the request anyway: it was sent, no answer came."""
+        return self.status is None and not self.refused
+
+
+@dataclasses.dataclass(frozen=True)
+class ShellReply:
+    """A kernel's reply to a shell request, once the kernel said it is idle again."""
+
+    content: dict[str, Any]
+    # The kernel's timestamp of the reply: when it was last active for this request.
+    replied_at: str | None
+
+
+@dataclasses.dataclass(frozen=True)
+class Forwarded:
+    """EG's answer to a request passed through as it came: status, headers kept, body."""
+
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        """The body as JSON; None when it is empty or not JSON."""
+        try:
+            return json.loads(self.body) if self.body else None
+        except ValueError:
+            return None
+
+
+class KernelReplyError(GatewayError):
+    """The kernel answered a request with ``status: error``."""
+
+    def __init__(self, message: str, content: dict[str, Any]):
+        super().__init__(message)
+        self.content = content
