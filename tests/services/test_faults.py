@@ -128,6 +128,7 @@ async def test_redis_restart_without_persistence_never_hands_a_kernel_out_twice(
     assert status == 200
     redis_server.kill()
     redis_server.start()  # empty: the pool's records are gone
+
     # Rebuilt from EG: the kernel handed out is recorded as the user's again, never idle. (The
     # pool may be refilled with new kernels before the rebuild's turn: wait for the record.)
     async def recorded():
