@@ -47,6 +47,12 @@ class _JupyterServer(_Server):
     def _start_timeout(self) -> float:
         return 30.0
 
+    def _server_command(self, exe: Path) -> list[str]:
+        """The start of its command line: ``exe`` from its venv, on its port of 127.0.0.1 only."""
+        if not exe.exists():
+            raise RuntimeError(f"{exe} not found: {BOOTSTRAP_HINT}")
+        return [str(exe), f"--ip={HOST}", f"--port={self.port}", "--port_retries=0"]
+
 
 class EnterpriseGateway(_JupyterServer):
     """Jupyter Enterprise Gateway 3.3 from its own venv, with one local kernel spec.
@@ -139,14 +145,8 @@ class EnterpriseGateway(_JupyterServer):
             (spec_dir / "kernel.json").write_text(json.dumps(spec, indent=2) + "\n")
 
     def _command(self) -> list[str]:
-        exe = self.eg_venv / "bin" / "jupyter-enterprisegateway"
-        if not exe.exists():
-            raise RuntimeError(f"{exe} not found: {BOOTSTRAP_HINT}")
         cmd = [
-            str(exe),
-            f"--ip={HOST}",
-            f"--port={self.port}",
-            "--port_retries=0",
+            *self._server_command(self.eg_venv / "bin" / "jupyter-enterprisegateway"),
             "--EnterpriseGatewayApp.list_kernels=True",
             # A create without a name (pybox's) gets the pooled spec, as in production.
             f"--EnterpriseGatewayApp.default_kernel_name={self.kernel_name}",
@@ -243,14 +243,8 @@ class JupyterLab(_JupyterServer):
         return http_request(method, self.url + path, body, timeout, headers)
 
     def _command(self) -> list[str]:
-        exe = self.lab_venv / "bin" / "jupyter-lab"
-        if not exe.exists():
-            raise RuntimeError(f"{exe} not found: {BOOTSTRAP_HINT}")
         cmd = [
-            str(exe),
-            f"--ip={HOST}",
-            f"--port={self.port}",
-            "--port_retries=0",
+            *self._server_command(self.lab_venv / "bin" / "jupyter-lab"),
             "--no-browser",
             f"--ServerApp.root_dir={self.root_dir}",
             f"--gateway-url={self.gateway_url}",
