@@ -71,18 +71,22 @@ class ChannelsHandler(WebSocketHandler):
         if session_id:
             self.bridge = await self.bridges.open(upstream_id, session_id, self._give_way)
         try:
-            self.upstream = await self.kernels.gateway.connect_channels(
-                upstream_id, query, subprotocols
-            )
-        except GatewayError as e:
-            if e.status is not None:
-                return self._refuse(e.status, f"Enterprise Gateway: {e}", "Gateway refused")
-            return self._refuse(503, f"Enterprise Gateway failed: {e}", "Gateway error")
-        if self.bridge is not None and self.bridge.replaced:
-            # Closed only now that EG opened it: EG cannot close a handshake under way, and
-            # the newer connection waits on EG until this one is closed.
-            self.upstream.close()
-            return self._refuse(409, _REPLACED, "Conflict")
+            try:
+                self.upstream = await self.kernels.gateway.connect_channels(
+                    upstream_id, query, subprotocols
+                )
+            except GatewayError as e:
+                if e.status is not None:
+                    return self._refuse(e.status, f"Enterprise Gateway: {e}", "Gateway refused")
+                return self._refuse(503, f"Enterprise Gateway failed: {e}", "Gateway error")
+            if self.bridge is not None and self.bridge.replaced:
+                # Closed only now that EG opened it: EG cannot close a handshake under way, and
+                # the newer connection waits (in SessionBridges.open) until EG has closed it.
+                await _close_and_wait(self.upstream)
+                return self._refuse(409, _REPLACED, "Conflict")
+        finally:
+            if self.bridge is not None:
+                self.bridge.settled.set()
         await super().get(kernel_id)
         if self.ws_connection is None or self.ws_connection.is_closing():
             self.upstream.close()  # the client's handshake failed after all
@@ -155,6 +159,22 @@ class ChannelsHandler(WebSocketHandler):
 
 
 _REPLACED = "Replaced by a newer connection of the same kernel and session"
+# Seconds to wait for EG's answer to a close (its end of the websocket gone).
+_CLOSE_WAIT = 2.0
+
+
+async def _close_and_wait(upstream: WebSocketClientConnection) -> None:
+    """Close a websocket to EG and wait (briefly) until EG has closed its end."""
+    upstream.close()
+
+    async def closed() -> None:
+        while await upstream.read_message() is not None:
+            pass
+
+    try:
+        await asyncio.wait_for(closed(), _CLOSE_WAIT)
+    except TimeoutError:
+        pass
 
 
 def _close_args(code: int | None, reason: str | None) -> tuple[int | None, str | None]:

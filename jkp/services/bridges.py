@@ -42,6 +42,8 @@ _RETRY_INTERVAL = 0.5
 # Seconds between a replica's echoes to itself, and of silence after which it subscribes anew.
 _ECHO_INTERVAL = 1.0
 _SILENCE_LIMIT = 3.0
+# Seconds a newer connection of a session waits for the older one's handshake with EG to settle.
+_SETTLE_TIMEOUT = 5.0
 
 
 class Bridge:
@@ -54,6 +56,8 @@ class Bridge:
         self._replace = replace
         self.announced = False  # its own announcement came back from Redis
         self.replaced = False
+        # Set once its connection to EG is settled: open, failed, or (replaced) closed again.
+        self.settled = asyncio.Event()
 
     def replace(self) -> None:
         """Have the bridge give way (once)."""
@@ -106,6 +110,13 @@ class SessionBridges(LoggingConfigurable):
         if older is not None:
             self.log.info("Replacing the websocket of session %s by a newer one", key)
             older.replace()
+            # The older one may still be in its handshake with EG, where EG's own replacement
+            # cannot close it (the newer connection would wait on EG until something did):
+            # connect the newer one only once the older is open and closed again, or failed.
+            try:
+                await asyncio.wait_for(older.settled.wait(), _SETTLE_TIMEOUT)
+            except TimeoutError:
+                pass  # EG's own behaviour: the newer connection waits on EG
         try:
             await self.client.publish(self.channel, json.dumps({"key": key, "bridge": bridge.id}))
         except RedisError as e:
