@@ -77,3 +77,68 @@ def test_finer_buckets_size_the_window_to_the_replacement_time_not_whole_seconds
     assert result.window == 0.25
     assert result.peak == 2
     assert result.target == 2 + HEADROOM
+
+
+def batches(first: int, every: int, count: int, size: int = 10) -> dict[int, int]:
+    """``count`` bursts of ``size`` pops in one second, ``every`` seconds from ``first``."""
+    return {first + k * every: size for k in range(count)}
+
+
+def test_recurring_bursts_keep_only_the_rest_of_the_demand_between_them():
+    # Batches of 10 every 120 s, the last 20 s ago; starts of 30 s: the next is due in 100 s.
+    now = int(NOW)
+    buckets = batches(now - 20 - 240, 120, 3)
+    buckets[now - 70] = 1  # a trickle pop between batches
+    result = demand(DemandData(NOW, buckets, [30.0]), 1, 32, 600, refill_delay=1)
+    assert result.next_burst == {"in": 99.5, "size": 10, "every": 120}
+    # The peak policy would hold 11; the trickle pop's peak (1) + headroom instead.
+    assert result.peak == 10
+    assert result.target == 1 + HEADROOM
+
+
+def test_a_recurring_burst_is_asked_for_one_replacement_time_before_it_is_due():
+    now = int(NOW)
+    window = 31  # refill_delay 1 + start 30
+    lead = window + max(2, 0.2 * window)
+    # Due in just over the lead: not yet; within it: the burst's 10 on top.
+    for due_in, extra in ((lead + 2, 0), (lead - 1, 10), (1, 10)):
+        buckets = batches(now + due_in - 360, 120, 3)
+        target = demand(DemandData(now, buckets, [30.0]), 1, 32, 600, refill_delay=1).target
+        assert target == max(1, extra), due_in
+    # With 4 starts at once per replica, 10 starts take three rounds: asked for three
+    # replacement times ahead.
+    buckets = batches(now + 3 * window - 360, 120, 3)
+    assert demand(DemandData(now, buckets, [30.0]), 1, 32, 600, 1, start_slots=4).target == 10
+    assert demand(DemandData(now, buckets, [30.0]), 1, 32, 600, 1, start_slots=10).target == 1
+
+
+def test_an_overdue_burst_ends_the_forecast_and_the_peak_holds_the_burst():
+    now = int(NOW)
+    buckets = batches(now - 20 - 360, 120, 3)  # the fourth was due 20 s ago
+    result = demand(DemandData(NOW, buckets, [30.0]), 1, 32, 600, refill_delay=1)
+    assert result.next_burst is None
+    assert result.target == 10 + HEADROOM
+
+
+def test_irregular_bursts_are_not_forecast():
+    now = int(NOW)
+    buckets = {now - 300: 10, now - 200: 10, now - 20: 10}  # gaps of 100 s and 180 s
+    result = demand(DemandData(NOW, buckets, [30.0]), 1, 32, 600, refill_delay=1)
+    assert result.next_burst is None
+    assert result.target == 10 + HEADROOM
+
+
+def test_trims_keep_a_burst_being_served_and_never_undercut_the_start_target():
+    now = int(NOW)
+    buckets = batches(now - 240, 120, 3)  # the third burst is arriving now
+    starts = demand(DemandData(NOW, buckets, [30.0]), 1, 32, 600, refill_delay=1)
+    trims = demand(DemandData(NOW, buckets, [30.0]), 1, 32, 660, 1, for_trims=True)
+    assert starts.target == 1  # its replacements wait for the next burst
+    assert trims.target == 10 + HEADROOM  # its pops still claim the kernels asked for it
+
+
+def test_pops_waiting_in_line_keep_starts_under_way_for_them():
+    now = int(NOW)
+    buckets = batches(now - 240, 120, 3, size=10)
+    data = DemandData(NOW, buckets, [30.0], waiting=6)
+    assert demand(data, 1, 32, 600, refill_delay=1).target == 6

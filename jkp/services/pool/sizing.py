@@ -7,7 +7,8 @@ number of pops and warm creates that arrived within any window of one replacemen
 replacement time later, so that many kernels cover the worst stretch seen lately. Arrivals
 are counted in Redis, in time buckets of ``sizing_interval`` seconds, by every replica's
 claims, and every replica computes the same target from the same data and Redis' clock (see
-docs/sizing.md).
+docs/sizing.md). Bursts that recur at regular gaps are expected instead (recurring.py): the
+pool keeps what the rest of the demand needs and asks for the burst's kernels just before it.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Protocol
 
 from traitlets import TraitError
 
+from jkp.services.pool import recurring
 from jkp.services.store import DemandData, PoolStore
 
 # Added to a non-zero peak: the arrival in the current, partly counted bucket, and a start
@@ -49,6 +51,7 @@ class SizingOptions(Protocol):
     scale_down_delay: float
     refill_delay: float
     sizing_interval: float
+    max_concurrent_starts: int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,14 +64,17 @@ class Demand:
     # refill_delay + the slow (90th percentile) start latency, in whole buckets of arrivals
     window: float
     arrivals: int  # arrivals in the look-back
+    # Recurring bursts: seconds until the next is due (negative: late), its size, the gap.
+    next_burst: dict[str, float] | None = None
 
-    def as_dict(self) -> dict[str, float | int]:
+    def as_dict(self) -> dict[str, object]:
         """The demand for /api/pool (without the target, shown beside the bounds)."""
         return {
             "peak": self.peak,
             "start_latency": round(self.latency, 3),
             "window": self.window,
             "arrivals": self.arrivals,
+            "next_burst": self.next_burst,
         }
 
 
@@ -109,20 +115,48 @@ def demand(
     maximum: int,
     lookback: float,
     refill_delay: float = 0.0,
+    start_slots: int = 0,
+    for_trims: bool = False,
 ) -> Demand:
     """The target between ``minimum`` and ``maximum`` for the arrivals and start latencies in
     ``data``, looking back ``lookback`` seconds from its ``now``.
 
-    Times are counted in the data's buckets: the window is whole buckets."""
+    When bursts recur, the target is the peak of the other arrivals plus, from one
+    replacement time before the next burst is due (one per round of ``start_slots`` starts,
+    when given), its size; never below the pops waiting.
+    ``for_trims``: the target trims retire down to, never below what starts fill up to a
+    little earlier or later (the burst asked for a margin sooner, the last window's arrivals
+    kept). Times are counted in the data's buckets: the window is whole buckets."""
     width = data.bucket_seconds
     latency = start_latency(data.latencies)
     window = max(1, math.ceil((refill_delay + slow_start_latency(data.latencies)) / width))
-    peak = peak_arrivals(data.buckets, data.now / width, window, lookback / width)
+    now, lookback_buckets = data.now / width, lookback / width
+    peak = peak_arrivals(data.buckets, now, window, lookback_buckets)
     wanted = peak + HEADROOM if peak else 0
     first = (data.now - lookback) / width
     arrivals = sum(n for b, n in data.buckets.items() if b >= first)
+    expected = recurring.forecast(data.buckets, now, lookback_buckets, window, width)
+    next_burst = None
+    if expected is not None:
+        outside = {b: n for b, n in data.buckets.items() if b not in expected.in_bursts}
+        base = peak_arrivals(outside, now, window, lookback_buckets)
+        wanted = base + HEADROOM if base else 0
+        rounds = math.ceil(expected.size / start_slots) if start_slots > 0 else 1
+        ahead = recurring.lead(window, rounds)
+        if for_trims:
+            ahead += recurring.lead(window, rounds) - window * rounds
+            recent = peak_arrivals(data.buckets, now, window, window)
+            wanted = max(wanted, recent + HEADROOM if recent else 0)
+        if expected.due - now <= ahead:
+            wanted += expected.size
+        next_burst = {
+            "in": round((expected.due - now) * width, 3),
+            "size": expected.size,
+            "every": round(expected.period * width, 3),
+        }
+    wanted = max(wanted, data.waiting)
     target = min(maximum, max(minimum, wanted))
-    return Demand(target, peak, latency, round(window * width, 6), arrivals)
+    return Demand(target, peak, latency, round(window * width, 6), arrivals, next_burst)
 
 
 def check_bounds(options: SizingOptions) -> None:
@@ -198,7 +232,12 @@ class Sizer:
             return self.maximum, self.maximum
         data = await self.store.demand(self.keep_seconds, self.options.sizing_interval)
         lookback, refill_delay = self.options.scale_down_delay, self.options.refill_delay
-        starts = demand(data, self.minimum, self.maximum, lookback, refill_delay)
-        trims = demand(data, self.minimum, self.maximum, self.trim_lookback, refill_delay)
+        # A burst beyond one replica's start slots is started in rounds.
+        slots = self.options.max_concurrent_starts
+        starts = demand(data, self.minimum, self.maximum, lookback, refill_delay, slots)
+        trims = demand(
+            data, self.minimum, self.maximum, self.trim_lookback, refill_delay, slots, True
+        )
         self.last, self.held = starts, data.held
-        return starts.target, trims.target
+        # A forecast read over the longer look-back may see a pattern the shorter does not.
+        return starts.target, max(starts.target, trims.target)

@@ -22,6 +22,7 @@ class DemandData:
     oldest_start_expiry: float | None = None
     bucket_seconds: float = 1.0
     held: int | None = None  # idle plus live starting kernels, of any spec
+    waiting: int = 0  # pops waiting in the pool's line (any spec)
 
 
 @dataclass(frozen=True)

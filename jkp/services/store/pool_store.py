@@ -197,8 +197,8 @@ class PoolStore(PoolStarts):
         buckets of ``bucket_seconds``; arrivals older than ``keep_seconds`` are dropped on the
         way."""
         k = self.keys
-        seconds, micros, flat, latencies, oldest, held = await self._demand(
-            keys=[k.arrivals, k.start_latencies, k.starting, k.idle],
+        seconds, micros, flat, latencies, oldest, held, waiting = await self._demand(
+            keys=[k.arrivals, k.start_latencies, k.starting, k.idle, k.waiting_until],
             args=[keep_seconds, repr(bucket_seconds)],
         )
         buckets = {int(flat[i]): int(flat[i + 1]) for i in range(0, len(flat), 2)}
@@ -209,6 +209,7 @@ class PoolStore(PoolStarts):
             float(oldest) if oldest not in ("", b"") else None,
             bucket_seconds,
             int(held),
+            int(waiting),
         )
 
     async def forget_retired(self, kernel_id: str) -> None:

@@ -1,0 +1,110 @@
+"""Bursts that recur: agents that fan out on a schedule (a batch of pops every few minutes).
+
+The peak policy (sizing.py) holds a burst's size for its whole look-back, though between
+bursts nobody needs those kernels: a batch of 10 every 2 minutes keeps 10 idle kernels for the
+~90 s after their replacements are up. When the last RECURRING_BURSTS bursts came at regular
+gaps, the next is expected one gap after the last: until one replacement time (start rounds
+included) before it, the pool keeps only what the demand outside bursts needs, then starts
+the burst's kernels. A burst that is not there when due ends the forecast: the pool is back
+on the peak policy, which holds the burst's size (nothing retired early on a guess).
+
+Everything is counted in the demand's time buckets (``sizing_interval`` wide), as the peak.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+import statistics
+from collections.abc import Mapping
+
+# A burst: at least this many arrivals within BURST_SECONDS (agents fanning out send their
+# pops within a second or two; a day's Poisson arrivals at one pop per start never reach 4).
+BURST_ARRIVALS = 4
+BURST_SECONDS = 2.0
+# Bursts recur when the last this many came at regular gaps (two gaps agreeing, not one).
+RECURRING_BURSTS = 3
+# A gap is regular within 10% of the median gap, and never less than GAP_SLACK_SECONDS.
+GAP_TOLERANCE = 0.1
+GAP_SLACK_SECONDS = 2.0
+# The burst's kernels are asked this share of a replacement time earlier than needed
+# (at least two buckets): a start slower than the recent ones is still ready in time.
+LEAD_MARGIN = 0.2
+
+
+@dataclasses.dataclass(frozen=True)
+class Burst:
+    start: int  # its first bucket
+    size: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Forecast:
+    """The next burst of a recurring pattern; times in buckets."""
+
+    due: float  # bucket the next burst is expected in
+    size: int  # the largest of the recurring bursts
+    period: float
+    in_bursts: frozenset[int]  # the buckets of the bursts (the rest is the base demand)
+
+
+def burst_width(bucket_seconds: float) -> int:
+    """BURST_SECONDS in whole buckets (at least one)."""
+    return max(1, math.ceil(BURST_SECONDS / bucket_seconds - 1e-9))
+
+
+def find_bursts(buckets: Mapping[int, int], first: int, last: int, width: int) -> list[Burst]:
+    """Bursts whose first bucket is in [first, last]: from a bucket with arrivals, the next
+    ``width`` buckets hold at least BURST_ARRIVALS; a burst's buckets are not reused."""
+    bursts: list[Burst] = []
+    free_from = first
+    for bucket in sorted(b for b, n in buckets.items() if first <= b <= last and n > 0):
+        if bucket < free_from:
+            continue
+        size = sum(buckets.get(bucket + i, 0) for i in range(width))
+        if size >= BURST_ARRIVALS:
+            bursts.append(Burst(bucket, size))
+            free_from = bucket + width
+    return bursts
+
+
+def regular_period(bursts: list[Burst], slack: float) -> float | None:
+    """The median gap of the last RECURRING_BURSTS bursts when every gap is within
+    GAP_TOLERANCE of it (or ``slack`` buckets), else None."""
+    if len(bursts) < RECURRING_BURSTS:
+        return None
+    starts = [b.start for b in bursts[-RECURRING_BURSTS:]]
+    gaps = [b - a for a, b in itertools.pairwise(starts)]
+    period = statistics.median(gaps)
+    if max(abs(g - period) for g in gaps) > max(slack, GAP_TOLERANCE * period):
+        return None
+    return period
+
+
+def forecast(
+    buckets: Mapping[int, int], now: float, lookback: float, window: int, bucket_seconds: float
+) -> Forecast | None:
+    """The next burst when the bursts of the look-back recur and it is not overdue.
+
+    ``now`` and ``lookback`` in buckets; ``window`` is the replacement time in buckets."""
+    width = burst_width(bucket_seconds)
+    first = math.floor(now - lookback)
+    # From one window earlier: a burst at the look-back's edge is not base demand.
+    bursts = find_bursts(buckets, first - window - width, math.floor(now), width)
+    slack = GAP_SLACK_SECONDS / bucket_seconds
+    period = regular_period([b for b in bursts if b.start >= first], slack)
+    if period is None or period <= window:
+        return None  # bursts closer than one replacement: the peak holds them anyway
+    due = bursts[-1].start + period
+    if now > due + max(slack, GAP_TOLERANCE * period) + width:
+        return None  # overdue: the pattern broke
+    size = max(b.size for b in bursts[-RECURRING_BURSTS:])
+    in_bursts = frozenset(b.start + i for b in bursts for i in range(width))
+    return Forecast(due, size, period, in_bursts)
+
+
+def lead(window: int, rounds: int) -> float:
+    """Buckets before a burst is due that its kernels are asked for: ``rounds`` replacement
+    times (starts beyond one replica's slots wait a round) plus LEAD_MARGIN of one."""
+    return window * rounds + max(2.0, LEAD_MARGIN * window)
