@@ -72,18 +72,23 @@ def poisson(rng: random.Random, rate, start: float, end: float, peak: float) -> 
             times.append(t)
 
 
+DAY_PEAK_RATE = 1 / START_LATENCY_S  # one pop per start latency at 16:00
+
+
+def day_rate(t: float) -> float:
+    """The day's pops per second at ``t`` seconds after midnight: lowest at 04:00, highest at
+    16:00 (40x), log-cosine in between."""
+    s = (1 - math.cos(2 * math.pi * (t - 4 * 3600) / DAY)) / 2
+    return DAY_PEAK_RATE * 40 ** (s - 1)
+
+
 def day_trace(quick: bool) -> Trace:
-    """Rate lowest at 04:00, highest at 16:00 (40x), log-cosine in between."""
-    peak = 1 / START_LATENCY_S
-
-    def rate(t: float) -> float:
-        s = (1 - math.cos(2 * math.pi * (t - 4 * 3600) / DAY)) / 2
-        return peak * 40 ** (s - 1)
-
+    """Poisson arrivals at day_rate."""
     # Quick: the morning ramp only (09:00-12:00), where a pool must grow.
     start, end = (9 * 3600.0, 12 * 3600.0) if quick else (0.0, DAY)
-    times = poisson(random.Random(SEED), rate, start, end, peak)
-    sizes = (2, 8) if quick else (2, 4, 6, 8)
+    times = poisson(random.Random(SEED), day_rate, start, end, DAY_PEAK_RATE)
+    # 5: the smallest fixed pool at 99% is the day's yardstick, so every size up to it runs.
+    sizes = (2, 8) if quick else (2, 4, 5, 6, 8)
     return Trace("day", "day curve (Poisson, 40x night to peak)", end - start,
                  [t - start for t in times], sizes, DAY_TIME_SCALE)  # fmt: skip
 
