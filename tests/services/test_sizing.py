@@ -165,6 +165,42 @@ async def test_scale_down_waits_for_the_delay_then_retires_oldest_without_flappi
     assert len(retired) == 5
 
 
+async def test_recurring_bursts_are_expected_the_pool_keeps_its_minimum_between_them(
+    redis_server, gateway, jkp_factory
+):
+    # Four pops every 10 s through two replicas: after the third burst both expect the fourth,
+    # keep only the minimum between bursts (the peak would hold 5 for the whole look-back), and
+    # have its four kernels ready when it comes.
+    every, size = 10.0, 4
+    argv = (*ADAPTIVE, "--PoolManager.max_concurrent_starts=8")
+    a = await jkp_factory(redis_server, gateway, *argv)
+    b = await jkp_factory(redis_server, gateway, *argv)
+    await a.wait_for_idle(1)
+    warm = 'jkp_time_to_kernel_seconds_count{pool="python_kubernetes",served="warm"}'
+
+    first = time.monotonic()
+    for k in range(3):
+        await asyncio.sleep(max(0.0, first + k * every - time.monotonic()))
+        results = await _pops([a, b], size, f"every{k}-")
+        assert [code for code, _, _ in results] == [200] * size
+
+    _, status = await b.request("GET", "/api/pool")
+    assert status["target"] == 1, status  # the third burst's kernels are not replaced now
+    assert (await a.store.counts())["starting"] == 0
+    expected = status["demand"]["next_burst"]
+    assert expected["size"] == size and abs(expected["every"] - every) <= 2
+
+    # Asked for before the fourth is due: its kernels are ready when it comes.
+    await wait_until(
+        lambda: a._idle_count_is(size), first + 3 * every - time.monotonic(), "kernels ready"
+    )
+    warm_before = await metric(a, warm) + await metric(b, warm)
+    await asyncio.sleep(max(0.0, first + 3 * every - time.monotonic()))
+    results = await _pops([a, b], size, "every3-")
+    assert [code for code, _, _ in results] == [200] * size
+    assert await metric(a, warm) + await metric(b, warm) - warm_before == size
+
+
 async def test_an_empty_pools_503_says_when_to_retry(
     redis_server, redis_client, gateway, jkp_factory
 ):
