@@ -19,15 +19,16 @@ import math
 import statistics
 from collections.abc import Mapping
 
-# A burst: at least this many arrivals within BURST_SECONDS (agents fanning out send their
-# pops within a second or two; a day's Poisson arrivals at one pop per start never reach 4).
+# A burst: at least this many arrivals within a quarter of a replacement time (at least two
+# buckets). Agents fan out within a second or two, but a replica records each arrival only
+# once it has the CPU for the pop; a day's Poisson arrivals, one per start, never make one.
 BURST_ARRIVALS = 4
-BURST_SECONDS = 2.0
+BURST_SHARE = 0.25
+BURST_MIN_BUCKETS = 2
 # Bursts recur when the last this many came at regular gaps (two gaps agreeing, not one).
 RECURRING_BURSTS = 3
-# A gap is regular within 10% of the median gap, and never less than GAP_SLACK_SECONDS.
+# A gap is regular within 10% of the median gap, or within a burst's width.
 GAP_TOLERANCE = 0.1
-GAP_SLACK_SECONDS = 2.0
 # The burst's kernels are asked this share of a replacement time earlier than needed
 # (at least two buckets): a start slower than the recent ones is still ready in time.
 LEAD_MARGIN = 0.2
@@ -35,8 +36,9 @@ LEAD_MARGIN = 0.2
 
 @dataclasses.dataclass(frozen=True)
 class Burst:
-    start: int  # its first bucket
-    size: int
+    start: int  # its first bucket with arrivals
+    end: int  # its last
+    size: int  # its arrivals
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,25 +49,31 @@ class Forecast:
     size: int  # the largest of the recurring bursts
     period: float
     in_bursts: frozenset[int]  # the buckets of the bursts (the rest is the base demand)
+    last_end: int  # the last bucket of the latest burst
 
 
-def burst_width(bucket_seconds: float) -> int:
-    """BURST_SECONDS in whole buckets (at least one)."""
-    return max(1, math.ceil(BURST_SECONDS / bucket_seconds - 1e-9))
+def burst_width(window: int) -> int:
+    """Buckets a burst's arrivals may spread over, for a replacement time of ``window``."""
+    return max(BURST_MIN_BUCKETS, math.ceil(BURST_SHARE * window))
 
 
 def find_bursts(buckets: Mapping[int, int], first: int, last: int, width: int) -> list[Burst]:
-    """Bursts whose first bucket is in [first, last]: from a bucket with arrivals, the next
-    ``width`` buckets hold at least BURST_ARRIVALS; a burst's buckets are not reused."""
+    """Bursts in buckets [first, last]: a run of windows of ``width`` buckets, each holding at
+    least BURST_ARRIVALS and overlapping the one before, from the first bucket with arrivals
+    of the run to the last (a pop of the trickle just before a burst may open it)."""
+    arrived = sorted(b for b, n in buckets.items() if first <= b <= last and n > 0)
     bursts: list[Burst] = []
-    free_from = first
-    for bucket in sorted(b for b, n in buckets.items() if first <= b <= last and n > 0):
-        if bucket < free_from:
+    for bucket in arrived:
+        inside = [b for b in arrived if bucket <= b < bucket + width]
+        if sum(buckets[b] for b in inside) < BURST_ARRIVALS:
             continue
-        size = sum(buckets.get(bucket + i, 0) for i in range(width))
-        if size >= BURST_ARRIVALS:
-            bursts.append(Burst(bucket, size))
-            free_from = bucket + width
+        if bursts and bucket <= bursts[-1].end:  # overlaps the run: extend it
+            start = bursts.pop().start
+        else:
+            start = bucket
+        end = inside[-1]
+        size = sum(buckets[b] for b in arrived if start <= b <= end)
+        bursts.append(Burst(start, end, size))
     return bursts
 
 
@@ -83,25 +91,24 @@ def regular_period(bursts: list[Burst], slack: float) -> float | None:
 
 
 def forecast(
-    buckets: Mapping[int, int], now: float, lookback: float, window: int, bucket_seconds: float
+    buckets: Mapping[int, int], now: float, lookback: float, window: int
 ) -> Forecast | None:
     """The next burst when the bursts of the look-back recur and it is not overdue.
 
     ``now`` and ``lookback`` in buckets; ``window`` is the replacement time in buckets."""
-    width = burst_width(bucket_seconds)
+    width = burst_width(window)
     first = math.floor(now - lookback)
     # From one window earlier: a burst at the look-back's edge is not base demand.
     bursts = find_bursts(buckets, first - window - width, math.floor(now), width)
-    slack = GAP_SLACK_SECONDS / bucket_seconds
-    period = regular_period([b for b in bursts if b.start >= first], slack)
+    period = regular_period([b for b in bursts if b.start >= first], width)
     if period is None or period <= window:
         return None  # bursts closer than one replacement: the peak holds them anyway
     due = bursts[-1].start + period
-    if now > due + max(slack, GAP_TOLERANCE * period) + width:
+    if now > due + max(width, GAP_TOLERANCE * period) + width:
         return None  # overdue: the pattern broke
     size = max(b.size for b in bursts[-RECURRING_BURSTS:])
-    in_bursts = frozenset(b.start + i for b in bursts for i in range(width))
-    return Forecast(due, size, period, in_bursts)
+    in_bursts = frozenset(b for burst in bursts for b in range(burst.start, burst.end + 1))
+    return Forecast(due, size, period, in_bursts, bursts[-1].end)
 
 
 def lead(window: int, rounds: int) -> float:

@@ -125,8 +125,9 @@ def demand(
     replacement time before the next burst is due (one per round of ``start_slots`` starts,
     when given), its size; never below the pops waiting.
     ``for_trims``: the target trims retire down to, never below what starts fill up to a
-    little earlier or later (the burst asked for a margin sooner, the last window's arrivals
-    kept). Times are counted in the data's buckets: the window is whole buckets."""
+    little earlier or later (the burst asked for a margin sooner, the latest burst's size kept
+    for one window after it). Times are counted in the data's buckets: the window is whole
+    buckets."""
     width = data.bucket_seconds
     latency = start_latency(data.latencies)
     window = max(1, math.ceil((refill_delay + slow_start_latency(data.latencies)) / width))
@@ -135,7 +136,7 @@ def demand(
     wanted = peak + HEADROOM if peak else 0
     first = (data.now - lookback) / width
     arrivals = sum(n for b, n in data.buckets.items() if b >= first)
-    expected = recurring.forecast(data.buckets, now, lookback_buckets, window, width)
+    expected = recurring.forecast(data.buckets, now, lookback_buckets, window)
     next_burst = None
     if expected is not None:
         outside = {b: n for b, n in data.buckets.items() if b not in expected.in_bursts}
@@ -143,11 +144,13 @@ def demand(
         wanted = base + HEADROOM if base else 0
         rounds = math.ceil(expected.size / start_slots) if start_slots > 0 else 1
         ahead = recurring.lead(window, rounds)
+        due_soon = expected.due - now <= ahead
         if for_trims:
-            ahead += recurring.lead(window, rounds) - window * rounds
-            recent = peak_arrivals(data.buckets, now, window, window)
-            wanted = max(wanted, recent + HEADROOM if recent else 0)
-        if expected.due - now <= ahead:
+            # Asked for a margin sooner; and the latest burst's kernels are kept while its
+            # pops may still claim them (one replacement time after it).
+            due_soon = due_soon or expected.due - now <= 2 * ahead - window * rounds
+            due_soon = due_soon or now <= expected.last_end + window
+        if due_soon:
             wanted += expected.size
         next_burst = {
             "in": round((expected.due - now) * width, 3),
