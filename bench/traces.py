@@ -1,6 +1,7 @@
 """Trace replay: how pools of fixed sizes and the adaptive pool serve three kinds of demand.
 
     .venv/bin/python bench/run.py --traces [--quick] [--time-scale F] [--adaptive 1:32]
+    .venv/bin/python bench/run.py --trace classroom [...]   (one trace only)
     (or scripts/bench --traces)
 
 Each trace is a list of pop arrival times in real (uncompressed) seconds:
@@ -73,8 +74,10 @@ from trace_shapes import (
     classroom_trace,
     day_trace,
 )
+from trace_timeline import slowest_timelines
 
 SIZING_INTERVAL_S = 1.0  # jkp's default
+TRACES = {"day": day_trace, "batches": batches_trace, "classroom": classroom_trace}
 
 
 @dataclass
@@ -206,7 +209,8 @@ class Run:
         outcome = "ok" if response.code == 200 else f"{response.code} {body.get('reason', '')}"
         self.pops.append({"i": i, "late_s": sent - due, "seconds": time.perf_counter() - t0,
                           "code": response.code, "outcome": outcome, "sent": sent,
-                          "kernel_id": body.get("id")})  # fmt: skip
+                          "kernel_id": body.get("id"),
+                          "server_timing": response.headers.get("Server-Timing")})  # fmt: skip
 
     async def kernel_lives(self) -> list[dict]:
         """Every kernel the simulator started, with the moments of its life."""
@@ -231,6 +235,7 @@ class Run:
             **time_to_kernel(served),
             "client_late_max_ms": 1000 * max((p["late_s"] for p in self.pops), default=0),
             **kernel_costs(lives, served, self.t0, self.t_end, self.scale),
+            "slowest": slowest_timelines(self.pops, lives, [j.log_path for j in self.replicas]),
         }
         if "first_batch_end" in self.waits:
             last = self.trace.marks["first_batch_end"]
@@ -317,7 +322,7 @@ async def replay_all(args, work: Path, stack: Stack, out: dict) -> None:
     await asyncio.to_thread(redis.start)
     minimum, maximum = (int(v) for v in args.adaptive.split(":"))
     adaptive = Config(maximum, minimum) if out["adaptive_available"] else None
-    for make in (day_trace, batches_trace, classroom_trace):
+    for make in TRACES.values() if args.trace is None else [TRACES[args.trace]]:
         trace = make(args.quick)
         trace.scale = args.time_scale or trace.scale
         configs = [Config(size) for size in trace.fixed_sizes] + ([adaptive] if adaptive else [])
@@ -333,6 +338,9 @@ async def replay_all(args, work: Path, stack: Stack, out: dict) -> None:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The trace replay's options on bench/run.py's command line."""
     parser.add_argument("--traces", action="store_true", help="run only the trace replay")
+    parser.add_argument(
+        "--trace", choices=list(TRACES), help="run only the trace replay, of this trace only"
+    )
     parser.add_argument(
         "--time-scale",
         type=float,
