@@ -296,14 +296,17 @@ def kernel_costs(
 
 async def replay(trace: Trace, configs: list[Config], work: Path, stack: Stack,
                  redis: RedisServer) -> list[dict]:  # fmt: skip
-    """All configurations of one trace side by side, from one common start."""
+    """All configurations of one trace side by side, from one common start, or each
+    ``trace.stagger`` (real seconds) after the one before."""
     runs = [Run(trace, c, work, stack, redis) for c in configs]
     busy0, total0 = machine_jiffies()
     log(f"{trace.name}: starting {len(runs)} configurations ({len(trace.arrivals)} pops, "
-        f"{trace.duration / trace.scale:.0f} s each)")  # fmt: skip
+        f"{trace.duration / trace.scale:.0f} s each, {trace.stagger / trace.scale:.0f} s "
+        "apart)")  # fmt: skip
     await asyncio.gather(*(r.start() for r in runs))
     t0 = time.time() + 1.0
-    await asyncio.gather(*(r.replay(t0) for r in runs))
+    stagger = trace.stagger / trace.scale
+    await asyncio.gather(*(r.replay(t0 + k * stagger) for k, r in enumerate(runs)))
     results = [await r.figures() for r in runs]
     busy1, total1 = machine_jiffies()
     for res in results:
