@@ -21,7 +21,14 @@ them (at 180x a class came 90 pops a second and warm pops queued for the CPU).
 Each configuration of a trace runs at the same time as the others, each on a gateway
 simulator of its own (bench/gateway_simulator.py with ``--start-latency-s``) and a Redis key
 of its own on one redis-server, with two jkp replicas sharing it; pops alternate between the
-replicas.
+replicas. The classroom's configurations start 200 s of the trace (10 s) apart instead, so
+that each one's class comes while the others are quiet: side by side, four classes at once
+put 12 processes and 120 starts on the 2 cores in the same 3 s, and every pool's waits grew
+by what the others cost. The replay of the classroom takes ~2.5 min (~2 min side by side).
+
+The report shows the timeline of the classroom's slowest pops (bench/trace_timeline.py):
+when the start of the kernel each got was requested at the simulator, ready there, warmed up,
+pooled, set up and answered.
 
 Figures per trace and configuration: the share of pops served warm (the pops served less
 jkp's own count of those that waited, jkp_pop_waits_total, over all pops sent), p50/p99/max
