@@ -16,6 +16,8 @@ c = get_config()  # noqa: F821 (provided by traitlets when the file is loaded)
 c.GatewayClient.url = "http://enterprise-gateway.enterprise-gateway:8888"
 # c.GatewayClient.connect_timeout = 5  # (JKP_EG_CONNECT_TIMEOUT)
 # c.GatewayClient.request_timeout = 60  # (JKP_EG_REQUEST_TIMEOUT)
+# Above max_concurrent_starts: a start's request lasts until the kernel runs. (JKP_EG_MAX_REQUESTS)
+# c.GatewayClient.max_requests = 200
 
 # -- Redis -------------------------------------------------------------------------------------
 # A URL overrides host/port/db; rediss:// for TLS, the password in the URL. (JKP_REDIS_URL)

@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/run.py [--quick] [--json PATH] [--skip-scale] [--steady-only]
     .venv/bin/python bench/run.py --traces [--quick] [--time-scale F] [--adaptive MIN:MAX]
+    .venv/bin/python bench/run.py --trace day|batches|classroom [...]
     (or scripts/bench)
 
 1. Real stack (redis-server + Enterprise Gateway from dev/localstack.py, jkp as a process):
@@ -181,7 +182,7 @@ def main() -> int:
     )
     traces.add_arguments(parser)
     args = parser.parse_args()
-    if args.traces:
+    if args.traces or args.trace:
         return traces.main(args)
     args.json = args.json or str(REPO / ".stack" / "bench-results.json")
 

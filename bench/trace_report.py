@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from trace_bound import best_pool, fixed_pool
 from trace_shapes import BATCH_SIZE, REFILL_DELAY_S, REPLICAS, START_LATENCY_S
+from trace_timeline import timeline_lines
 
 
 def pct(x: float | None) -> str:
@@ -119,6 +120,10 @@ def report(out: dict) -> str:
         "the simulator. Peak kernels: the most the pool held at once (idle + starting).",
         "; ".join(notes),
     ]
+    if "classroom" in out["traces"]:
+        for r in out["traces"]["classroom"]["results"]:
+            if r.get("slowest") and r["waited"] and not r["refused"]:
+                lines += ["", *timeline_lines(f"classroom {r['pool']}", r["slowest"])]
     if not out["adaptive_available"]:
         lines.append("Adaptive pool skipped: this jkp has no PoolManager.min_pending_kernels.")
     lines += ["", "| check | value | target | result |", "|---|---|---|---|"]

@@ -19,6 +19,12 @@ BATCHES_TIME_SCALE = 60  # 30 s -> 500 ms; an hour of batches -> 60 s
 CLASS_TIME_SCALE = 20  # 30 s -> 1.5 s; the class's 30 pops and 30 starts over 3 s, not 1
 
 
+# Real seconds between the starts of the classroom's configurations: each one's class (60 s,
+# its starts and their pooling ~40 s more) comes while the others are quiet, instead of
+# all four bursts (12 processes, 120 starts) at once on 2 cores.
+CLASS_STAGGER_S = 200.0
+
+
 POP_TIMEOUT_S = 120.0  # real seconds: a pop may wait for several starts, not fail after one
 
 
@@ -58,6 +64,8 @@ class Trace:
     scale: float  # real seconds per compressed second
     # Arrivals that end a phase the checks look at, by name (e.g. the first batch's last).
     marks: dict[str, int] = field(default_factory=dict)
+    # Real seconds between the starts of its configurations' replays (0: all at once).
+    stagger: float = 0.0
 
 
 def poisson(rng: random.Random, rate, start: float, end: float, peak: float) -> list[float]:
@@ -118,4 +126,4 @@ def classroom_trace(quick: bool) -> Trace:
     times = sorted(trickle + [quiet + rng.uniform(0, 60) for _ in range(CLASS_SIZE)])
     sizes = (2, 30) if quick else (2, 10, 30)
     return Trace("classroom", f"classroom: {CLASS_SIZE} within 60 s, unannounced", duration,
-                 times, sizes, CLASS_TIME_SCALE)  # fmt: skip
+                 times, sizes, CLASS_TIME_SCALE, stagger=CLASS_STAGGER_S)  # fmt: skip

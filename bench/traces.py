@@ -1,6 +1,7 @@
 """Trace replay: how pools of fixed sizes and the adaptive pool serve three kinds of demand.
 
     .venv/bin/python bench/run.py --traces [--quick] [--time-scale F] [--adaptive 1:32]
+    .venv/bin/python bench/run.py --trace classroom [...]   (one trace only)
     (or scripts/bench --traces)
 
 Each trace is a list of pop arrival times in real (uncompressed) seconds:
@@ -20,7 +21,14 @@ them (at 180x a class came 90 pops a second and warm pops queued for the CPU).
 Each configuration of a trace runs at the same time as the others, each on a gateway
 simulator of its own (bench/gateway_simulator.py with ``--start-latency-s``) and a Redis key
 of its own on one redis-server, with two jkp replicas sharing it; pops alternate between the
-replicas.
+replicas. The classroom's configurations start 200 s of the trace (10 s) apart instead, so
+that each one's class comes while the others are quiet: side by side, four classes at once
+put 12 processes and 120 starts on the 2 cores in the same 3 s, and every pool's waits grew
+by what the others cost. The replay of the classroom takes ~2.5 min (~2 min side by side).
+
+The report shows the timeline of the classroom's slowest pops (bench/trace_timeline.py):
+when the start of the kernel each got was requested at the simulator, ready there, warmed up,
+pooled, set up and answered.
 
 Figures per trace and configuration: the share of pops served warm (the pops served less
 jkp's own count of those that waited, jkp_pop_waits_total, over all pops sent), p50/p99/max
@@ -73,8 +81,10 @@ from trace_shapes import (
     classroom_trace,
     day_trace,
 )
+from trace_timeline import slowest_timelines
 
 SIZING_INTERVAL_S = 1.0  # jkp's default
+TRACES = {"day": day_trace, "batches": batches_trace, "classroom": classroom_trace}
 
 
 @dataclass
@@ -206,7 +216,8 @@ class Run:
         outcome = "ok" if response.code == 200 else f"{response.code} {body.get('reason', '')}"
         self.pops.append({"i": i, "late_s": sent - due, "seconds": time.perf_counter() - t0,
                           "code": response.code, "outcome": outcome, "sent": sent,
-                          "kernel_id": body.get("id")})  # fmt: skip
+                          "kernel_id": body.get("id"),
+                          "server_timing": response.headers.get("Server-Timing")})  # fmt: skip
 
     async def kernel_lives(self) -> list[dict]:
         """Every kernel the simulator started, with the moments of its life."""
@@ -231,6 +242,7 @@ class Run:
             **time_to_kernel(served),
             "client_late_max_ms": 1000 * max((p["late_s"] for p in self.pops), default=0),
             **kernel_costs(lives, served, self.t0, self.t_end, self.scale),
+            "slowest": slowest_timelines(self.pops, lives, [j.log_path for j in self.replicas]),
         }
         if "first_batch_end" in self.waits:
             last = self.trace.marks["first_batch_end"]
@@ -291,14 +303,17 @@ def kernel_costs(
 
 async def replay(trace: Trace, configs: list[Config], work: Path, stack: Stack,
                  redis: RedisServer) -> list[dict]:  # fmt: skip
-    """All configurations of one trace side by side, from one common start."""
+    """All configurations of one trace side by side, from one common start, or each
+    ``trace.stagger`` (real seconds) after the one before."""
     runs = [Run(trace, c, work, stack, redis) for c in configs]
     busy0, total0 = machine_jiffies()
     log(f"{trace.name}: starting {len(runs)} configurations ({len(trace.arrivals)} pops, "
-        f"{trace.duration / trace.scale:.0f} s each)")  # fmt: skip
+        f"{trace.duration / trace.scale:.0f} s each, {trace.stagger / trace.scale:.0f} s "
+        "apart)")  # fmt: skip
     await asyncio.gather(*(r.start() for r in runs))
     t0 = time.time() + 1.0
-    await asyncio.gather(*(r.replay(t0) for r in runs))
+    stagger = trace.stagger / trace.scale
+    await asyncio.gather(*(r.replay(t0 + k * stagger) for k, r in enumerate(runs)))
     results = [await r.figures() for r in runs]
     busy1, total1 = machine_jiffies()
     for res in results:
@@ -317,7 +332,7 @@ async def replay_all(args, work: Path, stack: Stack, out: dict) -> None:
     await asyncio.to_thread(redis.start)
     minimum, maximum = (int(v) for v in args.adaptive.split(":"))
     adaptive = Config(maximum, minimum) if out["adaptive_available"] else None
-    for make in (day_trace, batches_trace, classroom_trace):
+    for make in TRACES.values() if args.trace is None else [TRACES[args.trace]]:
         trace = make(args.quick)
         trace.scale = args.time_scale or trace.scale
         configs = [Config(size) for size in trace.fixed_sizes] + ([adaptive] if adaptive else [])
@@ -333,6 +348,9 @@ async def replay_all(args, work: Path, stack: Stack, out: dict) -> None:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The trace replay's options on bench/run.py's command line."""
     parser.add_argument("--traces", action="store_true", help="run only the trace replay")
+    parser.add_argument(
+        "--trace", choices=list(TRACES), help="run only the trace replay, of this trace only"
+    )
     parser.add_argument(
         "--time-scale",
         type=float,

@@ -1,8 +1,14 @@
-"""GatewayClient against a real EG that requires a token, and one that speaks TLS."""
+"""GatewayClient against a real EG that requires a token, one that speaks TLS, and one whose
+starts last until the kernel runs."""
+
+import asyncio
 
 import trustme
+from tornado import web
+from tornado.httpclient import AsyncHTTPClient
 
-from tests.conftest import run_in_kernel
+from jkp.services.gateway import GatewayClient
+from tests.conftest import localstack, run_in_kernel, wait_until
 
 
 async def test_eg_token_is_sent_on_rest_and_websocket(redis_server, gateway_factory, jkp_factory):
@@ -98,3 +104,58 @@ async def test_eg_requiring_a_client_certificate(
     await jkp.wait_for_idle(1)
     status, model = await jkp.pop("zt")
     assert status == 200
+
+
+class _PodStartingGateway:
+    """A stand-in in front of a real EG that holds every start (POST /api/kernels) open until
+    released, as EG on Kubernetes answers a start only once the pod runs; every other request
+    goes to the real EG. Released starts are refused (503): no kernel is started."""
+
+    def __init__(self, gateway):
+        self.held = 0
+        self.released = asyncio.Event()
+        client = AsyncHTTPClient(force_instance=True)
+        stand_in = self
+
+        class Handler(web.RequestHandler):
+            async def post(self):
+                stand_in.held += 1
+                await stand_in.released.wait()
+                self.set_status(503)
+                self.finish({"message": "released unstarted", "reason": "Unavailable"})
+
+            async def get(self):
+                response = await client.fetch(gateway.url + self.request.uri, raise_error=False)
+                self.set_status(response.code)
+                self.finish(response.body)
+
+        self.client = client
+        self.port = localstack.free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.server = web.Application([(r".*", Handler)]).listen(self.port, "127.0.0.1")
+
+    def stop(self):
+        self.released.set()
+        self.server.stop()
+        self.client.close()
+
+
+async def test_starts_eg_holds_open_do_not_hold_up_other_requests(gateway):
+    # More starts under way than tornado's shared client runs at once (10), as a burst asks.
+    pods = _PodStartingGateway(gateway)
+    client = GatewayClient(url=pods.url)
+    starts = [
+        asyncio.ensure_future(client.start_kernel("python3", {"KERNEL_USERNAME": "jkp"}))
+        for _ in range(12)
+    ]
+    try:
+        await wait_until(lambda: pods.held >= 10, 10, "10 starts held by the stand-in")
+        # Another request to EG, sent while the starts wait for their pods, is answered...
+        info = await asyncio.wait_for(client.ping(), 10)
+        assert info["gateway_version"] and not any(s.done() for s in starts)
+        # ...and every start reached EG, none queued behind the others.
+        await wait_until(lambda: pods.held == 12, 10, "all 12 starts held by the stand-in")
+    finally:
+        pods.stop()
+        await asyncio.gather(*starts, return_exceptions=True)
+        client.close()

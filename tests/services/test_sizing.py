@@ -21,8 +21,8 @@ async def _held(replica):
 
 
 def _client():
-    """An HTTP client of the test's own: jkp runs in the test's event loop, and the shared
-    AsyncHTTPClient's 10 connections held by waiting pops would hold up jkp's requests to EG."""
+    """An HTTP client of the test's own, with room for every pop at once: tornado's shared
+    AsyncHTTPClient runs 10 requests at once and queues the rest."""
     return AsyncHTTPClient(force_instance=True, max_clients=50)
 
 

@@ -91,6 +91,17 @@ class GatewayClient(LoggingConfigurable):
         min=0,
     ).tag(config=True)
 
+    max_requests = EnvInt(
+        200,
+        env="JKP_EG_MAX_REQUESTS",
+        help=(
+            "REST requests to EG under way at once (more wait for one to end); a start's "
+            "request lasts until its kernel runs, so keep this well above "
+            "max_concurrent_starts and the cold creates passed through at once"
+        ),
+        min=1,
+    ).tag(config=True)
+
     def __init__(self, **kwargs: Any):
         super().__init__(**kwargs)
         # Builds message headers and ids; EG re-signs messages with the kernel's own key.
@@ -113,7 +124,9 @@ class GatewayClient(LoggingConfigurable):
             "client_cert": self.client_cert or None,
             "client_key": self.client_key or None,
         }
-        return Transport(self.url, headers, self.connect_timeout, self.request_timeout, tls)
+        return Transport(
+            self.url, headers, self.connect_timeout, self.request_timeout, tls, self.max_requests
+        )
 
     async def forward(
         self,
@@ -290,8 +303,9 @@ class GatewayClient(LoggingConfigurable):
         self._channels.close_except(kernel_ids)
 
     def close(self) -> None:
-        """Close every websocket kept open."""
+        """Close every websocket kept open, and the REST client."""
         self._channels.close_all()
+        self._transport.close()
 
     @functools.cached_property
     def _channels(self) -> OpenChannels:

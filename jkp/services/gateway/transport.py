@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import json
 from typing import Any
 from urllib.parse import quote
@@ -30,6 +31,20 @@ class Transport:
     connect_timeout: float
     request_timeout: float
     tls: dict[str, Any]  # tornado's validate_cert, ca_certs, client_cert, client_key
+    max_requests: int  # REST requests under way at once; more wait for one to end
+
+    @functools.cached_property
+    def _http(self) -> AsyncHTTPClient:
+        # Its own client: tornado's shared one runs 10 requests at once and queues the rest,
+        # and a start's request lasts until the kernel runs (a pod's start on Kubernetes),
+        # so 10 starts would hold every other request to EG (a new kernel's model, a
+        # shutdown) for as long. Built on first use, in the event loop that uses it.
+        return AsyncHTTPClient(force_instance=True, max_clients=self.max_requests)
+
+    def close(self) -> None:
+        """Close the REST client, if one was built."""
+        if "_http" in self.__dict__:
+            self._http.close()
 
     def _request_options(self) -> dict[str, Any]:
         """What every REST and websocket request to EG carries: headers, auth, TLS."""
@@ -59,8 +74,7 @@ class Transport:
             **options,
         )
         try:
-            # AsyncHTTPClient() is one shared client per event loop.
-            response = await AsyncHTTPClient().fetch(request)
+            response = await self._http.fetch(request)
         except HTTPClientError as e:
             if e.code == 599 or e.response is None:
                 raise GatewayError(f"EG {method} {path}: {e}") from e
@@ -100,7 +114,7 @@ class Transport:
             **options,
         )
         try:
-            response = await AsyncHTTPClient().fetch(request, raise_error=False)
+            response = await self._http.fetch(request, raise_error=False)
         except ConnectionRefusedError as e:
             raise GatewayError(f"EG {method} {path}: {e}", refused=True) from e
         except OSError as e:
