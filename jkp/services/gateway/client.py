@@ -12,10 +12,20 @@ from tornado.websocket import WebSocketClientConnection
 from traitlets import Dict, TraitError, validate
 from traitlets.config import LoggingConfigurable
 
-from jkp.services.gateway.answers import Forwarded, GatewayError, KernelReplyError, ShellReply
+from jkp.services.gateway.answers import (
+    Forwarded,
+    GatewayError,
+    KernelReplyError,
+    ShellReply,
+    eg_reason,
+)
 from jkp.services.gateway.channel import OpenChannels
 from jkp.services.gateway.transport import Transport
 from jkp.traits import EnvBool, EnvFloat, EnvInt, EnvUnicode
+
+# Seconds between the askings of EG's kernel list while it fails on a kernel being added (it
+# does for a few of its event-loop turns per start): ~0.4 s in all, then its answer stands.
+_KERNEL_LIST_RETRY_PAUSES = (0.01, 0.02, 0.05, 0.1, 0.2)
 
 
 class GatewayClient(LoggingConfigurable):
@@ -162,7 +172,22 @@ class GatewayClient(LoggingConfigurable):
 
     async def list_kernels(self) -> list[dict[str, Any]]:
         """The models of every kernel EG runs (EG answers 403 unless its list_kernels is on)."""
-        return await self._transport.request("GET", "/api/kernels") or []
+        answer = await self.forward_kernel_list()
+        if answer.status != 200:
+            reason = eg_reason(answer.body)
+            raise GatewayError(f"EG GET /api/kernels: {answer.status} {reason}", answer.status)
+        return answer.json() or []
+
+    async def forward_kernel_list(self, query: str = "") -> Forwarded:
+        """EG's answer to ``GET /api/kernels`` (with a client's query), error statuses
+        included; asked again briefly while it fails on a kernel being added."""
+        for pause in _KERNEL_LIST_RETRY_PAUSES:
+            answer = await self.forward("GET", "/api/kernels", query)
+            if not answer.failed_on_a_kernel_being_added:
+                return answer
+            self.log.debug("EG's kernel list failed on a kernel being added; again in %gs", pause)
+            await asyncio.sleep(pause)
+        return await self.forward("GET", "/api/kernels", query)
 
     async def get_kernel(
         self, kernel_id: str, timeout: float | None = None
