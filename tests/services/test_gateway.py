@@ -1,7 +1,9 @@
 """GatewayClient against a real EG that requires a token, and one that speaks TLS."""
 
+import pytest
 import trustme
 
+from jkp.services.gateway import GatewayClient, GatewayError
 from tests.conftest import run_in_kernel
 
 
@@ -98,3 +100,12 @@ async def test_eg_requiring_a_client_certificate(
     await jkp.wait_for_idle(1)
     status, model = await jkp.pop("zt")
     assert status == 200
+
+
+async def test_an_eg_that_refuses_its_kernel_list_is_a_403_for_jkp(gateway_factory):
+    gateway = gateway_factory(list_kernels=False)
+    client = GatewayClient(url=gateway.url)
+    with pytest.raises(GatewayError) as refused:
+        await client.list_kernels()
+    assert refused.value.status == 403
+    assert str(refused.value) == "EG GET /api/kernels: 403 Forbidden"
