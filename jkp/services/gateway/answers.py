@@ -9,7 +9,7 @@ from typing import Any
 from jkp.errors import ApiError
 
 # What EG 3.3 (jupyter_server 1.x) fails with when it lists a kernel it is still adding: it
-# puts the kernel in its list a few event-loop turns before it gives it a last_activity.
+# puts the kernel in its list two of its event-loop turns before it gives it a last_activity.
 _KERNEL_BEING_ADDED = "has no attribute 'last_activity'"
 
 
@@ -64,8 +64,9 @@ class Forwarded:
 
     @property
     def failed_on_a_kernel_being_added(self) -> bool:
-        """EG answered its kernel list with 500 because a kernel it is adding has no
-        ``last_activity`` yet: asked again a moment later, it answers the list."""
+        """EG answered a list of its kernels, or a create it checks ``max_kernels`` for by
+        listing them first, with 500 because a kernel it is adding has no ``last_activity``
+        yet: it did nothing else for the request, and a moment later it answers it."""
         body = self.json() if self.status == 500 else None
         return isinstance(body, dict) and _KERNEL_BEING_ADDED in str(body.get("traceback"))
 

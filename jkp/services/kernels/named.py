@@ -128,7 +128,7 @@ class NamedKernels:
     async def list_kernels(self, query: str = "") -> Forwarded:
         """EG's kernel list without the pools' own kernels (idle, starting, being handed
         out, retiring; of any replica's pools), each shown by the id its client knows it by."""
-        answer = await self.gateway.forward_kernel_list(query)
+        answer = await self.gateway.forward("GET", "/api/kernels", query)
         models = answer.json()
         if answer.status != 200 or not isinstance(models, list):
             return answer
