@@ -10,6 +10,7 @@ import http.client
 import json
 import os
 import shlex
+import time
 from pathlib import Path
 
 from stack_processes import (
@@ -24,6 +25,10 @@ from stack_processes import (
 
 DEFAULT_EG_VENV = REPO / ".venv-eg"
 DEFAULT_LAB_VENV = REPO / ".venv-lab"
+
+# EG 3.3 puts a kernel it is adding in its list a few event-loop turns before it gives the
+# kernel a last_activity: a list in between fails with a 500 and this in its traceback.
+KERNEL_BEING_ADDED = "has no attribute 'last_activity'"
 
 
 class _JupyterServer(_Server):
@@ -86,8 +91,10 @@ class EnterpriseGateway(_JupyterServer):
         client_key: str | None = None,
         more_kernel_names: tuple[str, ...] = (),
         start_delay: float = 0,
+        list_kernels: bool = True,
     ):
         super().__init__(workdir, port)
+        self.list_kernels = list_kernels
         self.kernel_argv = kernel_argv
         # Seconds each kernel waits before it runs, as a pod waits to be scheduled.
         self.start_delay = start_delay
@@ -147,7 +154,7 @@ class EnterpriseGateway(_JupyterServer):
     def _command(self) -> list[str]:
         cmd = [
             *self._server_command(self.eg_venv / "bin" / "jupyter-enterprisegateway"),
-            "--EnterpriseGatewayApp.list_kernels=True",
+            f"--EnterpriseGatewayApp.list_kernels={self.list_kernels}",
             # A create without a name (pybox's) gets the pooled spec, as in production.
             f"--EnterpriseGatewayApp.default_kernel_name={self.kernel_name}",
             f"--KernelSpecManager.whitelist={self.kernel_names!r}",
@@ -186,10 +193,17 @@ class EnterpriseGateway(_JupyterServer):
             _kill_pid_and_group(pid)
 
     def list_kernel_ids(self) -> list[str]:
-        status, body = self.request("GET", "/api/kernels")
-        if status != 200:
-            raise RuntimeError(f"GET {self.url}/api/kernels -> {status}: {body}")
-        return [k["id"] for k in body]
+        """The ids of the kernels EG runs; asked again briefly while the list fails on a
+        kernel being added (see KERNEL_BEING_ADDED)."""
+        for pause in (0.01, 0.02, 0.05, 0.1, 0.2, None):
+            status, body = self.request("GET", "/api/kernels")
+            if status == 200:
+                return [k["id"] for k in body]
+            traceback = body.get("traceback") if isinstance(body, dict) else None
+            being_added = status == 500 and KERNEL_BEING_ADDED in str(traceback)
+            if not being_added or pause is None:
+                raise RuntimeError(f"GET {self.url}/api/kernels -> {status}: {body}")
+            time.sleep(pause)
 
 
 # --------------------------------------------------------------------------

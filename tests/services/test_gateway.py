@@ -3,11 +3,12 @@ starts last until the kernel runs."""
 
 import asyncio
 
+import pytest
 import trustme
 from tornado import web
 from tornado.httpclient import AsyncHTTPClient
 
-from jkp.services.gateway import GatewayClient
+from jkp.services.gateway import GatewayClient, GatewayError
 from tests.conftest import localstack, run_in_kernel, wait_until
 
 
@@ -159,3 +160,12 @@ async def test_starts_eg_holds_open_do_not_hold_up_other_requests(gateway):
         pods.stop()
         await asyncio.gather(*starts, return_exceptions=True)
         client.close()
+
+
+async def test_an_eg_that_refuses_its_kernel_list_is_a_403_for_jkp(gateway_factory):
+    gateway = gateway_factory(list_kernels=False)
+    client = GatewayClient(url=gateway.url)
+    with pytest.raises(GatewayError) as refused:
+        await client.list_kernels()
+    assert refused.value.status == 403
+    assert str(refused.value) == "EG GET /api/kernels: 403 Forbidden"

@@ -8,6 +8,10 @@ from typing import Any
 
 from jkp.errors import ApiError
 
+# What EG 3.3 (jupyter_server 1.x) fails with when it lists a kernel it is still adding: it
+# puts the kernel in its list two of its event-loop turns before it gives it a last_activity.
+_KERNEL_BEING_ADDED = "has no attribute 'last_activity'"
+
 
 class GatewayError(ApiError):
     """EG could not be reached or answered with an error.
@@ -58,6 +62,14 @@ class Forwarded:
         except ValueError:
             return None
 
+    @property
+    def failed_on_a_kernel_being_added(self) -> bool:
+        """EG answered a list of its kernels, or a create it checks ``max_kernels`` for by
+        listing them first, with 500 because a kernel it is adding has no ``last_activity``
+        yet: it did nothing else for the request, and a moment later it answers it."""
+        body = self.json() if self.status == 500 else None
+        return isinstance(body, dict) and _KERNEL_BEING_ADDED in str(body.get("traceback"))
+
 
 class KernelReplyError(GatewayError):
     """The kernel answered a request with ``status: error``."""
@@ -65,3 +77,14 @@ class KernelReplyError(GatewayError):
     def __init__(self, message: str, content: dict[str, Any]):
         super().__init__(message)
         self.content = content
+
+
+def eg_reason(body: bytes | None) -> str:
+    """EG's own error message from an error response body, when it sent one."""
+    try:
+        data = json.loads(body or b"")
+    except ValueError:
+        return (body or b"").decode("utf-8", "replace")[:200]
+    if isinstance(data, dict):
+        return str(data.get("message") or data.get("reason") or data)
+    return str(data)

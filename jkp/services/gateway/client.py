@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 from typing import Any
 from urllib.parse import quote, urlsplit
 
@@ -12,10 +13,20 @@ from tornado.websocket import WebSocketClientConnection
 from traitlets import Dict, TraitError, validate
 from traitlets.config import LoggingConfigurable
 
-from jkp.services.gateway.answers import Forwarded, GatewayError, KernelReplyError, ShellReply
+from jkp.services.gateway.answers import (
+    Forwarded,
+    GatewayError,
+    KernelReplyError,
+    ShellReply,
+    eg_reason,
+)
 from jkp.services.gateway.channel import OpenChannels
 from jkp.services.gateway.transport import Transport
 from jkp.traits import EnvBool, EnvFloat, EnvInt, EnvUnicode
+
+# Seconds between the sendings of a list or create EG fails on a kernel it is adding (it does
+# for a few of its event-loop turns per start): ~0.4 s in all, then its answer stands.
+_KERNEL_BEING_ADDED_PAUSES = (0.01, 0.02, 0.05, 0.1, 0.2)
 
 
 class GatewayClient(LoggingConfigurable):
@@ -138,8 +149,19 @@ class GatewayClient(LoggingConfigurable):
     ) -> Forwarded:
         """Pass one client request to EG as it came; EG's answer, error statuses included.
 
+        A list or create (``/api/kernels``) that EG fails on a kernel it is adding is sent
+        again a moment later: EG did nothing for it (Forwarded.failed_on_a_kernel_being_added).
         Raises GatewayError only when EG cannot be reached or does not answer in time.
         """
+        sent_again = path == "/api/kernels" and method in ("GET", "POST")
+        for pause in _KERNEL_BEING_ADDED_PAUSES if sent_again else ():
+            answer = await self._transport.forward(method, path, query, body, headers)
+            if not answer.failed_on_a_kernel_being_added:
+                return answer
+            self.log.debug(
+                "EG failed %s %s on a kernel it is adding; again in %gs", method, path, pause
+            )
+            await asyncio.sleep(pause)
         return await self._transport.forward(method, path, query, body, headers)
 
     async def connect_channels(
@@ -169,13 +191,15 @@ class GatewayClient(LoggingConfigurable):
 
     async def start_kernel(self, kernel_name: str, env: dict[str, str]) -> dict[str, Any]:
         """Ask EG to start a kernel; returns its model (usually still ``starting``)."""
-        return await self._transport.request(
-            "POST", "/api/kernels", {"name": kernel_name, "env": env}
+        body = json.dumps({"name": kernel_name, "env": env}).encode()
+        answer = await self.forward(
+            "POST", "/api/kernels", body=body, headers={"Content-Type": "application/json"}
         )
+        return _answered(answer, "POST /api/kernels")
 
     async def list_kernels(self) -> list[dict[str, Any]]:
         """The models of every kernel EG runs (EG answers 403 unless its list_kernels is on)."""
-        return await self._transport.request("GET", "/api/kernels") or []
+        return _answered(await self.forward("GET", "/api/kernels"), "GET /api/kernels") or []
 
     async def get_kernel(
         self, kernel_id: str, timeout: float | None = None
@@ -333,3 +357,11 @@ class GatewayClient(LoggingConfigurable):
         return await self._channels.request(
             kernel_id, msg, timeout, keep_open, reply, answered, sent
         )
+
+
+def _answered(answer: Forwarded, request: str) -> Any:
+    """EG's JSON answer to ``request``; GatewayError with EG's status when it is an error."""
+    if not 200 <= answer.status < 300:
+        reason = eg_reason(answer.body)
+        raise GatewayError(f"EG {request}: {answer.status} {reason}", answer.status)
+    return answer.json()

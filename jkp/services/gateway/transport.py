@@ -13,7 +13,7 @@ from urllib.parse import quote
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 from tornado.websocket import WebSocketClientConnection, WebSocketError, websocket_connect
 
-from jkp.services.gateway.answers import Forwarded, GatewayError
+from jkp.services.gateway.answers import Forwarded, GatewayError, eg_reason
 from jkp.services.gateway.channel import MAX_WEBSOCKET_MESSAGE_BYTES
 
 # Of EG's answers, the headers a client of a passed-through request gets.
@@ -79,7 +79,7 @@ class Transport:
             if e.code == 599 or e.response is None:
                 raise GatewayError(f"EG {method} {path}: {e}") from e
             raise GatewayError(
-                f"EG {method} {path}: {e.code} {_eg_reason(e.response.body)}", e.code
+                f"EG {method} {path}: {e.code} {eg_reason(e.response.body)}", e.code
             ) from e
         except ConnectionRefusedError as e:
             raise GatewayError(f"EG {method} {path}: {e}", refused=True) from e
@@ -158,14 +158,3 @@ class Transport:
             raise GatewayError(f"EG websocket of kernel {kernel_id}: {e}", status) from e
         except (OSError, WebSocketError) as e:
             raise GatewayError(f"EG websocket of kernel {kernel_id}: {e}") from e
-
-
-def _eg_reason(body: bytes | None) -> str:
-    """EG's own error message from an error response body, when it sent one."""
-    try:
-        data = json.loads(body or b"")
-    except ValueError:
-        return (body or b"").decode("utf-8", "replace")[:200]
-    if isinstance(data, dict):
-        return str(data.get("message") or data.get("reason") or data)
-    return str(data)
