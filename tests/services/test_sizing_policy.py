@@ -157,3 +157,14 @@ def test_a_burst_spread_over_seconds_and_opened_by_a_trickle_pop_is_one_burst():
     assert result.next_burst["size"] == 11 and result.next_burst["every"] == 120
     # The bursts' pops are not the base demand: only the minimum is kept between them.
     assert result.target == 1
+
+
+def test_bursts_that_do_not_stand_out_of_the_other_demand_are_not_forecast():
+    # A busy hour: 4 pops within a second every 60 s, but 3 other pops within each 31 s too.
+    now = int(NOW)
+    buckets = batches(now - 200, 60, 4, size=4)
+    for start in (now - 230, now - 170, now - 110, now - 50):
+        buckets.update({start: 1, start + 5: 1, start + 10: 1})
+    result = demand(DemandData(NOW, buckets, [30.0]), 1, 32, 600, refill_delay=1)
+    assert result.next_burst is None
+    assert result.target == result.peak + HEADROOM

@@ -19,6 +19,8 @@ import math
 import statistics
 from collections.abc import Mapping
 
+from jkp.services.pool.arrivals import peak_arrivals
+
 # A burst: at least this many arrivals within a quarter of a replacement time (at least two
 # buckets). Agents fan out within a second or two, but a replica records each arrival only
 # once it has the CPU for the pop; a day's Poisson arrivals, one per start, never make one.
@@ -27,8 +29,11 @@ BURST_SHARE = 0.25
 BURST_MIN_BUCKETS = 2
 # Bursts recur when the last this many came at regular gaps (two gaps agreeing, not one).
 RECURRING_BURSTS = 3
-# A gap is regular within 10% of the median gap, or within a burst's width.
+# A gap is regular within 10% of the median gap (at least two buckets).
 GAP_TOLERANCE = 0.1
+# A burst stands out: at least twice the most other arrivals within one replacement time
+# (a busy hour's Poisson clusters are not bursts).
+STAND_OUT = 2
 # The burst's kernels are asked this share of a replacement time earlier than needed
 # (at least two buckets): a start slower than the recent ones is still ready in time.
 LEAD_MARGIN = 0.2
@@ -48,7 +53,7 @@ class Forecast:
     due: float  # bucket the next burst is expected in
     size: int  # the largest of the recurring bursts
     period: float
-    in_bursts: frozenset[int]  # the buckets of the bursts (the rest is the base demand)
+    base: int  # the most arrivals outside bursts within one replacement time
     last_end: int  # the last bucket of the latest burst
 
 
@@ -100,15 +105,20 @@ def forecast(
     first = math.floor(now - lookback)
     # From one window earlier: a burst at the look-back's edge is not base demand.
     bursts = find_bursts(buckets, first - window - width, math.floor(now), width)
-    period = regular_period([b for b in bursts if b.start >= first], width)
+    period = regular_period([b for b in bursts if b.start >= first], BURST_MIN_BUCKETS)
     if period is None or period <= window:
         return None  # bursts closer than one replacement: the peak holds them anyway
     due = bursts[-1].start + period
-    if now > due + max(width, GAP_TOLERANCE * period) + width:
+    if now > due + max(BURST_MIN_BUCKETS, GAP_TOLERANCE * period) + width:
         return None  # overdue: the pattern broke
-    size = max(b.size for b in bursts[-RECURRING_BURSTS:])
     in_bursts = frozenset(b for burst in bursts for b in range(burst.start, burst.end + 1))
-    return Forecast(due, size, period, in_bursts, bursts[-1].end)
+    outside = {b: n for b, n in buckets.items() if b not in in_bursts}
+    base = peak_arrivals(outside, now, window, lookback)
+    recurring = bursts[-RECURRING_BURSTS:]
+    if min(b.size for b in recurring) < STAND_OUT * base:
+        return None
+    size = max(b.size for b in recurring)
+    return Forecast(due, size, period, base, bursts[-1].end)
 
 
 def lead(window: int, rounds: int) -> float:

@@ -16,12 +16,13 @@ from __future__ import annotations
 import dataclasses
 import math
 import statistics
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Protocol
 
 from traitlets import TraitError
 
 from jkp.services.pool import recurring
+from jkp.services.pool.arrivals import peak_arrivals
 from jkp.services.store import DemandData, PoolStore
 
 # Added to a non-zero peak: the arrival in the current, partly counted bucket, and a start
@@ -92,23 +93,6 @@ def slow_start_latency(latencies: Sequence[float]) -> float:
     return ordered[math.ceil(SLOW_START_QUANTILE * len(ordered)) - 1]
 
 
-def peak_arrivals(buckets: Mapping[int, int], now: float, window: int, lookback: float) -> int:
-    """Most arrivals within ``window`` consecutive buckets ending in the last ``lookback``
-    buckets before ``now``; ``buckets`` maps a time bucket (e.g. a Unix second) to its
-    arrivals, and ``now`` and ``lookback`` are counted in buckets."""
-    start = math.floor(now - lookback) - window + 1
-    seconds = sorted(s for s in buckets if start <= s <= now)
-    peak = inside = 0
-    first = 0
-    for second in seconds:
-        inside += buckets[second]
-        while seconds[first] <= second - window:
-            inside -= buckets[seconds[first]]
-            first += 1
-        peak = max(peak, inside)
-    return peak
-
-
 def demand(
     data: DemandData,
     minimum: int,
@@ -139,9 +123,7 @@ def demand(
     expected = recurring.forecast(data.buckets, now, lookback_buckets, window)
     next_burst = None
     if expected is not None:
-        outside = {b: n for b, n in data.buckets.items() if b not in expected.in_bursts}
-        base = peak_arrivals(outside, now, window, lookback_buckets)
-        wanted = base + HEADROOM if base else 0
+        wanted = expected.base + HEADROOM if expected.base else 0
         rounds = math.ceil(expected.size / start_slots) if start_slots > 0 else 1
         ahead = recurring.lead(window, rounds)
         due_soon = expected.due - now <= ahead
