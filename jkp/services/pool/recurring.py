@@ -65,20 +65,27 @@ def burst_width(window: int) -> int:
 def find_bursts(buckets: Mapping[int, int], first: int, last: int, width: int) -> list[Burst]:
     """Bursts in buckets [first, last]: a run of windows of ``width`` buckets, each holding at
     least BURST_ARRIVALS and overlapping the one before, from the first bucket with arrivals
-    of the run to the last (a pop of the trickle just before a burst may open it)."""
+    of the run to the last (a pop of the trickle just before a burst may open it).
+
+    One pass (read every sizing_interval, over up to ~1000 buckets): the window's end and the
+    run's arrivals move forward with it."""
     arrived = sorted(b for b, n in buckets.items() if first <= b <= last and n > 0)
+    counts = [buckets[b] for b in arrived]
+    prefix = list(itertools.accumulate(counts, initial=0))  # arrivals before index i
     bursts: list[Burst] = []
-    for bucket in arrived:
-        inside = [b for b in arrived if bucket <= b < bucket + width]
-        if sum(buckets[b] for b in inside) < BURST_ARRIVALS:
+    run_start = ends = 0  # index of the run's first bucket; of the first bucket past the window
+    for i, bucket in enumerate(arrived):
+        while ends < len(arrived) and arrived[ends] < bucket + width:
+            ends += 1
+        if prefix[ends] - prefix[i] < BURST_ARRIVALS:
             continue
         if bursts and bucket <= bursts[-1].end:  # overlaps the run: extend it
-            start = bursts.pop().start
+            bursts.pop()
         else:
-            start = bucket
-        end = inside[-1]
-        size = sum(buckets[b] for b in arrived if start <= b <= end)
-        bursts.append(Burst(start, end, size))
+            run_start = i
+        bursts.append(
+            Burst(arrived[run_start], arrived[ends - 1], prefix[ends] - prefix[run_start])
+        )
     return bursts
 
 
